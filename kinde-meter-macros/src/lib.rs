@@ -1,0 +1,1 @@
+//! The `#[meter]` attribute; see the `kinde-meter` crate.

@@ -1,0 +1,660 @@
+//! The wire model of `POST /api/v1/billing/meter_usage`, with validated field types.
+//!
+//! Every type here checks its input when it is built, so a request that reaches the
+//! network is one Kinde's contract allows: ids and codes are non-empty and of a known
+//! alphabet, values are non-negative numbers written as strings, timestamps are RFC 3339
+//! in UTC with `Z`, and the meter type is always explicit.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The longest id or code accepted, in bytes. Kinde's ids are about 42 bytes long.
+pub const MAX_ID_LEN: usize = 255;
+
+/// What was wrong with an id, a code, a value or a timestamp given to a constructor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidInput {
+    what: &'static str,
+    value: String,
+    reason: &'static str,
+}
+
+impl InvalidInput {
+    fn new(what: &'static str, value: &str, reason: &'static str) -> Self {
+        // Show enough of the input to recognise it, never an unbounded amount.
+        let value = match value.char_indices().nth(64) {
+            Some((cut, _)) => format!("{}…", &value[..cut]),
+            None => value.to_owned(),
+        };
+        Self {
+            what,
+            value,
+            reason,
+        }
+    }
+
+    /// Which kind of input was rejected, for example `"customer agreement id"`.
+    pub fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// Why it was rejected.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+impl fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {} {:?}: {}", self.what, self.value, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidInput {}
+
+const fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+const fn is_feature_byte(b: u8) -> bool {
+    is_id_byte(b) || b == b'.'
+}
+
+/// Checks a feature code; `Err` carries the reason. `const` so that
+/// [`FeatureCode::from_static`] can reject a bad literal at compile time.
+const fn check_feature(s: &str) -> Result<(), &'static str> {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() {
+        return Err("a feature code must not be empty");
+    }
+    if bytes.len() > MAX_ID_LEN {
+        return Err("a feature code must be at most 255 bytes long");
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_feature_byte(bytes[i]) {
+            return Err("a feature code may only contain ASCII letters, digits, `_`, `-` and `.`");
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn check_agreement(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() {
+        return Err("a customer agreement id must not be empty");
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err("a customer agreement id must be at most 255 bytes long");
+    }
+    if !s.bytes().all(is_id_byte) {
+        return Err(
+            "a customer agreement id may only contain ASCII letters, digits, `_` and `-` \
+             (Kinde's look like `agreement_0195ac80a14c2ca2cec97d026d864de0`)",
+        );
+    }
+    Ok(())
+}
+
+/// A Kinde customer agreement id, such as `agreement_0195ac80a14c2ca2cec97d026d864de0`.
+///
+/// Validated when built (non-empty, at most 255 bytes of ASCII letters, digits, `_` and
+/// `-`) and cheap to clone (a shared `Arc<str>`).
+///
+/// ```
+/// use kinde_meter::AgreementId;
+///
+/// let id: AgreementId = "agreement_0195ac80a14c2ca2cec97d026d864de0".parse()?;
+/// assert_eq!(id.as_str(), "agreement_0195ac80a14c2ca2cec97d026d864de0");
+/// assert!(AgreementId::new("not an id").is_err());
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgreementId(Arc<str>);
+
+impl AgreementId {
+    /// Validates `id` and wraps it.
+    pub fn new(id: impl AsRef<str>) -> Result<Self, InvalidInput> {
+        let id = id.as_ref();
+        check_agreement(id).map_err(|reason| InvalidInput::new("customer agreement id", id, reason))?;
+        Ok(Self(Arc::from(id)))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Address of the shared string: the identity the per-thread caches key on.
+    pub(crate) fn ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+}
+
+impl fmt::Debug for AgreementId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for AgreementId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for AgreementId {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<&str> for AgreementId {
+    type Error = InvalidInput;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for AgreementId {
+    type Error = InvalidInput;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl AsRef<str> for AgreementId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for AgreementId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for AgreementId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+#[derive(Clone)]
+enum FeatureRepr {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+/// A billing feature code, the feature's key in the agreement's plan (`pro_gym`).
+///
+/// Non-empty, at most 255 bytes of ASCII letters, digits, `_`, `-` and `.`; case is kept
+/// (Kinde's keys may be mixed case). Cheap to clone.
+///
+/// ```
+/// use kinde_meter::FeatureCode;
+///
+/// // Checked at compile time when used in a `const`:
+/// const PRO_GYM: FeatureCode = FeatureCode::from_static("pro_gym");
+/// assert_eq!(PRO_GYM.as_str(), "pro_gym");
+///
+/// let dynamic = FeatureCode::new(String::from("CcdkvEXpbg6UY"))?;
+/// assert!(FeatureCode::new("two words").is_err());
+/// # let _ = dynamic;
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+#[derive(Clone)]
+pub struct FeatureCode(FeatureRepr);
+
+impl FeatureCode {
+    /// Wraps a string literal. In a `const` context an invalid code is a compile error;
+    /// at run time it panics, so prefer [`FeatureCode::new`] for input you do not control.
+    pub const fn from_static(code: &'static str) -> Self {
+        match check_feature(code) {
+            Ok(()) => Self(FeatureRepr::Static(code)),
+            Err(reason) => panic!("{}", reason),
+        }
+    }
+
+    /// Validates a `&'static str` without copying it.
+    pub fn try_from_static(code: &'static str) -> Result<Self, InvalidInput> {
+        check_feature(code).map_err(|reason| InvalidInput::new("billing feature code", code, reason))?;
+        Ok(Self(FeatureRepr::Static(code)))
+    }
+
+    /// Validates `code` and wraps it.
+    pub fn new(code: impl AsRef<str>) -> Result<Self, InvalidInput> {
+        let code = code.as_ref();
+        check_feature(code).map_err(|reason| InvalidInput::new("billing feature code", code, reason))?;
+        Ok(Self(FeatureRepr::Shared(Arc::from(code))))
+    }
+
+    /// The code as a string slice.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            FeatureRepr::Static(s) => s,
+            FeatureRepr::Shared(s) => s,
+        }
+    }
+
+    /// Address of the string: the identity the per-thread caches key on.
+    pub(crate) fn ptr(&self) -> *const u8 {
+        self.as_str().as_ptr()
+    }
+}
+
+impl PartialEq for FeatureCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for FeatureCode {}
+impl std::hash::Hash for FeatureCode {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+impl PartialOrd for FeatureCode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for FeatureCode {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl fmt::Debug for FeatureCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for FeatureCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FeatureCode {
+    type Err = InvalidInput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl AsRef<str> for FeatureCode {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Serialize for FeatureCode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// How Kinde applies a value: added to the current usage, or replacing it.
+///
+/// Always sent explicitly: Kinde does not document the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeterType {
+    /// `"delta"`: the value is added to the current usage.
+    #[default]
+    Delta,
+    /// `"absolute"`: the value overrides the current usage.
+    Absolute,
+}
+
+impl MeterType {
+    /// The wire name, `"delta"` or `"absolute"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MeterType::Delta => "delta",
+            MeterType::Absolute => "absolute",
+        }
+    }
+}
+
+impl fmt::Display for MeterType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum ValueRepr {
+    Whole(u64),
+    Decimal(Box<str>),
+}
+
+/// A usage value, sent to Kinde as a string.
+///
+/// A whole number by default (`MeterValue::from(3)`); a decimal only through
+/// [`MeterValue::decimal`], which accepts non-negative numbers written as digits with an
+/// optional fractional part (`"2.5"`), since Kinde documents neither decimals nor negatives.
+///
+/// ```
+/// use kinde_meter::api::MeterValue;
+///
+/// assert_eq!(MeterValue::from(3).to_string(), "3");
+/// assert_eq!(MeterValue::decimal("2.50")?.to_string(), "2.50");
+/// assert!(MeterValue::decimal("-1").is_err());
+/// assert!(MeterValue::decimal("1e3").is_err());
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MeterValue(ValueRepr);
+
+impl MeterValue {
+    /// Validates a decimal string: ASCII digits, optionally a `.` followed by more digits.
+    pub fn decimal(value: impl AsRef<str>) -> Result<Self, InvalidInput> {
+        let v = value.as_ref();
+        let err = |reason| InvalidInput::new("meter value", v, reason);
+        if v.is_empty() {
+            return Err(err("a meter value must not be empty"));
+        }
+        if v.len() > 64 {
+            return Err(err("a meter value must be at most 64 characters long"));
+        }
+        if v.starts_with('-') {
+            return Err(err("a meter value must not be negative"));
+        }
+        let (int, frac) = match v.split_once('.') {
+            Some((int, frac)) => (int, Some(frac)),
+            None => (v, None),
+        };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+            return Err(err(
+                "a meter value must be written as digits with an optional fractional part, like `12` or `2.5`",
+            ));
+        }
+        Ok(Self(ValueRepr::Decimal(v.into())))
+    }
+
+    /// The value as a whole number, when it is one.
+    pub fn as_u64(&self) -> Option<u64> {
+        match &self.0 {
+            ValueRepr::Whole(v) => Some(*v),
+            ValueRepr::Decimal(_) => None,
+        }
+    }
+}
+
+impl From<u64> for MeterValue {
+    fn from(v: u64) -> Self {
+        Self(ValueRepr::Whole(v))
+    }
+}
+
+impl From<u32> for MeterValue {
+    fn from(v: u32) -> Self {
+        Self(ValueRepr::Whole(v.into()))
+    }
+}
+
+impl fmt::Display for MeterValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            ValueRepr::Whole(v) => fmt::Display::fmt(v, f),
+            ValueRepr::Decimal(v) => f.write_str(v),
+        }
+    }
+}
+
+impl fmt::Debug for MeterValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MeterValue({self})")
+    }
+}
+
+impl Serialize for MeterValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A point in time between 1970 and 9999, written as RFC 3339 in UTC with `Z`
+/// (`2024-11-18T02:32:03Z`), to whole seconds.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use kinde_meter::api::Timestamp;
+///
+/// let t = Timestamp::try_from(UNIX_EPOCH + Duration::from_secs(1_731_897_123))?;
+/// assert_eq!(t.to_string(), "2024-11-18T02:32:03Z");
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Timestamp {
+    /// Whole seconds since the Unix epoch.
+    secs: u64,
+}
+
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 can write.
+const MAX_SECS: u64 = 253_402_300_799;
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Self {
+        Self::try_from(SystemTime::now()).unwrap_or(Self { secs: 0 })
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn unix_seconds(self) -> u64 {
+        self.secs
+    }
+
+    /// The same instant as a [`SystemTime`].
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.secs)
+    }
+
+    /// From whole seconds since the Unix epoch.
+    pub fn from_unix_seconds(secs: u64) -> Result<Self, InvalidInput> {
+        if secs > MAX_SECS {
+            return Err(InvalidInput::new(
+                "meter usage timestamp",
+                &secs.to_string(),
+                "a timestamp must be before the year 10000",
+            ));
+        }
+        Ok(Self { secs })
+    }
+}
+
+impl TryFrom<SystemTime> for Timestamp {
+    type Error = InvalidInput;
+    fn try_from(t: SystemTime) -> Result<Self, Self::Error> {
+        let secs = t.duration_since(UNIX_EPOCH).map_err(|_| {
+            InvalidInput::new("meter usage timestamp", &format!("{t:?}"), "a timestamp must not be before 1970")
+        })?;
+        Self::from_unix_seconds(secs.as_secs())
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
+/// Howard Hinnant's `civil_from_days`, restricted to non-negative days.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (days, rem) = (self.secs / 86_400, self.secs % 86_400);
+        let (y, mo, d) = civil_from_days(days);
+        let (h, mi, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The body of `POST /api/v1/billing/meter_usage`.
+///
+/// Every field is a validated type, so any value of this struct is a request Kinde's
+/// contract allows. The meter type is always sent; the timestamp only when set (Kinde
+/// then uses the time of arrival).
+///
+/// ```
+/// use kinde_meter::api::{CreateMeterUsageRecordRequest, MeterType, Timestamp};
+///
+/// let request = CreateMeterUsageRecordRequest::new(
+///     "agreement_0195ac80a14c2ca2cec97d026d864de0".parse()?,
+///     "pro_gym".parse()?,
+///     1,
+/// )
+/// .with_meter_type(MeterType::Delta)
+/// .with_timestamp(Timestamp::from_unix_seconds(1_731_897_123)?);
+/// assert_eq!(
+///     serde_json::to_string(&request).unwrap(),
+///     r#"{"customer_agreement_id":"agreement_0195ac80a14c2ca2cec97d026d864de0","billing_feature_code":"pro_gym","meter_value":"1","meter_usage_timestamp":"2024-11-18T02:32:03Z","meter_type_code":"delta"}"#
+/// );
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CreateMeterUsageRecordRequest {
+    /// The billing agreement the usage is recorded against.
+    pub customer_agreement_id: AgreementId,
+    /// The feature's key within the agreement's plan.
+    pub billing_feature_code: FeatureCode,
+    /// The usage value, sent as a string.
+    pub meter_value: MeterValue,
+    /// When the usage happened; Kinde uses the time of arrival when this is `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meter_usage_timestamp: Option<Timestamp>,
+    /// Whether the value is added (`delta`) or replaces the current usage (`absolute`).
+    pub meter_type_code: MeterType,
+}
+
+impl CreateMeterUsageRecordRequest {
+    /// A `delta` request without a timestamp.
+    pub fn new(agreement: AgreementId, feature: FeatureCode, value: impl Into<MeterValue>) -> Self {
+        Self {
+            customer_agreement_id: agreement,
+            billing_feature_code: feature,
+            meter_value: value.into(),
+            meter_usage_timestamp: None,
+            meter_type_code: MeterType::Delta,
+        }
+    }
+
+    /// Sets when the usage happened.
+    #[must_use]
+    pub fn with_timestamp(mut self, timestamp: Timestamp) -> Self {
+        self.meter_usage_timestamp = Some(timestamp);
+        self
+    }
+
+    /// Sets the meter type.
+    #[must_use]
+    pub fn with_meter_type(mut self, meter_type: MeterType) -> Self {
+        self.meter_type_code = meter_type;
+        self
+    }
+}
+
+/// Kinde's answer to an accepted meter usage record: `{"message": "Success", "code": "OK"}`.
+/// Both fields are optional in the contract, and Kinde returns no record id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct CreateMeterUsageRecordResponse {
+    /// Human-readable outcome, `"Success"`.
+    pub message: Option<String>,
+    /// Machine-readable outcome, `"OK"`.
+    pub code: Option<String>,
+}
+
+/// One entry of Kinde's error body `{"errors": [{"code": "...", "message": "..."}]}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub struct KindeError {
+    /// Machine-readable code.
+    pub code: Option<String>,
+    /// Human-readable message.
+    pub message: Option<String>,
+}
+
+impl fmt::Display for KindeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.code, &self.message) {
+            (Some(c), Some(m)) => write!(f, "{c}: {m}"),
+            (Some(s), None) | (None, Some(s)) => f.write_str(s),
+            (None, None) => f.write_str("(no detail)"),
+        }
+    }
+}
+
+/// Kinde's error body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub(crate) struct ErrorBody {
+    #[serde(default)]
+    pub(crate) errors: Vec<KindeError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let at = |secs| Timestamp::from_unix_seconds(secs).unwrap().to_string();
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_731_897_123), "2024-11-18T02:32:03Z");
+        assert_eq!(at(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(at(MAX_SECS), "9999-12-31T23:59:59Z");
+        assert!(Timestamp::from_unix_seconds(MAX_SECS + 1).is_err());
+        assert!(Timestamp::try_from(UNIX_EPOCH - Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn ids_and_codes_are_validated() {
+        assert!(AgreementId::new("agreement_0195ac80a14c2ca2cec97d026d864de0").is_ok());
+        for bad in ["", "a b", "agreement.1", "ü", &"a".repeat(256)] {
+            let err = AgreementId::new(bad).unwrap_err();
+            assert_eq!(err.what(), "customer agreement id", "{bad:?}");
+        }
+        assert!(FeatureCode::new("CcdkvEXpbg6UY").is_ok());
+        assert!(FeatureCode::new("api.calls-v2").is_ok());
+        for bad in ["", "pro gym", "pro/gym", "€"] {
+            assert!(FeatureCode::new(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(300);
+        let shown = AgreementId::new(&long).unwrap_err().to_string();
+        assert!(shown.len() < 200, "error messages stay short: {shown}");
+    }
+
+    #[test]
+    fn decimal_values_are_validated() {
+        for ok in ["0", "12", "2.5", "007.10"] {
+            assert_eq!(MeterValue::decimal(ok).unwrap().to_string(), ok);
+        }
+        for bad in ["", "-1", "+1", "1.", ".5", "1e3", "1,5", " 1", "NaN"] {
+            assert!(MeterValue::decimal(bad).is_err(), "{bad:?}");
+        }
+    }
+}

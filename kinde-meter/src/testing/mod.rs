@@ -1,0 +1,3 @@
+//! Test support.
+mod emulator;
+pub use emulator::*;
