@@ -1,0 +1,2 @@
+//! Helpers shared by the workspace's integration tests, examples and benchmarks.
+//! Not published.
