@@ -132,7 +132,9 @@ impl Drop for AgreementGuard {
 
 impl std::fmt::Debug for AgreementGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgreementGuard").field("previous", &self.previous).finish()
+        f.debug_struct("AgreementGuard")
+            .field("previous", &self.previous)
+            .finish()
     }
 }
 
@@ -216,9 +218,13 @@ mod tests {
 
     #[test]
     fn task_scope_wins_over_thread_scope() {
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
         let _thread = enter_agreement(id("agreement_thread"));
-        let seen = rt.block_on(with_agreement(id("agreement_task"), async { current_agreement() }));
+        let seen = rt.block_on(with_agreement(id("agreement_task"), async {
+            current_agreement()
+        }));
         assert_eq!(seen, Some(id("agreement_task")));
         assert_eq!(current_agreement(), Some(id("agreement_thread")));
     }
@@ -234,7 +240,9 @@ mod tests {
     #[test]
     fn scope_is_per_thread() {
         let _g = enter_agreement(id("agreement_a"));
-        let other = std::thread::spawn(current_agreement).join().expect("thread");
+        let other = std::thread::spawn(current_agreement)
+            .join()
+            .expect("thread");
         assert_eq!(other, None);
     }
 }

@@ -120,7 +120,8 @@ impl AgreementId {
     /// Validates `id` and wraps it.
     pub fn new(id: impl AsRef<str>) -> Result<Self, InvalidInput> {
         let id = id.as_ref();
-        check_agreement(id).map_err(|reason| InvalidInput::new("customer agreement id", id, reason))?;
+        check_agreement(id)
+            .map_err(|reason| InvalidInput::new("customer agreement id", id, reason))?;
         Ok(Self(Arc::from(id)))
     }
 
@@ -224,14 +225,16 @@ impl FeatureCode {
 
     /// Validates a `&'static str` without copying it.
     pub fn try_from_static(code: &'static str) -> Result<Self, InvalidInput> {
-        check_feature(code).map_err(|reason| InvalidInput::new("billing feature code", code, reason))?;
+        check_feature(code)
+            .map_err(|reason| InvalidInput::new("billing feature code", code, reason))?;
         Ok(Self(FeatureRepr::Static(code)))
     }
 
     /// Validates `code` and wraps it.
     pub fn new(code: impl AsRef<str>) -> Result<Self, InvalidInput> {
         let code = code.as_ref();
-        check_feature(code).map_err(|reason| InvalidInput::new("billing feature code", code, reason))?;
+        check_feature(code)
+            .map_err(|reason| InvalidInput::new("billing feature code", code, reason))?;
         Ok(Self(FeatureRepr::Shared(Arc::from(code))))
     }
 
@@ -305,7 +308,9 @@ impl Serialize for FeatureCode {
 /// How Kinde applies a value: added to the current usage, or replacing it.
 ///
 /// Always sent explicitly: Kinde does not document the default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MeterType {
     /// `"delta"`: the value is added to the current usage.
@@ -477,7 +482,11 @@ impl TryFrom<SystemTime> for Timestamp {
     type Error = InvalidInput;
     fn try_from(t: SystemTime) -> Result<Self, Self::Error> {
         let secs = t.duration_since(UNIX_EPOCH).map_err(|_| {
-            InvalidInput::new("meter usage timestamp", &format!("{t:?}"), "a timestamp must not be before 1970")
+            InvalidInput::new(
+                "meter usage timestamp",
+                &format!("{t:?}"),
+                "a timestamp must not be before 1970",
+            )
         })?;
         Self::from_unix_seconds(secs.as_secs())
     }
