@@ -1,10 +1,27 @@
-//! kinde-meter (work in progress).
+//! Usage-based billing for Rust services on [Kinde](https://kinde.com).
+//!
+//! (Crate documentation is written in the README; see below.)
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod api;
+pub mod config;
 mod context;
+mod reporter;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+#[doc(hidden)]
+pub mod __private;
+
 pub use api::{AgreementId, FeatureCode, MeterType};
+pub use config::{Config, ConfigError, Delivery};
 pub use context::{
     AgreementFutureExt, AgreementGuard, WithAgreement, current_agreement, enter_agreement,
     with_agreement,
 };
-#[cfg(feature = "testing")]
-pub mod testing;
+pub use kinde_meter_macros::meter;
+pub use reporter::{
+    FlushReport, Guard, InitError, MeterError, Outcome, Reporter, ShutdownReport, Stats,
+    UnsentReason, UnsentRecord, Usage, UsageRecord, init, record, record_for, stats,
+};

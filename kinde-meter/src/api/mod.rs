@@ -1,3 +1,21 @@
-//! Kinde's billing API: wire model and client.
+//! Kinde's billing API: the wire model of `POST /api/v1/billing/meter_usage`, a typed
+//! client for it, and its errors. Usable on its own, without the reporter.
+
+mod client;
+mod domain;
+mod error;
 mod model;
-pub use model::*;
+mod token;
+
+pub use client::{
+    ApiResponse, Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    RequestOptions,
+};
+pub use domain::{Credentials, Domain, InvalidDomain, Secret};
+pub use error::{ApiError, BoxError, Disposition, TokenError};
+/// HTTP types used in responses and errors (from the `http` crate).
+pub use http::{HeaderMap, StatusCode};
+pub use model::{
+    AgreementId, CreateMeterUsageRecordRequest, CreateMeterUsageRecordResponse, FeatureCode,
+    InvalidInput, KindeError, MAX_ID_LEN, MeterType, MeterValue, Timestamp,
+};

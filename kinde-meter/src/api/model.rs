@@ -223,6 +223,18 @@ impl FeatureCode {
         }
     }
 
+    /// Wraps a literal without checking it; [`FeatureCode::new_checked`] checks it later.
+    pub(crate) const fn unchecked_static(code: &'static str) -> Self {
+        Self(FeatureRepr::Static(code))
+    }
+
+    /// Checks a code that may have been built with `unchecked_static`.
+    pub(crate) fn new_checked(code: &FeatureCode) -> Result<Self, InvalidInput> {
+        check_feature(code.as_str())
+            .map_err(|reason| InvalidInput::new("billing feature code", code.as_str(), reason))?;
+        Ok(code.clone())
+    }
+
     /// Validates a `&'static str` without copying it.
     pub fn try_from_static(code: &'static str) -> Result<Self, InvalidInput> {
         check_feature(code)

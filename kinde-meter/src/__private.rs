@@ -1,0 +1,326 @@
+//! What `#[meter]` expansions call. Not public API: hidden from the docs and exempt from
+//! semver. Everything a call needs at run time sits behind these few entry points so that
+//! the generated code stays small and its behaviour is tested here, not in every expansion.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+
+pub use crate::api::MeterType;
+pub use crate::reporter::Outcome;
+
+use crate::api::{AgreementId, FeatureCode};
+pub use crate::reporter::InvalidValue;
+use crate::reporter::{self, AgreementRef};
+
+/// One `#[meter]` call site. Expansions keep it in a `static`, so the feature code is
+/// interned once per call site and the hot path compares pointers.
+#[derive(Debug)]
+pub struct CallSite {
+    feature: FeatureCode,
+    meter_type: MeterType,
+}
+
+impl CallSite {
+    /// `feature` was validated by the macro; it is checked again (once per key) when its
+    /// first usage is recorded.
+    pub const fn new(feature: &'static str, meter_type: MeterType) -> Self {
+        Self {
+            feature: FeatureCode::unchecked_static(feature),
+            meter_type,
+        }
+    }
+}
+
+/// The agreement in scope (task scope, else thread scope): the default `agreement`.
+#[derive(Clone, Copy, Debug)]
+pub struct CurrentAgreement;
+
+/// An explicit agreement, resolved when the call completes (for `on = "return"`/`"ok"`).
+#[derive(Debug)]
+pub enum Deferred {
+    /// Resolve the current agreement when the call completes.
+    Current,
+    /// This agreement.
+    Id(AgreementId),
+    /// An agreement string that failed validation.
+    Invalid(String),
+}
+
+/// What `agreement = <expr>` may evaluate to.
+pub trait AgreementArg {
+    /// Records `value` now (for `on = "call"`).
+    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>);
+    /// Keeps the agreement for a later record, owning it so the body may move the
+    /// arguments it came from.
+    fn defer(self) -> Deferred;
+}
+
+impl AgreementArg for CurrentAgreement {
+    #[inline]
+    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+        reporter::record_current(&site.feature, site.meter_type, value);
+    }
+    fn defer(self) -> Deferred {
+        Deferred::Current
+    }
+}
+
+impl AgreementArg for &AgreementId {
+    #[inline]
+    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+        reporter::record_explicit(
+            AgreementRef::Id(self),
+            &site.feature,
+            site.meter_type,
+            value,
+        );
+    }
+    fn defer(self) -> Deferred {
+        Deferred::Id(self.clone())
+    }
+}
+
+impl AgreementArg for AgreementId {
+    #[inline]
+    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+        (&self).record(site, value);
+    }
+    fn defer(self) -> Deferred {
+        Deferred::Id(self)
+    }
+}
+
+impl AgreementArg for &str {
+    #[inline]
+    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+        reporter::record_explicit(
+            AgreementRef::Str(self),
+            &site.feature,
+            site.meter_type,
+            value,
+        );
+    }
+    fn defer(self) -> Deferred {
+        match AgreementId::new(self) {
+            Ok(id) => Deferred::Id(id),
+            Err(_) => Deferred::Invalid(self.to_owned()),
+        }
+    }
+}
+
+impl AgreementArg for String {
+    #[inline]
+    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+        self.as_str().record(site, value);
+    }
+    fn defer(self) -> Deferred {
+        self.as_str().defer()
+    }
+}
+
+impl AgreementArg for &String {
+    #[inline]
+    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+        self.as_str().record(site, value);
+    }
+    fn defer(self) -> Deferred {
+        self.as_str().defer()
+    }
+}
+
+/// What `value = <expr>` may evaluate to: any integer. Negative values and values above
+/// `u64::MAX` are refused at run time (counted and reported), never truncated.
+pub trait MeterValueArg {
+    /// The value as a `u64`, or why it is not one.
+    fn into_value(self) -> Result<u64, InvalidValue>;
+}
+
+macro_rules! unsigned {
+    ($($t:ty),*) => {$(
+        impl MeterValueArg for $t {
+            #[inline]
+            fn into_value(self) -> Result<u64, InvalidValue> {
+                u64::try_from(self).map_err(|_| InvalidValue::too_large(self as u128))
+            }
+        }
+    )*};
+}
+macro_rules! signed {
+    ($($t:ty),*) => {$(
+        impl MeterValueArg for $t {
+            #[inline]
+            fn into_value(self) -> Result<u64, InvalidValue> {
+                if self < 0 {
+                    return Err(InvalidValue::negative(self as i128));
+                }
+                u64::try_from(self).map_err(|_| InvalidValue::too_large(self as u128))
+            }
+        }
+    )*};
+}
+unsigned!(u8, u16, u32, u64, u128, usize);
+signed!(i8, i16, i32, i64, i128, isize);
+
+impl<T: MeterValueArg + Copy> MeterValueArg for &T {
+    #[inline]
+    fn into_value(self) -> Result<u64, InvalidValue> {
+        (*self).into_value()
+    }
+}
+
+/// `on = "call"`: records now.
+#[inline]
+pub fn record<A: AgreementArg, V: MeterValueArg>(site: &'static CallSite, agreement: A, value: V) {
+    agreement.record(site, value.into_value());
+}
+
+/// A call whose usage is recorded when it completes (`on = "return"` / `on = "ok"`):
+/// the agreement and value were evaluated when it started.
+#[derive(Debug)]
+#[must_use]
+pub struct Pending {
+    site: &'static CallSite,
+    agreement: Deferred,
+    value: Result<u64, InvalidValue>,
+}
+
+impl Pending {
+    /// Evaluated at the start of the call, before the body can move the arguments.
+    #[inline]
+    pub fn new<A: AgreementArg, V: MeterValueArg>(
+        site: &'static CallSite,
+        agreement: A,
+        value: V,
+    ) -> Self {
+        Self {
+            site,
+            agreement: agreement.defer(),
+            value: value.into_value(),
+        }
+    }
+
+    /// Records now.
+    pub fn finish(self) {
+        let Pending {
+            site,
+            agreement,
+            value,
+        } = self;
+        match agreement {
+            Deferred::Current => CurrentAgreement.record(site, value),
+            Deferred::Id(id) => id.record(site, value),
+            Deferred::Invalid(s) => s.record(site, value),
+        }
+    }
+
+    /// Records if `ret` is a success (`on = "ok"`, sync functions).
+    #[inline]
+    pub fn finish_if_ok<T: Outcome + ?Sized>(self, ret: &T) {
+        if ret.is_success() {
+            self.finish();
+        }
+    }
+
+    /// `on = "return"`, sync functions: records when the guard drops, unless the call is
+    /// unwinding from a panic.
+    pub fn on_return(self) -> ReturnGuard {
+        ReturnGuard {
+            pending: Some(self),
+            panicking_at_start: std::thread::panicking(),
+        }
+    }
+
+    /// `on = "return"`, async: records when `fut` completes; not if it is dropped first
+    /// (cancelled) or panics.
+    pub fn on_return_future<F: Future>(self, fut: F) -> OnReturn<F> {
+        OnReturn {
+            fut,
+            pending: Some(self),
+        }
+    }
+
+    /// `on = "ok"`, async: records when `fut` completes with a success.
+    pub fn on_ok_future<F>(self, fut: F) -> OnOk<F>
+    where
+        F: Future,
+        F::Output: Outcome,
+    {
+        OnOk {
+            fut,
+            pending: Some(self),
+        }
+    }
+}
+
+/// Records on drop unless unwinding. See [`Pending::on_return`].
+#[derive(Debug)]
+pub struct ReturnGuard {
+    pending: Option<Pending>,
+    panicking_at_start: bool,
+}
+
+impl Drop for ReturnGuard {
+    fn drop(&mut self) {
+        // A call that started while already unwinding (from a `Drop` impl) returns
+        // normally while `panicking()` is true; any other unwinding is a panic of its own.
+        if std::thread::panicking() && !self.panicking_at_start {
+            return;
+        }
+        if let Some(pending) = self.pending.take() {
+            pending.finish();
+        }
+    }
+}
+
+pin_project! {
+    /// See [`Pending::on_return_future`].
+    #[derive(Debug)]
+    pub struct OnReturn<F> {
+        #[pin]
+        fut: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F: Future> Future for OnReturn<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.fut.poll(cx));
+        if let Some(pending) = this.pending.take() {
+            pending.finish();
+        }
+        Poll::Ready(out)
+    }
+}
+
+pin_project! {
+    /// See [`Pending::on_ok_future`].
+    #[derive(Debug)]
+    pub struct OnOk<F> {
+        #[pin]
+        fut: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F> Future for OnOk<F>
+where
+    F: Future,
+    F::Output: Outcome,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.fut.poll(cx));
+        if let Some(pending) = this.pending.take() {
+            pending.finish_if_ok(&out);
+        }
+        Poll::Ready(out)
+    }
+}

@@ -1,0 +1,353 @@
+//! What can go wrong talking to Kinde, and whether a retry is safe.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::model::KindeError;
+
+/// A boxed error from the HTTP layer, kept as the `source` of an [`ApiError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Whether a failed request may have changed Kinde's usage, which decides if resending
+/// it is safe. Kinde documents no idempotency key, so this is all a client can go by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Disposition {
+    /// Kinde did not apply the request (nothing was sent, or it answered 429, 408 or 503):
+    /// safe to retry.
+    NotApplied,
+    /// Kinde may have applied it (a timeout or reset after sending, 500/502/504, an
+    /// unreadable success body): a retried `delta` may count twice.
+    Ambiguous,
+    /// Kinde refused it: retrying the same request will fail the same way.
+    Rejected,
+}
+
+/// A failed call to Kinde's meter usage API.
+///
+/// Never contains the access token or the client secret. [`ApiError::disposition`] says
+/// whether the request is safe to retry.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// 429: Kinde's rate or concurrency limiter refused the request.
+    Throttled {
+        /// How long Kinde asked to wait (`RateLimit-Reset`, else `Retry-After`), if it said.
+        retry_after: Option<Duration>,
+        /// Kinde's error list.
+        errors: Vec<KindeError>,
+    },
+    /// 400 or another 4xx: the request itself was refused.
+    Rejected {
+        /// The HTTP status.
+        status: StatusCode,
+        /// Kinde's error list.
+        errors: Vec<KindeError>,
+    },
+    /// 401 or 403: the token was refused (after one fresh token was tried, when the
+    /// credentials allow minting one).
+    Unauthorized {
+        /// The HTTP status.
+        status: StatusCode,
+        /// Kinde's error list.
+        errors: Vec<KindeError>,
+    },
+    /// 5xx, or 408: Kinde could not handle the request.
+    Server {
+        /// The HTTP status.
+        status: StatusCode,
+        /// Kinde's error list, when the body had one.
+        errors: Vec<KindeError>,
+    },
+    /// 3xx: redirects are not followed (a bearer token must not travel to another host).
+    Redirected {
+        /// The HTTP status.
+        status: StatusCode,
+        /// Where Kinde pointed to.
+        location: Option<String>,
+    },
+    /// The connection failed before the request was sent (DNS, connect, TLS).
+    NotSent {
+        /// The underlying error.
+        source: BoxError,
+    },
+    /// The connection failed after the request was sent (reset, closed without answer).
+    Transport {
+        /// The underlying error.
+        source: BoxError,
+    },
+    /// No answer within the request timeout, after the request was sent.
+    Timeout {
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// A success status with a body that is not the documented JSON.
+    Undecodable {
+        /// The HTTP status.
+        status: StatusCode,
+        /// What was wrong with the body.
+        reason: String,
+        /// The start of the body, for diagnosis.
+        body: String,
+    },
+    /// No access token could be obtained; the meter request was not sent.
+    Token(TokenError),
+    /// The request could not be built (for example an idempotency key that is not a
+    /// valid header value); nothing was sent.
+    InvalidRequest {
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl ApiError {
+    /// Whether the request may have been applied, hence whether resending it is safe.
+    ///
+    /// ```
+    /// use kinde_meter::api::{ApiError, Disposition};
+    /// use http::StatusCode;
+    ///
+    /// let e = ApiError::Server { status: StatusCode::SERVICE_UNAVAILABLE, errors: vec![] };
+    /// assert_eq!(e.disposition(), Disposition::NotApplied);
+    /// let e = ApiError::Server { status: StatusCode::BAD_GATEWAY, errors: vec![] };
+    /// assert_eq!(e.disposition(), Disposition::Ambiguous);
+    /// ```
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            ApiError::Throttled { .. } | ApiError::NotSent { .. } | ApiError::Token(_) => {
+                Disposition::NotApplied
+            }
+            ApiError::Server { status, .. }
+                if *status == StatusCode::SERVICE_UNAVAILABLE
+                    || *status == StatusCode::REQUEST_TIMEOUT =>
+            {
+                Disposition::NotApplied
+            }
+            ApiError::Server { .. }
+            | ApiError::Transport { .. }
+            | ApiError::Timeout { .. }
+            | ApiError::Undecodable { .. } => Disposition::Ambiguous,
+            ApiError::Rejected { .. }
+            | ApiError::Unauthorized { .. }
+            | ApiError::Redirected { .. }
+            | ApiError::InvalidRequest { .. } => Disposition::Rejected,
+        }
+    }
+
+    /// The HTTP status Kinde answered, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ApiError::Throttled { .. } => Some(StatusCode::TOO_MANY_REQUESTS),
+            ApiError::Rejected { status, .. }
+            | ApiError::Unauthorized { status, .. }
+            | ApiError::Server { status, .. }
+            | ApiError::Redirected { status, .. }
+            | ApiError::Undecodable { status, .. } => Some(*status),
+            ApiError::NotSent { .. }
+            | ApiError::Transport { .. }
+            | ApiError::Timeout { .. }
+            | ApiError::Token(_)
+            | ApiError::InvalidRequest { .. } => None,
+        }
+    }
+
+    /// Kinde's error list, when it sent one.
+    pub fn kinde_errors(&self) -> &[KindeError] {
+        match self {
+            ApiError::Throttled { errors, .. }
+            | ApiError::Rejected { errors, .. }
+            | ApiError::Unauthorized { errors, .. }
+            | ApiError::Server { errors, .. } => errors,
+            _ => &[],
+        }
+    }
+}
+
+struct Errors<'a>(&'a [KindeError]);
+
+impl fmt::Display for Errors<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no error detail");
+        }
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::Throttled {
+                retry_after,
+                errors,
+            } => {
+                write!(f, "Kinde throttled the request (429: {})", Errors(errors))?;
+                match retry_after {
+                    Some(d) => write!(
+                        f,
+                        "; retry in {} s and lower the request rate",
+                        d.as_secs_f64().ceil()
+                    ),
+                    None => f.write_str("; retry later and lower the request rate"),
+                }
+            }
+            ApiError::Rejected { status, errors } => write!(
+                f,
+                "Kinde rejected the request ({status}: {}); fix the request, resending it will fail the same way",
+                Errors(errors)
+            ),
+            ApiError::Unauthorized { status, errors } => write!(
+                f,
+                "Kinde refused the access token ({status}: {}); check that the machine-to-machine application \
+                 is authorized for the Kinde Management API with the `create:meter_usage` scope",
+                Errors(errors)
+            ),
+            ApiError::Server { status, errors } => {
+                write!(
+                    f,
+                    "Kinde could not handle the request ({status}: {})",
+                    Errors(errors)
+                )?;
+                if *status == StatusCode::SERVICE_UNAVAILABLE
+                    || *status == StatusCode::REQUEST_TIMEOUT
+                {
+                    f.write_str("; it was not applied, retry later")
+                } else {
+                    f.write_str("; it may or may not have been applied")
+                }
+            }
+            ApiError::Redirected { status, location } => write!(
+                f,
+                "Kinde answered a redirect ({status} to {}), which is not followed; call the Management API on \
+                 your `<subdomain>.kinde.com` domain, not a custom domain (check KINDE_DOMAIN)",
+                location.as_deref().unwrap_or("an unknown location")
+            ),
+            ApiError::NotSent { source } => {
+                write!(
+                    f,
+                    "could not reach Kinde ({source}); nothing was sent, so a retry is safe"
+                )
+            }
+            ApiError::Transport { source } => write!(
+                f,
+                "the connection to Kinde failed after the request was sent ({source}); it may have been applied"
+            ),
+            ApiError::Timeout { after } => write!(
+                f,
+                "no answer from Kinde within {after:?} after the request was sent; it may have been applied"
+            ),
+            ApiError::Undecodable {
+                status,
+                reason,
+                body,
+            } => write!(
+                f,
+                "Kinde answered {status} with a body that is not the documented JSON ({reason}): {body:?}; \
+                 it was probably applied"
+            ),
+            ApiError::Token(e) => write!(f, "{e}"),
+            ApiError::InvalidRequest { reason } => {
+                write!(f, "the request could not be built: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::NotSent { source } | ApiError::Transport { source } => Some(&**source),
+            ApiError::Token(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why no access token could be obtained from `POST /oauth2/token`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The token endpoint refused the request, with the OAuth error it gave.
+    Refused {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The OAuth `error`, such as `invalid_client`.
+        error: Option<String>,
+        /// The OAuth `error_description`.
+        description: Option<String>,
+    },
+    /// The connection failed before the token request was sent.
+    NotSent {
+        /// The underlying error.
+        source: BoxError,
+    },
+    /// The connection failed after the token request was sent, or no answer in time.
+    Transport {
+        /// The underlying error.
+        source: BoxError,
+    },
+    /// No token within the time allowed.
+    Timeout {
+        /// The time allowed.
+        after: Duration,
+    },
+    /// A success status with a body that is not a token response.
+    Undecodable {
+        /// The HTTP status.
+        status: StatusCode,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("could not get a Kinde access token: ")?;
+        match self {
+            TokenError::Refused {
+                status,
+                error,
+                description,
+            } => {
+                write!(f, "the token endpoint answered {status}")?;
+                if let Some(e) = error {
+                    write!(f, " `{e}`")?;
+                }
+                if let Some(d) = description {
+                    write!(f, " ({d})")?;
+                }
+                f.write_str(
+                    "; check KINDE_MANAGEMENT_CLIENT_ID and KINDE_MANAGEMENT_CLIENT_SECRET, and that the \
+                     application is a machine-to-machine application authorized for the Management API",
+                )
+            }
+            TokenError::NotSent { source } => {
+                write!(f, "could not reach the token endpoint ({source})")
+            }
+            TokenError::Transport { source } => write!(f, "the token request failed ({source})"),
+            TokenError::Timeout { after } => write!(f, "no token within {after:?}"),
+            TokenError::Undecodable { status, reason } => {
+                write!(
+                    f,
+                    "the token endpoint answered {status} with an unreadable body ({reason})"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for TokenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TokenError::NotSent { source } | TokenError::Transport { source } => Some(&**source),
+            _ => None,
+        }
+    }
+}

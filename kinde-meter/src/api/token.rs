@@ -1,0 +1,215 @@
+//! Access tokens: a static one, or minted with Kinde's client-credentials grant, cached,
+//! renewed 60 s before expiry, one request at a time.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::domain::{Credentials, Domain, Secret};
+use super::error::{BoxError, TokenError};
+
+/// Renew this long before a token expires, as Kinde's SDKs do.
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// Assumed lifetime when the token response has no `expires_in`.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// `Kinde-SDK: Rust/<crate version>/<rustc version>/rust`, sent on token requests.
+pub(crate) const KINDE_SDK: &str = concat!(
+    "Rust/",
+    env!("CARGO_PKG_VERSION"),
+    "/",
+    env!("KINDE_METER_RUSTC_VERSION"),
+    "/rust"
+);
+
+/// A token and the generation it belongs to (to invalidate exactly that one).
+#[derive(Clone)]
+pub(crate) struct Token {
+    pub(crate) secret: Arc<Secret>,
+    generation: u64,
+}
+
+struct Cached {
+    token: Token,
+    refresh_at: Instant,
+}
+
+pub(crate) struct Minter {
+    client_id: String,
+    client_secret: Secret,
+    token_url: String,
+    audience: String,
+    cached: Mutex<Option<Cached>>,
+    /// Held while a token request is in flight: concurrent callers wait for it instead
+    /// of sending their own.
+    single_flight: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+}
+
+pub(crate) enum TokenSource {
+    Static(Token),
+    Minted(Box<Minter>),
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OAuthError {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+impl TokenSource {
+    pub(crate) fn new(domain: &Domain, credentials: &Credentials) -> Self {
+        match credentials {
+            Credentials::AccessToken(secret) => TokenSource::Static(Token {
+                secret: Arc::new(secret.clone()),
+                generation: 0,
+            }),
+            Credentials::ClientCredentials {
+                client_id,
+                client_secret,
+            } => TokenSource::Minted(Box::new(Minter {
+                client_id: client_id.clone(),
+                client_secret: client_secret.clone(),
+                token_url: domain.url("/oauth2/token"),
+                audience: domain.audience(),
+                cached: Mutex::new(None),
+                single_flight: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(0),
+            })),
+        }
+    }
+
+    /// Whether a refused token can be replaced by minting a new one.
+    pub(crate) fn can_remint(&self) -> bool {
+        matches!(self, TokenSource::Minted(_))
+    }
+
+    /// A valid token, minting one if the cached one is missing or about to expire.
+    pub(crate) async fn get(
+        &self,
+        http: &reqwest::Client,
+        deadline: Instant,
+    ) -> Result<Token, TokenError> {
+        let m = match self {
+            TokenSource::Static(t) => return Ok(t.clone()),
+            TokenSource::Minted(m) => m,
+        };
+        if let Some(t) = m.fresh() {
+            return Ok(t);
+        }
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let _flight = tokio::time::timeout_at(deadline, m.single_flight.lock())
+            .await
+            .map_err(|_| TokenError::Timeout { after: budget })?;
+        // Another caller may have minted one while this one waited.
+        if let Some(t) = m.fresh() {
+            return Ok(t);
+        }
+        m.mint(http, deadline).await
+    }
+
+    /// Forgets `token` after Kinde refused it, unless a newer one replaced it already.
+    pub(crate) fn invalidate(&self, token: &Token) {
+        if let TokenSource::Minted(m) = self {
+            let mut cached = m.cached.lock().unwrap_or_else(|e| e.into_inner());
+            if cached
+                .as_ref()
+                .is_some_and(|c| c.token.generation == token.generation)
+            {
+                *cached = None;
+            }
+        }
+    }
+}
+
+fn boxed(e: reqwest::Error) -> BoxError {
+    Box::new(e)
+}
+
+impl Minter {
+    fn fresh(&self) -> Option<Token> {
+        let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        cached
+            .as_ref()
+            .filter(|c| Instant::now() < c.refresh_at)
+            .map(|c| c.token.clone())
+    }
+
+    async fn mint(&self, http: &reqwest::Client, deadline: Instant) -> Result<Token, TokenError> {
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.expose()),
+            ("audience", self.audience.as_str()),
+        ];
+        let sent = http
+            .post(&self.token_url)
+            .header("Kinde-SDK", KINDE_SDK)
+            .header(http::header::ACCEPT, "application/json")
+            .form(&form)
+            .timeout(budget)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Err(TokenError::Timeout { after: budget }),
+            Err(e) if e.is_connect() => return Err(TokenError::NotSent { source: boxed(e) }),
+            Err(e) => return Err(TokenError::Transport { source: boxed(e) }),
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) if e.is_timeout() => return Err(TokenError::Timeout { after: budget }),
+            Err(e) => return Err(TokenError::Transport { source: boxed(e) }),
+        };
+        if status != StatusCode::OK {
+            let oauth: Option<OAuthError> = serde_json::from_slice(&body).ok();
+            return Err(TokenError::Refused {
+                status,
+                error: oauth.as_ref().and_then(|o| o.error.clone()),
+                description: oauth.and_then(|o| o.error_description),
+            });
+        }
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| TokenError::Undecodable {
+                status,
+                reason: e.to_string(),
+            })?;
+        if parsed.access_token.is_empty() {
+            return Err(TokenError::Undecodable {
+                status,
+                reason: "`access_token` is empty".to_owned(),
+            });
+        }
+        let lifetime = parsed
+            .expires_in
+            .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+        // Renew 60 s early; for tokens shorter than two minutes, at half their life.
+        let refresh_after = if lifetime > 2 * REFRESH_MARGIN {
+            lifetime - REFRESH_MARGIN
+        } else {
+            lifetime / 2
+        };
+        let token = Token {
+            secret: Arc::new(Secret::new(parsed.access_token)),
+            generation: self.generation.fetch_add(1, Relaxed) + 1,
+        };
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
+            token: token.clone(),
+            refresh_at: Instant::now() + refresh_after,
+        });
+        tracing::debug!(target: "kinde_meter", lifetime_secs = lifetime.as_secs(), "minted a Kinde access token");
+        Ok(token)
+    }
+}

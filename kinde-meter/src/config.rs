@@ -1,0 +1,432 @@
+//! Reporter configuration: from the environment or built in code.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{self, Client, Credentials, Domain, InvalidDomain};
+use crate::reporter::{MeterError, UnsentRecord};
+
+/// What to do with a record whose delivery may or may not have been applied (a timeout
+/// after sending, a 500/502/504, an unreadable success body).
+///
+/// Kinde documents no idempotency key, so no choice is free: resending may count the
+/// usage twice, not resending may lose it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// Resend it (the default). Kinde may count it twice; the value is counted in
+    /// [`Stats::ambiguous`](crate::Stats::ambiguous) so the excess is known.
+    #[default]
+    AtLeastOnce,
+    /// Do not resend it: hand it to the `on_unsent` hook (and
+    /// [`Stats::unsent`](crate::Stats::unsent)) for reconciliation.
+    AtMostOnce,
+}
+
+/// The error hook: called with every usage that was refused, rejected or could not be
+/// attributed. Runs on the caller's thread or the reporter's thread: keep it short.
+pub type ErrorHook = Arc<dyn Fn(&MeterError) + Send + Sync>;
+/// The unsent hook: called with records that will not be delivered (at shutdown, or
+/// ambiguous records under [`Delivery::AtMostOnce`]).
+pub type UnsentHook = Arc<dyn Fn(&[UnsentRecord]) + Send + Sync>;
+
+/// The variables [`Config::from_env`] reads, in order of precedence within each group.
+pub mod env {
+    /// The Kinde business domain, `acme.kinde.com` or `https://acme.kinde.com`.
+    pub const DOMAIN: &str = "KINDE_DOMAIN";
+    /// Client-credentials pairs, tried in this order.
+    pub const CLIENT_PAIRS: [(&str, &str); 3] = [
+        (
+            "KINDE_MANAGEMENT_CLIENT_ID",
+            "KINDE_MANAGEMENT_CLIENT_SECRET",
+        ),
+        ("KINDE_M2M_CLIENT_ID", "KINDE_M2M_CLIENT_SECRET"),
+        ("KINDE_CLIENT_ID", "KINDE_CLIENT_SECRET"),
+    ];
+    /// A static access token, used when no client-credentials pair is set.
+    pub const ACCESS_TOKEN: &str = "KINDE_ACCESS_TOKEN";
+}
+
+/// A configuration problem, naming the variable or option at fault and how to fix it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A required environment variable is not set.
+    Missing {
+        /// The variable.
+        var: &'static str,
+        /// What to set.
+        hint: &'static str,
+    },
+    /// An environment variable is set but unusable.
+    Malformed {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `http://` for a host that is not loopback.
+    InsecureHttp {
+        /// The domain.
+        domain: String,
+    },
+    /// A builder option is out of range.
+    InvalidOption {
+        /// The option (builder method).
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The HTTP client could not be built (TLS initialisation).
+    Http {
+        /// The underlying error.
+        source: api::BoxError,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Missing { var, hint } => write!(f, "{var} is not set: {hint}"),
+            ConfigError::Malformed { var, reason } => write!(f, "{var} is malformed: {reason}"),
+            ConfigError::InsecureHttp { domain } => write!(
+                f,
+                "{domain} uses plain http for a host that is not loopback, which would send access tokens \
+                 unencrypted; use https:// (or allow it explicitly with `allow_http(true)` for a trusted proxy)"
+            ),
+            ConfigError::InvalidOption { option, reason } => write!(f, "`{option}` {reason}"),
+            ConfigError::Http { source } => write!(f, "could not build the HTTP client: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Http { source } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the reporter needs: where Kinde is, how to authenticate, and how to
+/// aggregate and deliver. Build it with [`Config::new`] or [`Config::from_env`], then
+/// adjust with the setters.
+///
+/// ```
+/// use std::time::Duration;
+/// use kinde_meter::{api::{Credentials, Domain}, Config, Delivery};
+///
+/// let config = Config::new(
+///     Domain::parse("acme.kinde.com")?,
+///     Credentials::client_credentials("client-id", "client-secret"),
+/// )
+/// .flush_interval(Duration::from_secs(2))
+/// .delivery(Delivery::AtMostOnce)
+/// .on_error(|e| eprintln!("billing: {e}"));
+/// assert!(!format!("{config:?}").contains("client-secret"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) domain: Domain,
+    pub(crate) credentials: Credentials,
+    pub(crate) allow_http: bool,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) flush_interval: Duration,
+    pub(crate) max_pending_keys: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) requests_per_second: f64,
+    pub(crate) delivery: Delivery,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) coalesce_window: Duration,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) on_error: Option<ErrorHook>,
+    pub(crate) on_unsent: Option<UnsentHook>,
+}
+
+/// Defaults, also listed in the README's configuration table.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// How often usage is flushed.
+    pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+    /// The shortest flush interval accepted.
+    pub const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+    /// Distinct keys (agreement, feature, meter type) pending at once.
+    pub const MAX_PENDING_KEYS: usize = 10_000;
+    /// Requests in flight at once.
+    pub const MAX_IN_FLIGHT: usize = 4;
+    /// Client-side rate limit.
+    pub const REQUESTS_PER_SECOND: f64 = 20.0;
+    /// Time `shutdown` (and dropping the guard) may take.
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Waiting records of one key merge only within one such window.
+    pub const COALESCE_WINDOW: Duration = Duration::from_secs(3600);
+    /// First retry delay (full jitter: a random delay up to this).
+    pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
+    /// Longest retry delay.
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("domain", &self.domain)
+            .field("credentials", &self.credentials)
+            .field("allow_http", &self.allow_http)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("flush_interval", &self.flush_interval)
+            .field("max_pending_keys", &self.max_pending_keys)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("requests_per_second", &self.requests_per_second)
+            .field("delivery", &self.delivery)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("coalesce_window", &self.coalesce_window)
+            .field("on_error", &self.on_error.is_some())
+            .field("on_unsent", &self.on_unsent.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A configuration with every default.
+    pub fn new(domain: Domain, credentials: Credentials) -> Self {
+        Self {
+            domain,
+            credentials,
+            allow_http: false,
+            connect_timeout: api::DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: api::DEFAULT_REQUEST_TIMEOUT,
+            flush_interval: defaults::FLUSH_INTERVAL,
+            max_pending_keys: defaults::MAX_PENDING_KEYS,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            requests_per_second: defaults::REQUESTS_PER_SECOND,
+            delivery: Delivery::default(),
+            shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+            coalesce_window: defaults::COALESCE_WINDOW,
+            backoff_initial: defaults::BACKOFF_INITIAL,
+            backoff_max: defaults::BACKOFF_MAX,
+            on_error: None,
+            on_unsent: None,
+        }
+    }
+
+    /// Reads `KINDE_DOMAIN` and credentials from the environment:
+    /// `KINDE_MANAGEMENT_CLIENT_ID`/`KINDE_MANAGEMENT_CLIENT_SECRET`, falling back to
+    /// `KINDE_M2M_*`, then `KINDE_CLIENT_*`, or else a static `KINDE_ACCESS_TOKEN`.
+    /// The error names the variable that is missing or malformed.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_env_with(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::from_env`], reading variables through `lookup` (a secrets store,
+    /// a `.env` map, a test table). `lookup` returns `None` for unset variables.
+    ///
+    /// ```
+    /// use kinde_meter::Config;
+    ///
+    /// let vars = [("KINDE_DOMAIN", "acme.kinde.com"), ("KINDE_MANAGEMENT_CLIENT_ID", "id")];
+    /// let lookup = |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
+    /// let err = Config::from_env_with(lookup).unwrap_err();
+    /// assert!(err.to_string().starts_with("KINDE_MANAGEMENT_CLIENT_SECRET is not set"));
+    /// ```
+    pub fn from_env_with(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // An empty variable counts as unset: shells and .env files produce them often.
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let raw_domain = get(env::DOMAIN).ok_or(ConfigError::Missing {
+            var: env::DOMAIN,
+            hint: "set it to your Kinde business domain, like `acme.kinde.com`",
+        })?;
+        let domain =
+            Domain::parse(&raw_domain).map_err(|e: InvalidDomain| ConfigError::Malformed {
+                var: env::DOMAIN,
+                reason: e.to_string(),
+            })?;
+        let mut credentials = None;
+        for (id_var, secret_var) in env::CLIENT_PAIRS {
+            match (get(id_var), get(secret_var)) {
+                (Some(id), Some(secret)) => {
+                    credentials = Some(Credentials::client_credentials(id.trim(), secret));
+                    break;
+                }
+                (Some(_), None) => {
+                    return Err(ConfigError::Missing {
+                        var: secret_var,
+                        hint: "the client id is set, so its secret must be set too",
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Missing {
+                        var: id_var,
+                        hint: "the client secret is set, so its id must be set too",
+                    });
+                }
+                (None, None) => {}
+            }
+        }
+        let credentials = match (credentials, get(env::ACCESS_TOKEN)) {
+            (Some(c), _) => c,
+            (None, Some(token)) => {
+                let token = token.trim();
+                if token.chars().any(|c| !c.is_ascii_graphic()) {
+                    return Err(ConfigError::Malformed {
+                        var: env::ACCESS_TOKEN,
+                        reason: "an access token is visible ASCII without spaces".to_owned(),
+                    });
+                }
+                Credentials::access_token(token)
+            }
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    var: "KINDE_MANAGEMENT_CLIENT_ID",
+                    hint: "set KINDE_MANAGEMENT_CLIENT_ID and KINDE_MANAGEMENT_CLIENT_SECRET (or the KINDE_M2M_* or \
+                           KINDE_CLIENT_* pair), or KINDE_ACCESS_TOKEN",
+                });
+            }
+        };
+        Ok(Self::new(domain, credentials))
+    }
+
+    /// Accept `http://` for a host that is not loopback (default `false`).
+    #[must_use]
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = allow;
+        self
+    }
+
+    /// Time allowed to open a connection (default 3 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time allowed per request, token included (default 10 s).
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How often aggregated usage is flushed and sent (default 5 s, at least 100 ms).
+    #[must_use]
+    pub fn flush_interval(mut self, interval: Duration) -> Self {
+        self.flush_interval = interval;
+        self
+    }
+
+    /// Distinct keys (agreement, feature, meter type) that may be pending at once,
+    /// counting records waiting for a retry (default 10,000). Past half of it the
+    /// reporter flushes early; at the bound, usage for a new key is refused and reported.
+    #[must_use]
+    pub fn max_pending_keys(mut self, max: usize) -> Self {
+        self.max_pending_keys = max;
+        self
+    }
+
+    /// Requests in flight at once (default 4). Halved while Kinde throttles.
+    #[must_use]
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max;
+        self
+    }
+
+    /// Client-side rate limit in requests per second (default 20).
+    #[must_use]
+    pub fn requests_per_second(mut self, rate: f64) -> Self {
+        self.requests_per_second = rate;
+        self
+    }
+
+    /// What to do with records that may have been applied (default at-least-once).
+    #[must_use]
+    pub fn delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Time that shutting down (and dropping the guard) may take (default 10 s).
+    #[must_use]
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Waiting records of one key are merged only within windows of this length, so
+    /// usage never moves across a billing-period boundary by more than this (default 1 h).
+    #[must_use]
+    pub fn coalesce_window(mut self, window: Duration) -> Self {
+        self.coalesce_window = window;
+        self
+    }
+
+    /// Retry delays: a random delay up to `initial × 2^attempt`, capped at `max`
+    /// (defaults 250 ms and 30 s).
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = initial;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Called with every usage that was refused, rejected or could not be attributed.
+    #[must_use]
+    pub fn on_error(mut self, hook: impl Fn(&MeterError) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// Called with records that will not be delivered, so they can be kept elsewhere.
+    #[must_use]
+    pub fn on_unsent(mut self, hook: impl Fn(&[UnsentRecord]) + Send + Sync + 'static) -> Self {
+        self.on_unsent = Some(Arc::new(hook));
+        self
+    }
+
+    /// The domain usage is sent to.
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
+    /// Checks every option; `init` calls this.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |option, reason: &str| {
+            Err(ConfigError::InvalidOption {
+                option,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.flush_interval < defaults::MIN_FLUSH_INTERVAL {
+            return invalid("flush_interval", "must be at least 100 ms");
+        }
+        if self.max_pending_keys == 0 {
+            return invalid("max_pending_keys", "must be at least 1");
+        }
+        if self.max_in_flight == 0 {
+            return invalid("max_in_flight", "must be at least 1");
+        }
+        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
+            return invalid("requests_per_second", "must be a number greater than zero");
+        }
+        if self.coalesce_window < Duration::from_secs(1) {
+            return invalid("coalesce_window", "must be at least 1 s");
+        }
+        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
+            return invalid("backoff", "needs 0 < initial <= max");
+        }
+        Ok(())
+    }
+
+    /// Builds the API client these settings describe.
+    pub fn client(&self) -> Result<Client, ConfigError> {
+        Client::builder(self.domain.clone(), self.credentials.clone())
+            .connect_timeout(self.connect_timeout)
+            .request_timeout(self.request_timeout)
+            .allow_http(self.allow_http)
+            .build()
+    }
+}

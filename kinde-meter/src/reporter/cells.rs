@@ -1,0 +1,655 @@
+//! Pre-aggregated usage cells: the per-call hot path.
+//!
+//! A *key* is (agreement, feature, meter type). Each key has a *slot* in a sharded table;
+//! a delta slot holds one *cell* per thread that recorded it, an absolute slot one shared
+//! cell. A thread keeps the cells it uses in a small thread-local cache, so a steady-state
+//! call is a cache probe plus a plain add into a cell only that thread writes: no lock, no
+//! allocation, no shared read-modify-write, no clock read.
+//!
+//! Delta cells hold a monotonic total; the flusher keeps a watermark per cell and takes
+//! `total - watermark`, so what it reads is exactly what it removes and a concurrent add is
+//! either in this flush or the next, never lost. A cell only its slot still holds (no
+//! thread cache has it) can take no more adds: the flusher drains it one last time and
+//! frees it, and a slot without cells is freed too. That keeps memory bounded by the
+//! number of live keys, which is itself bounded (`max_pending_keys`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::{Entry as MapEntry, RandomState};
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::ThreadId;
+
+use crate::api::{AgreementId, FeatureCode, InvalidInput, MeterType};
+
+/// Bumped when the table is crowded, so every thread drops its cached cells on its next
+/// call and idle keys can be freed. One counter for all registries: bumps are rare.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static NEXT_REGISTRY_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How many cells one thread caches.
+const CACHE_SIZE: usize = 32;
+const SHARDS: usize = 16;
+
+/// (agreement, feature, meter type): what one record is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Key {
+    pub(crate) agreement: AgreementId,
+    pub(crate) feature: FeatureCode,
+    pub(crate) meter_type: MeterType,
+}
+
+/// An agreement as a metered call names it: an id from a scope, or a string from an
+/// explicit `agreement = ...` that is validated only when its key is first seen.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AgreementRef<'a> {
+    Id(&'a AgreementId),
+    Str(&'a str),
+}
+
+impl AgreementRef<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            AgreementRef::Id(id) => id.as_str(),
+            AgreementRef::Str(s) => s,
+        }
+    }
+
+    fn to_id(self) -> Result<AgreementId, InvalidInput> {
+        match self {
+            AgreementRef::Id(id) => Ok(id.clone()),
+            AgreementRef::Str(s) => AgreementId::new(s),
+        }
+    }
+}
+
+/// One cell. Padded to its own cache lines so cells of different threads never share one.
+#[repr(align(128))]
+#[derive(Debug)]
+pub(crate) struct Cell {
+    /// Delta: monotonic (wrapping) sum of everything added. Absolute: the last value set.
+    total: AtomicU64,
+    /// Absolute: bumped on every set, so the flusher sees that a value is new.
+    version: AtomicU64,
+    /// Flusher-owned: the `total` (delta) or `version` (absolute) already taken.
+    taken: AtomicU64,
+    /// The only thread that adds to this cell; `None` for shared cells.
+    owner: Option<ThreadId>,
+}
+
+impl Cell {
+    fn new(owner: Option<ThreadId>) -> Self {
+        Self {
+            total: AtomicU64::new(0),
+            version: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            owner,
+        }
+    }
+
+    /// Adds to a cell this thread owns. A plain load and store: no other thread writes it.
+    #[inline]
+    fn add_owned(&self, value: u64) {
+        let t = self.total.load(Relaxed);
+        self.total.store(t.wrapping_add(value), Relaxed);
+    }
+
+    /// Adds to a shared cell (used when thread-local storage is gone).
+    fn add_shared(&self, value: u64) {
+        self.total.fetch_add(value, Relaxed);
+    }
+
+    /// Sets an absolute value (last write wins).
+    #[inline]
+    fn set(&self, value: u64) {
+        self.total.store(value, Relaxed);
+        self.version.fetch_add(1, Release);
+    }
+
+    #[inline]
+    fn apply(&self, meter_type: MeterType, value: u64) {
+        match meter_type {
+            MeterType::Delta if self.owner.is_some() => self.add_owned(value),
+            MeterType::Delta => self.add_shared(value),
+            MeterType::Absolute => self.set(value),
+        }
+    }
+
+    /// Delta not yet taken.
+    fn pending_delta(&self) -> u64 {
+        self.total
+            .load(Acquire)
+            .wrapping_sub(self.taken.load(Relaxed))
+    }
+
+    /// Takes the delta not yet taken.
+    fn take_delta(&self) -> u64 {
+        let now = self.total.load(Acquire);
+        let before = self.taken.swap(now, Relaxed);
+        now.wrapping_sub(before)
+    }
+
+    /// Takes the absolute value if it was set since the last take.
+    fn take_absolute(&self) -> Option<u64> {
+        let version = self.version.load(Acquire);
+        if version == self.taken.load(Relaxed) {
+            return None;
+        }
+        let value = self.total.load(Relaxed);
+        self.taken.store(version, Relaxed);
+        Some(value)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    cells: Vec<Arc<Cell>>,
+}
+
+/// Why a call's usage could not be added.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The table holds `max_pending_keys` keys and this one is new.
+    Overflow {
+        max_keys: usize,
+    },
+    InvalidFeature(InvalidInput),
+    InvalidAgreement(InvalidInput),
+}
+
+/// What one drain found for a key.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Drained {
+    pub(crate) key: Key,
+    /// Delta: the sum taken (may exceed `u64::MAX` across threads). Absolute: the value.
+    pub(crate) value: u128,
+}
+
+/// A table of cells. The global one backs `record` and `#[meter]`; each
+/// non-global `Reporter` has its own.
+pub(crate) struct Registry {
+    id: u64,
+    hasher: RandomState,
+    shards: Box<[Mutex<HashMap<Key, Slot>>]>,
+    keys: AtomicUsize,
+    /// Records the worker holds (waiting or in flight); they count toward the bound.
+    waiting: AtomicUsize,
+    max_keys: AtomicUsize,
+    /// Set when a new key arrives past the high-water mark or is refused; the worker
+    /// flushes early when it sees it.
+    wants_flush: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("id", &self.id)
+            .field("keys", &self.keys.load(Relaxed))
+            .field("max_keys", &self.max_keys.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here can leave a slot half-updated, so a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Registry {
+    pub(crate) fn new(max_keys: usize) -> Self {
+        Self {
+            id: NEXT_REGISTRY_ID.fetch_add(1, Relaxed),
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            keys: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            max_keys: AtomicUsize::new(max_keys),
+            wants_flush: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub(crate) fn set_max_keys(&self, max_keys: usize) {
+        self.max_keys.store(max_keys, Relaxed);
+    }
+
+    pub(crate) fn max_keys(&self) -> usize {
+        self.max_keys.load(Relaxed)
+    }
+
+    /// Keys currently in the table.
+    pub(crate) fn keys(&self) -> usize {
+        self.keys.load(Relaxed)
+    }
+
+    /// Records the worker holds; they count toward the bound.
+    pub(crate) fn set_waiting(&self, records: usize) {
+        self.waiting.store(records, Relaxed);
+    }
+
+    /// Keys in the table plus records the worker holds: what the bound limits.
+    pub(crate) fn occupancy(&self) -> usize {
+        self.keys() + self.waiting.load(Relaxed)
+    }
+
+    /// Resolves when a caller asked for an early flush.
+    pub(crate) async fn flush_wanted(&self) {
+        self.wants_flush.notified().await;
+    }
+
+    fn high_water(&self) -> usize {
+        self.max_keys() / 2
+    }
+
+    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Slot>> {
+        let h = self.hasher.hash_one(key) as usize;
+        &self.shards[h % self.shards.len()]
+    }
+
+    /// Adds `value` for a key: the hot path. `Err` says why nothing was added.
+    #[inline]
+    pub(crate) fn add(
+        &self,
+        agreement: AgreementRef<'_>,
+        feature: &FeatureCode,
+        meter_type: MeterType,
+        value: u64,
+    ) -> Result<(), Refusal> {
+        let cached = LOCAL.try_with(|local| {
+            let mut local = local.borrow_mut();
+            local
+                .probe(self.id, agreement, feature, meter_type)
+                .map(|cell| cell.apply(meter_type, value))
+        });
+        match cached {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => self.add_slow(agreement, feature, meter_type, value, true),
+            // Thread-local storage is being torn down: use the key's shared cell.
+            Err(_) => self.add_slow(agreement, feature, meter_type, value, false),
+        }
+    }
+
+    #[cold]
+    fn add_slow(
+        &self,
+        agreement: AgreementRef<'_>,
+        feature: &FeatureCode,
+        meter_type: MeterType,
+        value: u64,
+        cache: bool,
+    ) -> Result<(), Refusal> {
+        let cell = self.cell_for(agreement, feature, meter_type, cache)?;
+        if let Some(owner) = cell.owner {
+            debug_assert_eq!(owner, std::thread::current().id());
+        }
+        cell.apply(meter_type, value);
+        if cache {
+            let id = match agreement {
+                AgreementRef::Id(id) => Some(id.clone()),
+                AgreementRef::Str(s) => AgreementId::new(s).ok(),
+            };
+            if let Some(id) = id {
+                let entry = CacheEntry {
+                    registry: self.id,
+                    agreement: id,
+                    feature: feature.clone(),
+                    meter_type,
+                    cell,
+                };
+                // `try_with`: the cache may be gone already during thread teardown.
+                let _ = LOCAL.try_with(|local| local.borrow_mut().insert(entry));
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds or creates this thread's cell for a key (a shared cell when `per_thread` is
+    /// false or the key is absolute).
+    fn cell_for(
+        &self,
+        agreement: AgreementRef<'_>,
+        feature: &FeatureCode,
+        meter_type: MeterType,
+        per_thread: bool,
+    ) -> Result<Arc<Cell>, Refusal> {
+        let key = Key {
+            agreement: agreement.to_id().map_err(Refusal::InvalidAgreement)?,
+            feature: FeatureCode::new_checked(feature).map_err(Refusal::InvalidFeature)?,
+            meter_type,
+        };
+        let owner = match meter_type {
+            MeterType::Delta if per_thread => Some(std::thread::current().id()),
+            _ => None,
+        };
+        let mut shard = lock(self.shard(&key));
+        let slot = match shard.entry(key) {
+            MapEntry::Occupied(slot) => slot.into_mut(),
+            MapEntry::Vacant(vacant) => {
+                let keys = self.occupancy();
+                let max_keys = self.max_keys();
+                if keys >= max_keys {
+                    self.wants_flush.notify_one();
+                    return Err(Refusal::Overflow { max_keys });
+                }
+                if keys + 1 >= self.high_water() {
+                    self.wants_flush.notify_one();
+                }
+                self.keys.fetch_add(1, Relaxed);
+                vacant.insert(Slot::default())
+            }
+        };
+        if let Some(cell) = slot.cells.iter().find(|c| c.owner == owner) {
+            return Ok(Arc::clone(cell));
+        }
+        let cell = Arc::new(Cell::new(owner));
+        slot.cells.push(Arc::clone(&cell));
+        Ok(cell)
+    }
+
+    /// Takes everything recorded since the last drain, one entry per key with something
+    /// new. Keys for which `admit` says no are left untouched (their usage stays in the
+    /// cells for a later drain). Frees cells and keys nobody can add to any more.
+    pub(crate) fn drain(&self, mut admit: impl FnMut(&Key) -> bool) -> Vec<Drained> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            shard.retain(|key, slot| {
+                let pending = match key.meter_type {
+                    MeterType::Delta => slot.cells.iter().any(|c| c.pending_delta() != 0),
+                    MeterType::Absolute => slot
+                        .cells
+                        .iter()
+                        .any(|c| c.version.load(Acquire) != c.taken.load(Relaxed)),
+                };
+                if pending && !admit(key) {
+                    return true;
+                }
+                let mut sum: u128 = 0;
+                let mut absolute = None;
+                slot.cells.retain_mut(|cell| {
+                    // Unique means no thread cache holds it, so nobody can add to it again
+                    // (`get_mut` synchronises with the last holder's drop).
+                    let orphan = Arc::get_mut(cell).is_some();
+                    match key.meter_type {
+                        MeterType::Delta => sum += u128::from(cell.take_delta()),
+                        MeterType::Absolute => {
+                            if let Some(v) = cell.take_absolute() {
+                                absolute = Some(v);
+                            }
+                        }
+                    }
+                    !orphan
+                });
+                if let Some(v) = absolute {
+                    sum = u128::from(v);
+                }
+                if sum != 0 || absolute.is_some() {
+                    out.push(Drained {
+                        key: key.clone(),
+                        value: sum,
+                    });
+                }
+                let keep = !slot.cells.is_empty();
+                if !keep {
+                    self.keys.fetch_sub(1, Relaxed);
+                }
+                keep
+            });
+        }
+        if self.occupancy() >= self.high_water() {
+            // Crowded: ask every thread to let go of its cached cells so that idle keys
+            // can be freed by the next drain.
+            GENERATION.fetch_add(1, Relaxed);
+        }
+        out
+    }
+
+    /// Delta usage in cells not yet drained, and the number of keys.
+    pub(crate) fn pending_delta(&self) -> u128 {
+        let mut sum = 0u128;
+        for shard in self.shards.iter() {
+            for (key, slot) in lock(shard).iter() {
+                if key.meter_type == MeterType::Delta {
+                    sum += slot
+                        .cells
+                        .iter()
+                        .map(|c| u128::from(c.pending_delta()))
+                        .sum::<u128>();
+                }
+            }
+        }
+        sum
+    }
+}
+
+struct CacheEntry {
+    registry: u64,
+    agreement: AgreementId,
+    feature: FeatureCode,
+    meter_type: MeterType,
+    cell: Arc<Cell>,
+}
+
+struct LocalCache {
+    generation: u64,
+    entries: Vec<CacheEntry>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<LocalCache> = const {
+        RefCell::new(LocalCache { generation: 0, entries: Vec::new() })
+    };
+}
+
+impl LocalCache {
+    /// Finds the cached cell for a key, most recently used first.
+    #[inline]
+    fn probe(
+        &mut self,
+        registry: u64,
+        agreement: AgreementRef<'_>,
+        feature: &FeatureCode,
+        meter_type: MeterType,
+    ) -> Option<&Cell> {
+        let generation = GENERATION.load(Relaxed);
+        if self.generation != generation {
+            self.entries.clear();
+            self.generation = generation;
+            return None;
+        }
+        let (fptr, flen) = (feature.ptr(), feature.as_str().len());
+        let same_key = |e: &CacheEntry| {
+            e.feature.ptr() == fptr
+                && e.feature.as_str().len() == flen
+                && e.meter_type == meter_type
+                && e.registry == registry
+        };
+        // Fast: the same agreement object as a cached entry (pointer equality).
+        let mut found = match agreement {
+            AgreementRef::Id(id) => self
+                .entries
+                .iter()
+                .position(|e| e.agreement.ptr() == id.ptr() && same_key(e)),
+            AgreementRef::Str(_) => None,
+        };
+        if found.is_none() {
+            // Slower: an equal agreement held in another object.
+            let s = agreement.as_str();
+            found = self
+                .entries
+                .iter()
+                .position(|e| same_key(e) && e.agreement.as_str() == s);
+            if let (Some(i), AgreementRef::Id(id)) = (found, agreement) {
+                // Remember this object so the next call takes the fast probe.
+                self.entries[i].agreement = id.clone();
+            }
+        }
+        let i = found?;
+        if i != 0 {
+            self.entries.swap(0, i);
+        }
+        Some(&self.entries[0].cell)
+    }
+
+    fn insert(&mut self, entry: CacheEntry) {
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(CACHE_SIZE);
+        }
+        if self.entries.len() == CACHE_SIZE {
+            self.entries.pop();
+        }
+        self.entries.insert(0, entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> AgreementId {
+        AgreementId::new(s).expect("valid")
+    }
+    const F: FeatureCode = FeatureCode::from_static("pro_gym");
+
+    fn drain_all(r: &Registry) -> Vec<(String, u128)> {
+        let mut v: Vec<_> = r
+            .drain(|_| true)
+            .into_iter()
+            .map(|d| {
+                (
+                    format!("{}/{}/{}", d.key.agreement, d.key.feature, d.key.meter_type),
+                    d.value,
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn adds_are_drained_exactly_once() {
+        let r = Registry::new(100);
+        let a = id("agreement_a");
+        for _ in 0..10 {
+            r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 3)
+                .expect("added");
+        }
+        r.add(AgreementRef::Str("agreement_a"), &F, MeterType::Delta, 1)
+            .expect("added");
+        assert_eq!(
+            drain_all(&r),
+            vec![("agreement_a/pro_gym/delta".to_owned(), 31)]
+        );
+        assert_eq!(drain_all(&r), vec![]);
+        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
+            .expect("added");
+        assert_eq!(
+            drain_all(&r),
+            vec![("agreement_a/pro_gym/delta".to_owned(), 2)]
+        );
+    }
+
+    #[test]
+    fn threads_add_to_their_own_cells_and_the_sum_is_exact() {
+        let r = Arc::new(Registry::new(100));
+        let a = id("agreement_a");
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (r, a) = (Arc::clone(&r), a.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+                            .expect("added");
+                    }
+                })
+            })
+            .collect();
+        let mut drained = 0u128;
+        for t in threads {
+            drained += r.drain(|_| true).iter().map(|d| d.value).sum::<u128>();
+            t.join().expect("thread");
+        }
+        drained += r.drain(|_| true).iter().map(|d| d.value).sum::<u128>();
+        assert_eq!(drained, 40_000);
+        // The threads are gone, so their cells and the key were freed.
+        assert_eq!(r.keys(), 0);
+    }
+
+    #[test]
+    fn absolute_is_last_write_wins_and_separate_from_delta() {
+        let r = Registry::new(100);
+        let a = id("agreement_a");
+        r.add(AgreementRef::Id(&a), &F, MeterType::Absolute, 7)
+            .expect("added");
+        r.add(AgreementRef::Id(&a), &F, MeterType::Absolute, 5)
+            .expect("added");
+        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 4)
+            .expect("added");
+        assert_eq!(
+            drain_all(&r),
+            vec![
+                ("agreement_a/pro_gym/absolute".to_owned(), 5),
+                ("agreement_a/pro_gym/delta".to_owned(), 4)
+            ]
+        );
+        assert_eq!(
+            drain_all(&r),
+            vec![],
+            "an unchanged absolute is not sent again"
+        );
+        r.add(AgreementRef::Id(&a), &F, MeterType::Absolute, 0)
+            .expect("added");
+        assert_eq!(
+            drain_all(&r),
+            vec![("agreement_a/pro_gym/absolute".to_owned(), 0)]
+        );
+    }
+
+    #[test]
+    fn new_keys_past_the_bound_are_refused_and_existing_ones_still_add() {
+        let r = Registry::new(2);
+        let (a, b, c) = (id("agreement_a"), id("agreement_b"), id("agreement_c"));
+        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+            .expect("added");
+        r.add(AgreementRef::Id(&b), &F, MeterType::Delta, 1)
+            .expect("added");
+        let refused = r.add(AgreementRef::Id(&c), &F, MeterType::Delta, 1);
+        assert!(
+            matches!(refused, Err(Refusal::Overflow { max_keys: 2 })),
+            "{refused:?}"
+        );
+        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+            .expect("existing key");
+        assert_eq!(r.drain(|_| true).iter().map(|d| d.value).sum::<u128>(), 3);
+    }
+
+    #[test]
+    fn invalid_input_is_refused_with_the_reason() {
+        let r = Registry::new(10);
+        let bad = FeatureCode::unchecked_static("pro gym");
+        let a = id("agreement_a");
+        assert!(matches!(
+            r.add(AgreementRef::Id(&a), &bad, MeterType::Delta, 1),
+            Err(Refusal::InvalidFeature(_))
+        ));
+        assert!(matches!(
+            r.add(AgreementRef::Str("not valid!"), &F, MeterType::Delta, 1),
+            Err(Refusal::InvalidAgreement(_))
+        ));
+        assert_eq!(r.keys(), 0);
+    }
+
+    #[test]
+    fn admit_false_leaves_usage_in_place() {
+        let r = Registry::new(10);
+        let a = id("agreement_a");
+        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 5)
+            .expect("added");
+        assert!(r.drain(|_| false).is_empty());
+        assert_eq!(r.pending_delta(), 5);
+        assert_eq!(
+            drain_all(&r),
+            vec![("agreement_a/pro_gym/delta".to_owned(), 5)]
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! The reporter: aggregates usage in memory and delivers it to Kinde in the background.
+//!
+//! - [`record`], [`record_for`] and `#[meter]` add usage to pre-aggregated cells of the
+//!   global reporter. That works before [`init`]: usage waits for the reporter to start.
+//! - [`init`] starts the global reporter's worker and returns a [`Guard`]; dropping the
+//!   guard (or [`Guard::shutdown`]) flushes what is left within a deadline.
+//! - [`Reporter::start`] runs a reporter of its own, fed only through
+//!   [`Reporter::record_for`], for libraries and tests that must not touch the global one.
+
+mod cells;
+mod core;
+mod events;
+mod outbox;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+pub(crate) use self::cells::AgreementRef;
+use self::core::Core;
+pub use self::events::{
+    FlushReport, InvalidValue, MeterError, ShutdownReport, Stats, UnsentReason, UnsentRecord,
+    UsageRecord,
+};
+use self::worker::{Command, Reply, Settings, Worker};
+use crate::api::{AgreementId, FeatureCode, MeterType};
+use crate::config::{Config, ConfigError, defaults};
+use crate::context::with_current;
+
+/// The global reporter's cells and counters. They exist from the first recorded call, so
+/// usage recorded before [`init`] is kept.
+static GLOBAL: LazyLock<Arc<Core>> =
+    LazyLock::new(|| Arc::new(Core::new(defaults::MAX_PENDING_KEYS)));
+/// Whether a global reporter is running.
+static GLOBAL_RUNNING: Mutex<bool> = Mutex::new(false);
+
+/// Whether a call succeeded, for `#[meter(on = "ok")]`.
+///
+/// Implemented for `Result` (`Ok`) and `Option` (`Some`); implement it for your own
+/// return types.
+///
+/// ```
+/// enum Reply { Done, Failed }
+///
+/// impl kinde_meter::Outcome for Reply {
+///     fn is_success(&self) -> bool {
+///         matches!(self, Reply::Done)
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`#[meter(on = \"ok\")]` needs a return type that implements `kinde_meter::Outcome`; `{Self}` does not",
+    label = "this return type does not say whether the call succeeded",
+    note = "`Outcome` is implemented for `Result` and `Option`; implement it for `{Self}`, or use `on = \"return\"`"
+)]
+pub trait Outcome {
+    /// Whether the call succeeded (and its usage should be billed).
+    fn is_success(&self) -> bool;
+}
+
+impl<T, E> Outcome for Result<T, E> {
+    fn is_success(&self) -> bool {
+        self.is_ok()
+    }
+}
+
+impl<T> Outcome for Option<T> {
+    fn is_success(&self) -> bool {
+        self.is_some()
+    }
+}
+
+/// A usage value and how Kinde applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Usage {
+    /// Added to the current usage (summed in memory before sending).
+    Delta(u64),
+    /// Replaces the current usage (last write wins).
+    Absolute(u64),
+}
+
+impl Usage {
+    fn parts(self) -> (MeterType, u64) {
+        match self {
+            Usage::Delta(v) => (MeterType::Delta, v),
+            Usage::Absolute(v) => (MeterType::Absolute, v),
+        }
+    }
+}
+
+impl From<u64> for Usage {
+    fn from(value: u64) -> Self {
+        Usage::Delta(value)
+    }
+}
+
+/// Records `value` units of `feature` for the current agreement (see
+/// [`with_agreement`](crate::with_agreement)), as `#[meter]` does.
+///
+/// Never blocks, allocates or fails on the steady path. Usage with no agreement in scope
+/// is counted in [`Stats::unattributed`] and reported, never sent; a feature code that is
+/// not valid is refused and reported the same way.
+///
+/// ```
+/// use kinde_meter::{enter_agreement, record};
+///
+/// let _scope = enter_agreement("agreement_acme".parse()?);
+/// record("api_calls", 3);
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+#[inline]
+pub fn record(feature: &'static str, value: u64) {
+    record_current(
+        &FeatureCode::unchecked_static(feature),
+        MeterType::Delta,
+        Ok(value),
+    );
+}
+
+/// Records usage for an explicit agreement, delta or absolute.
+///
+/// ```
+/// use kinde_meter::{record_for, AgreementId, FeatureCode, Usage};
+///
+/// let acme: AgreementId = "agreement_acme".parse()?;
+/// let seats = FeatureCode::new("seats")?;
+/// record_for(&acme, &seats, Usage::Absolute(12));
+/// record_for(&acme, &FeatureCode::from_static("api_calls"), 1);
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+#[inline]
+pub fn record_for(agreement: &AgreementId, feature: &FeatureCode, usage: impl Into<Usage>) {
+    let (meter_type, value) = usage.into().parts();
+    record_explicit(AgreementRef::Id(agreement), feature, meter_type, Ok(value));
+}
+
+/// The global reporter's counters.
+pub fn stats() -> Stats {
+    GLOBAL.stats()
+}
+
+/// The path of `record` and `#[meter]` without an explicit agreement.
+#[inline]
+pub(crate) fn record_current(
+    feature: &FeatureCode,
+    meter_type: MeterType,
+    value: Result<u64, InvalidValue>,
+) {
+    #[cfg(feature = "testing")]
+    if crate::testing::capture::intercept_current(feature, meter_type, value) {
+        return;
+    }
+    let core = &**GLOBAL;
+    with_current(|agreement| match agreement {
+        Some(agreement) => core.add(AgreementRef::Id(agreement), feature, meter_type, value),
+        None => core.unattributed(feature, meter_type, value),
+    });
+}
+
+/// The path of `record_for` and `#[meter(agreement = ...)]`.
+#[inline]
+pub(crate) fn record_explicit(
+    agreement: AgreementRef<'_>,
+    feature: &FeatureCode,
+    meter_type: MeterType,
+    value: Result<u64, InvalidValue>,
+) {
+    #[cfg(feature = "testing")]
+    if crate::testing::capture::intercept(agreement, feature, meter_type, value) {
+        return;
+    }
+    GLOBAL.add(agreement, feature, meter_type, value);
+}
+
+/// Why a reporter could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The global reporter is already running.
+    AlreadyInitialized,
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// The worker thread or its runtime could not be started.
+    Spawn(std::io::Error),
+}
+
+impl std::fmt::Display for InitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InitError::AlreadyInitialized => f.write_str(
+                "the global kinde-meter reporter is already running; keep the guard the first `init` returned, or \
+                 shut it down before calling `init` again",
+            ),
+            InitError::Config(e) => write!(f, "invalid kinde-meter configuration: {e}"),
+            InitError::Spawn(e) => write!(f, "could not start the kinde-meter worker thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for InitError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            InitError::AlreadyInitialized => None,
+            InitError::Config(e) => Some(e),
+            InitError::Spawn(e) => Some(e),
+        }
+    }
+}
+
+impl From<ConfigError> for InitError {
+    fn from(e: ConfigError) -> Self {
+        InitError::Config(e)
+    }
+}
+
+/// Starts the global reporter: the one `#[meter]`, [`record`] and [`record_for`] feed.
+///
+/// Returns a guard that shuts it down when dropped, delivering what is left within
+/// [`Config::shutdown_timeout`]. A second `init` while it runs is an error.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let guard = kinde_meter::init(kinde_meter::Config::from_env()?)?;
+/// // ... serve requests ...
+/// let report = guard.shutdown_blocking(std::time::Duration::from_secs(5));
+/// println!("{report}");
+/// # Ok(()) }
+/// ```
+pub fn init(config: Config) -> Result<Guard, InitError> {
+    let mut running = GLOBAL_RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    if *running {
+        return Err(InitError::AlreadyInitialized);
+    }
+    let reporter = Reporter::start_with(config, Arc::clone(&GLOBAL))?;
+    *running = true;
+    Ok(Guard {
+        reporter: Some(reporter),
+    })
+}
+
+/// The running global reporter. Dropping it shuts the reporter down (blocking for at most
+/// the configured shutdown timeout); [`Guard::shutdown`] does the same and returns the
+/// report.
+#[must_use = "dropping the guard shuts the reporter down at once"]
+#[derive(Debug)]
+pub struct Guard {
+    reporter: Option<Reporter>,
+}
+
+impl Guard {
+    fn reporter(&self) -> Option<&Reporter> {
+        self.reporter.as_ref()
+    }
+
+    /// Closes the current window and delivers everything pending, waiting at most `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> FlushReport {
+        match self.reporter() {
+            Some(r) => r.flush(timeout).await,
+            None => FlushReport {
+                waiting: 0,
+                timed_out: false,
+            },
+        }
+    }
+
+    /// [`Guard::flush`] for sync code.
+    pub fn flush_blocking(&self, timeout: Duration) -> FlushReport {
+        match self.reporter() {
+            Some(r) => r.flush_blocking(timeout),
+            None => FlushReport {
+                waiting: 0,
+                timed_out: false,
+            },
+        }
+    }
+
+    /// The global reporter's counters.
+    pub fn stats(&self) -> Stats {
+        stats()
+    }
+
+    /// Delivers what is pending within `timeout` and stops the reporter.
+    pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
+        let reporter = self.reporter.take();
+        let report = match reporter {
+            Some(r) => r.shutdown(timeout).await,
+            None => unreachable_report(),
+        };
+        release_global();
+        report
+    }
+
+    /// [`Guard::shutdown`] for sync code. Safe to call on any thread, inside or outside a
+    /// runtime: it waits on the reporter's own thread.
+    pub fn shutdown_blocking(mut self, timeout: Duration) -> ShutdownReport {
+        let report = match self.reporter.take() {
+            Some(r) => r.shutdown_blocking(timeout),
+            None => unreachable_report(),
+        };
+        release_global();
+        report
+    }
+}
+
+fn unreachable_report() -> ShutdownReport {
+    ShutdownReport {
+        stats: stats(),
+        left: Vec::new(),
+        deadline_reached: false,
+        failure: Some("the reporter was already shut down".to_owned()),
+    }
+}
+
+fn release_global() {
+    *GLOBAL_RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = false;
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(reporter) = self.reporter.take() {
+            drop(reporter);
+            release_global();
+        }
+    }
+}
+
+/// A running reporter with cells of its own (not the global ones).
+///
+/// Fed only through [`Reporter::record_for`]: `#[meter]` and [`record`] always go to the
+/// global reporter. Dropping it shuts it down like [`Guard`].
+#[must_use = "dropping the reporter shuts it down at once"]
+pub struct Reporter {
+    core: Arc<Core>,
+    commands: mpsc::UnboundedSender<Command>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    shutdown_timeout: Duration,
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("core", &self.core)
+            .field("stopped", &self.stopped.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reporter {
+    /// Starts a reporter that is not the global one.
+    pub fn start(config: Config) -> Result<Self, InitError> {
+        let core = Arc::new(Core::new(config.max_pending_keys));
+        Self::start_with(config, core)
+    }
+
+    fn start_with(config: Config, core: Arc<Core>) -> Result<Self, InitError> {
+        config.validate()?;
+        let client = config.client()?;
+        core.registry.set_max_keys(config.max_pending_keys);
+        core.set_hooks(config.on_error.clone(), config.on_unsent.clone());
+        let settings = Settings {
+            flush_interval: config.flush_interval,
+            request_timeout: config.request_timeout,
+            policy: outbox::Policy {
+                delivery: config.delivery,
+                max_in_flight: config.max_in_flight,
+                requests_per_second: config.requests_per_second,
+                backoff_initial: config.backoff_initial,
+                backoff_max: config.backoff_max,
+                coalesce_secs: config.coalesce_window.as_secs().max(1),
+                max_records: config.max_pending_keys,
+            },
+        };
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let worker = Worker::new(Arc::clone(&core), client, settings, receiver);
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("kinde-meter".to_owned())
+            .spawn(move || {
+                // Built on this thread, so it is also dropped here, never inside the
+                // application's runtime.
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => {
+                        let _ = started_tx.send(Ok(()));
+                        runtime.block_on(worker.run());
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(InitError::Spawn)?;
+        match started_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(InitError::Spawn(e)),
+            Err(_) => {
+                return Err(InitError::Spawn(std::io::Error::other(
+                    "the worker thread exited at start",
+                )));
+            }
+        }
+        Ok(Self {
+            core,
+            commands,
+            thread: Some(thread),
+            shutdown_timeout: config.shutdown_timeout,
+            stopped: AtomicBool::new(false),
+        })
+    }
+
+    /// Records usage into this reporter's cells.
+    #[inline]
+    pub fn record_for(
+        &self,
+        agreement: &AgreementId,
+        feature: &FeatureCode,
+        usage: impl Into<Usage>,
+    ) {
+        let (meter_type, value) = usage.into().parts();
+        self.core
+            .add(AgreementRef::Id(agreement), feature, meter_type, Ok(value));
+    }
+
+    /// This reporter's counters.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    /// Closes the current window and delivers everything pending, waiting at most `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> FlushReport {
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        if self
+            .commands
+            .send(Command::Flush {
+                deadline,
+                reply: Reply::Async(tx),
+            })
+            .is_err()
+        {
+            return self.flush_failed();
+        }
+        rx.await.unwrap_or_else(|_| self.flush_failed())
+    }
+
+    /// [`Reporter::flush`] for sync code.
+    pub fn flush_blocking(&self, timeout: Duration) -> FlushReport {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let deadline = Instant::now() + timeout;
+        if self
+            .commands
+            .send(Command::Flush {
+                deadline,
+                reply: Reply::Blocking(tx),
+            })
+            .is_err()
+        {
+            return self.flush_failed();
+        }
+        rx.recv_timeout(timeout + Duration::from_secs(1))
+            .unwrap_or_else(|_| self.flush_failed())
+    }
+
+    fn flush_failed(&self) -> FlushReport {
+        FlushReport {
+            waiting: self.core.registry.occupancy(),
+            timed_out: true,
+        }
+    }
+
+    /// Delivers what is pending within `timeout` and stops the reporter.
+    pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
+        self.stopped.store(true, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        if self
+            .commands
+            .send(Command::Shutdown {
+                deadline,
+                reply: Reply::Async(tx),
+            })
+            .is_err()
+        {
+            return self.failed_report("the reporter's thread is gone");
+        }
+        // The thread exits right after answering; it is not joined here, which would
+        // block the caller's runtime.
+        self.thread.take();
+        rx.await.unwrap_or_else(|_| {
+            self.failed_report("the reporter's thread stopped without answering")
+        })
+    }
+
+    /// [`Reporter::shutdown`] for sync code; returns within `timeout` plus one second.
+    pub fn shutdown_blocking(mut self, timeout: Duration) -> ShutdownReport {
+        self.stop_blocking(timeout)
+    }
+
+    fn stop_blocking(&mut self, timeout: Duration) -> ShutdownReport {
+        self.stopped.store(true, Relaxed);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let deadline = Instant::now() + timeout;
+        if self
+            .commands
+            .send(Command::Shutdown {
+                deadline,
+                reply: Reply::Blocking(tx),
+            })
+            .is_err()
+        {
+            return self.failed_report("the reporter's thread is gone");
+        }
+        match rx.recv_timeout(timeout + Duration::from_secs(1)) {
+            Ok(report) => {
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+                report
+            }
+            Err(_) => {
+                self.failed_report("the reporter's thread did not answer within the deadline")
+            }
+        }
+    }
+
+    fn failed_report(&self, why: &str) -> ShutdownReport {
+        tracing::error!(target: "kinde_meter", "shutdown failed: {why}; pending usage is unaccounted for");
+        ShutdownReport {
+            stats: self.core.stats(),
+            left: Vec::new(),
+            deadline_reached: true,
+            failure: Some(why.to_owned()),
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if !self.stopped.load(Relaxed) {
+            let report = self.stop_blocking(self.shutdown_timeout);
+            tracing::debug!(target: "kinde_meter", %report, "reporter dropped and shut down");
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! The delivery policy, without I/O: which record to send next and when, and what each
+//! outcome does to it. The worker feeds it time and outcomes; tests feed it directly.
+//!
+//! - Records wait in one list that counts toward the pending-key bound. A new record of
+//!   a key merges into a waiting one of the same coalescing bucket (never across buckets,
+//!   never into one that may have been applied); an absolute one replaces it.
+//! - At most `concurrency` requests in flight (halved on 429, regained one by one), at
+//!   most `rate` per second (token bucket), none while a 429 pause lasts, and never two
+//!   absolute records of one key at once (their order would be lost).
+//! - Outcomes: accepted; not applied → retry after full-jitter backoff (429: after the
+//!   pause); ambiguous → retry (at-least-once) or hand back (at-most-once); rejected →
+//!   dropped and reported.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::cells::Key;
+use super::events::{UnsentReason, UnsentRecord, UsageRecord};
+use crate::api::{ApiError, Disposition, MeterType, Timestamp};
+use crate::config::Delivery;
+
+/// Longest 429 pause honoured, whatever the server says.
+const MAX_PAUSE: Duration = Duration::from_secs(600);
+/// Pause after a 429 that names no reset time.
+const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub(crate) struct Policy {
+    pub(crate) delivery: Delivery,
+    pub(crate) max_in_flight: usize,
+    pub(crate) requests_per_second: f64,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) coalesce_secs: u64,
+    pub(crate) max_records: usize,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Record {
+    pub(crate) key: Key,
+    pub(crate) value: u64,
+    pub(crate) timestamp: Timestamp,
+    bucket: u64,
+    pub(crate) idempotency_key: String,
+    pub(crate) attempts: u32,
+    pub(crate) maybe_applied: bool,
+    not_before: Instant,
+    pub(crate) last_error: Option<String>,
+}
+
+impl Record {
+    pub(crate) fn usage(&self) -> UsageRecord {
+        UsageRecord {
+            agreement: self.key.agreement.clone(),
+            feature: self.key.feature.clone(),
+            meter_type: self.key.meter_type,
+            value: self.value,
+            timestamp: self.timestamp,
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+
+    pub(crate) fn unsent(&self, reason: UnsentReason) -> UnsentRecord {
+        UnsentRecord {
+            record: self.usage(),
+            reason,
+            maybe_applied: self.maybe_applied,
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// The value as delta usage (0 for absolute records), for the counters.
+    pub(crate) fn delta(&self) -> u64 {
+        match self.key.meter_type {
+            MeterType::Delta => self.value,
+            MeterType::Absolute => 0,
+        }
+    }
+}
+
+/// What an outcome led to, for counters, hooks and logs.
+#[derive(Debug)]
+pub(crate) enum Event {
+    Delivered(Record),
+    /// Will be retried. `ambiguous`: the delta of an attempt that may have been applied;
+    /// `throttled`: the cause was a 429.
+    Retrying {
+        ambiguous: Option<u64>,
+        throttled: bool,
+        error: String,
+    },
+    Rejected(Record, ApiError),
+    Unsent(UnsentRecord),
+    /// An absolute record that a newer value of its key replaced while it was out.
+    Superseded,
+}
+
+/// Why `next` has nothing to send now.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Until this instant (a pause, the rate limit, or a backoff ends).
+    Until(Instant),
+    /// Until a request in flight completes.
+    InFlight,
+    /// Nothing is waiting.
+    Idle,
+}
+
+struct TokenBucket {
+    tokens: f64,
+    capacity: f64,
+    rate: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, now: Instant) -> Self {
+        let capacity = rate.max(1.0);
+        Self {
+            tokens: capacity,
+            capacity,
+            rate,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> Result<(), Instant> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+pub(crate) struct Outbox {
+    policy: Policy,
+    waiting: Vec<Record>,
+    in_flight: usize,
+    absolute_in_flight: HashSet<Key>,
+    concurrency: usize,
+    successes: usize,
+    paused_until: Option<Instant>,
+    bucket: TokenBucket,
+    rng: fastrand::Rng,
+}
+
+impl Outbox {
+    pub(crate) fn new(policy: Policy, now: Instant, rng: fastrand::Rng) -> Self {
+        Self {
+            bucket: TokenBucket::new(policy.requests_per_second, now),
+            concurrency: policy.max_in_flight,
+            policy,
+            waiting: Vec::new(),
+            in_flight: 0,
+            absolute_in_flight: HashSet::new(),
+            successes: 0,
+            paused_until: None,
+            rng,
+        }
+    }
+
+    /// Records waiting plus in flight: what counts toward the bound.
+    pub(crate) fn len(&self) -> usize {
+        self.waiting.len() + self.in_flight
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[cfg(test)]
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn bucket_of(&self, timestamp: Timestamp) -> u64 {
+        timestamp.unix_seconds() / self.policy.coalesce_secs
+    }
+
+    fn mergeable(&self, key: &Key, bucket: u64) -> Option<usize> {
+        self.waiting.iter().position(|r| {
+            r.key == *key
+                && r.bucket == bucket
+                && (!r.maybe_applied || key.meter_type == MeterType::Absolute)
+        })
+    }
+
+    /// Whether a new record for `key` stamped `timestamp` would merge into a waiting one
+    /// (and so not grow the list).
+    pub(crate) fn can_merge(&self, key: &Key, timestamp: Timestamp) -> bool {
+        self.mergeable(key, self.bucket_of(timestamp)).is_some()
+    }
+
+    fn idempotency_key(&mut self) -> String {
+        format!("{:016x}{:016x}", self.rng.u64(..), self.rng.u64(..))
+    }
+
+    /// Adds a new record (merging it into a waiting one when allowed).
+    pub(crate) fn push(&mut self, key: Key, value: u64, timestamp: Timestamp, now: Instant) {
+        let bucket = self.bucket_of(timestamp);
+        let idempotency_key = self.idempotency_key();
+        if let Some(i) = self.mergeable(&key, bucket) {
+            let r = &mut self.waiting[i];
+            let merged = match key.meter_type {
+                MeterType::Delta => r.value.checked_add(value),
+                MeterType::Absolute => Some(value),
+            };
+            if let Some(merged) = merged {
+                r.value = merged;
+                r.timestamp = r.timestamp.max(timestamp);
+                // A merged record is a new request: a key Kinde might have stored for the
+                // old content must not swallow the new part.
+                r.idempotency_key = idempotency_key;
+                r.maybe_applied = false;
+                return;
+            }
+        }
+        self.waiting.push(Record {
+            key,
+            value,
+            timestamp,
+            bucket,
+            idempotency_key,
+            attempts: 0,
+            maybe_applied: false,
+            not_before: now,
+            last_error: None,
+        });
+    }
+
+    /// The next record to send now, or why there is none. The caller must report its
+    /// outcome with [`Outbox::complete`].
+    pub(crate) fn next(&mut self, now: Instant) -> Result<Record, Wait> {
+        if self.waiting.is_empty() {
+            return Err(if self.in_flight > 0 {
+                Wait::InFlight
+            } else {
+                Wait::Idle
+            });
+        }
+        if let Some(until) = self.paused_until {
+            if now < until {
+                return Err(Wait::Until(until));
+            }
+            self.paused_until = None;
+        }
+        if self.in_flight >= self.concurrency {
+            return Err(Wait::InFlight);
+        }
+        let sendable = |r: &Record| {
+            !(r.key.meter_type == MeterType::Absolute && self.absolute_in_flight.contains(&r.key))
+        };
+        // Oldest due record first (the list is in arrival order).
+        let Some(i) = self
+            .waiting
+            .iter()
+            .position(|r| r.not_before <= now && sendable(r))
+        else {
+            let next_due = self
+                .waiting
+                .iter()
+                .filter(|r| sendable(r))
+                .map(|r| r.not_before)
+                .min();
+            return Err(next_due.map_or(Wait::InFlight, Wait::Until));
+        };
+        self.bucket.take(now).map_err(Wait::Until)?;
+        let record = self.waiting.remove(i);
+        self.in_flight += 1;
+        if record.key.meter_type == MeterType::Absolute {
+            self.absolute_in_flight.insert(record.key.clone());
+        }
+        Ok(record)
+    }
+
+    fn backoff(&mut self, attempts: u32) -> Duration {
+        let exp = self
+            .policy
+            .backoff_initial
+            .saturating_mul(1u32 << attempts.min(20));
+        let cap = exp.min(self.policy.backoff_max);
+        // Full jitter: anywhere between zero and the cap.
+        cap.mul_f64(self.rng.f64())
+    }
+
+    /// Feeds back the outcome of a record taken with [`Outbox::next`].
+    pub(crate) fn complete(
+        &mut self,
+        mut record: Record,
+        outcome: Result<(), ApiError>,
+        now: Instant,
+    ) -> Event {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if record.key.meter_type == MeterType::Absolute {
+            self.absolute_in_flight.remove(&record.key);
+        }
+        record.attempts += 1;
+        let error = match outcome {
+            Ok(()) => {
+                self.regain_concurrency();
+                return Event::Delivered(record);
+            }
+            Err(e) => e,
+        };
+        let message = error.to_string();
+        record.last_error = Some(message.clone());
+        let disposition = error.disposition();
+        if disposition == Disposition::Rejected {
+            return Event::Rejected(record, error);
+        }
+        let mut ambiguous = None;
+        if disposition == Disposition::Ambiguous {
+            record.maybe_applied = true;
+            ambiguous = Some(record.delta());
+            if self.policy.delivery == Delivery::AtMostOnce {
+                return Event::Unsent(record.unsent(UnsentReason::Ambiguous));
+            }
+        }
+        let throttled = matches!(error, ApiError::Throttled { .. });
+        record.not_before = if let ApiError::Throttled { retry_after, .. } = error {
+            let wait = retry_after.unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE);
+            // Plus up to a second of jitter so many clients do not return at once.
+            let until = now + wait + Duration::from_secs_f64(self.rng.f64());
+            self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+            self.concurrency = (self.concurrency / 2).max(1);
+            self.successes = 0;
+            until
+        } else {
+            now + self.backoff(record.attempts - 1)
+        };
+        if record.key.meter_type == MeterType::Absolute
+            && self
+                .waiting
+                .iter()
+                .any(|r| r.key == record.key && r.bucket == record.bucket)
+        {
+            // A newer value of this key is waiting; this one must not overwrite it later.
+            return Event::Superseded;
+        }
+        self.waiting.push(record);
+        Event::Retrying {
+            ambiguous,
+            throttled,
+            error: message,
+        }
+    }
+
+    /// Additive increase after a 429 halved the concurrency.
+    fn regain_concurrency(&mut self) {
+        if self.concurrency < self.policy.max_in_flight {
+            self.successes += 1;
+            if self.successes >= self.concurrency {
+                self.concurrency += 1;
+                self.successes = 0;
+            }
+        }
+    }
+
+    /// Takes every waiting record out (at the shutdown deadline).
+    pub(crate) fn take_all(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.waiting)
+    }
+
+    /// Forgets records that were in flight when they were abandoned (at the deadline).
+    pub(crate) fn abandon_in_flight(&mut self, record: &Record) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.absolute_in_flight.remove(&record.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{AgreementId, FeatureCode};
+    use http::StatusCode;
+
+    fn policy() -> Policy {
+        Policy {
+            delivery: Delivery::AtLeastOnce,
+            max_in_flight: 4,
+            requests_per_second: 1000.0,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            coalesce_secs: 3600,
+            max_records: 100,
+        }
+    }
+
+    fn key(agreement: &str, meter_type: MeterType) -> Key {
+        Key {
+            agreement: AgreementId::new(agreement).expect("id"),
+            feature: FeatureCode::from_static("f"),
+            meter_type,
+        }
+    }
+
+    fn ts(secs: u64) -> Timestamp {
+        Timestamp::from_unix_seconds(secs).expect("ts")
+    }
+
+    fn server(status: u16) -> ApiError {
+        ApiError::Server {
+            status: StatusCode::from_u16(status).expect("status"),
+            errors: vec![],
+        }
+    }
+
+    #[test]
+    fn merges_only_within_a_bucket_and_never_into_maybe_applied_records() {
+        let now = Instant::now();
+        let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(1));
+        let k = key("agreement_a", MeterType::Delta);
+        o.push(k.clone(), 1, ts(7200), now);
+        o.push(k.clone(), 2, ts(7201), now);
+        assert_eq!(o.len(), 1, "same hour: merged");
+        o.push(k.clone(), 4, ts(10_800), now);
+        assert_eq!(o.len(), 2, "next hour: separate");
+        let first = o.next(now).expect("due");
+        assert_eq!((first.value, first.timestamp), (3, ts(7201)));
+        assert!(matches!(
+            o.complete(first, Err(server(502)), now),
+            Event::Retrying {
+                ambiguous: Some(3),
+                ..
+            }
+        ));
+        o.push(k.clone(), 8, ts(7202), now);
+        let values: Vec<u64> = o.waiting.iter().map(|r| r.value).collect();
+        assert_eq!(
+            values,
+            vec![4, 3, 8],
+            "a maybe-applied record takes no more usage"
+        );
+    }
+
+    #[test]
+    fn same_idempotency_key_across_retries() {
+        let now = Instant::now();
+        let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(2));
+        o.push(key("agreement_a", MeterType::Delta), 1, ts(1), now);
+        let r = o.next(now).expect("due");
+        let idem = r.idempotency_key.clone();
+        assert_eq!(idem.len(), 32);
+        o.complete(r, Err(server(503)), now);
+        let later = now + Duration::from_secs(10);
+        let r = o.next(later).expect("due after backoff");
+        assert_eq!(r.idempotency_key, idem);
+        assert_eq!(r.attempts, 1);
+    }
+
+    #[test]
+    fn throttling_pauses_everything_and_halves_concurrency() {
+        let now = Instant::now();
+        let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(3));
+        for i in 0..6 {
+            o.push(
+                key(&format!("agreement_{i}"), MeterType::Delta),
+                1,
+                ts(1),
+                now,
+            );
+        }
+        let r = o.next(now).expect("due");
+        let throttled = ApiError::Throttled {
+            retry_after: Some(Duration::from_secs(3)),
+            errors: vec![],
+        };
+        assert!(matches!(
+            o.complete(r, Err(throttled), now),
+            Event::Retrying {
+                throttled: true,
+                ..
+            }
+        ));
+        assert_eq!(o.concurrency(), 2);
+        match o.next(now + Duration::from_millis(2_999)) {
+            Err(Wait::Until(t)) => assert!(t >= now + Duration::from_secs(3)),
+            other => panic!("still paused, got {other:?}"),
+        }
+        let after = now + Duration::from_secs(5);
+        let a = o.next(after).expect("resumed");
+        let b = o.next(after).expect("second slot");
+        assert_eq!(o.next(after).unwrap_err(), Wait::InFlight, "halved to 2");
+        o.complete(a, Ok(()), after);
+        o.complete(b, Ok(()), after);
+        assert_eq!(
+            o.concurrency(),
+            3,
+            "regained one after a full round of successes"
+        );
+    }
+
+    #[test]
+    fn ambiguous_under_at_most_once_is_handed_back() {
+        let now = Instant::now();
+        let mut p = policy();
+        p.delivery = Delivery::AtMostOnce;
+        let mut o = Outbox::new(p, now, fastrand::Rng::with_seed(4));
+        o.push(key("agreement_a", MeterType::Delta), 5, ts(1), now);
+        let r = o.next(now).expect("due");
+        let timeout = ApiError::Timeout {
+            after: Duration::from_secs(1),
+        };
+        match o.complete(r, Err(timeout), now) {
+            Event::Unsent(u) => {
+                assert_eq!(u.reason, UnsentReason::Ambiguous);
+                assert!(u.maybe_applied);
+                assert_eq!(u.record.value, 5);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn absolute_records_of_one_key_are_never_in_flight_together() {
+        let now = Instant::now();
+        let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(5));
+        let k = key("agreement_a", MeterType::Absolute);
+        o.push(k.clone(), 10, ts(1), now);
+        let first = o.next(now).expect("due");
+        o.push(k.clone(), 20, ts(2), now);
+        assert_eq!(o.next(now).unwrap_err(), Wait::InFlight);
+        // The older value fails; the newer one must win.
+        assert!(matches!(
+            o.complete(first, Err(server(503)), now),
+            Event::Superseded
+        ));
+        assert_eq!(o.next(now).expect("newer").value, 20);
+    }
+
+    #[test]
+    fn merges_are_told_apart_from_new_records() {
+        let now = Instant::now();
+        let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(6));
+        let (a, b) = (
+            key("agreement_a", MeterType::Delta),
+            key("agreement_b", MeterType::Delta),
+        );
+        assert!(!o.can_merge(&a, ts(1)));
+        o.push(a.clone(), 1, ts(1), now);
+        assert!(o.can_merge(&a, ts(2)), "merges into the waiting record");
+        assert!(
+            !o.can_merge(&a, ts(3600)),
+            "another bucket would be a new record"
+        );
+        assert!(!o.can_merge(&b, ts(1)));
+    }
+
+    #[test]
+    fn rate_limit_spaces_requests() {
+        let now = Instant::now();
+        let mut p = policy();
+        p.requests_per_second = 2.0;
+        let mut o = Outbox::new(p, now, fastrand::Rng::with_seed(7));
+        for i in 0..3 {
+            o.push(
+                key(&format!("agreement_{i}"), MeterType::Delta),
+                1,
+                ts(1),
+                now,
+            );
+        }
+        let a = o.next(now).expect("burst 1");
+        let b = o.next(now).expect("burst 2");
+        match o.next(now) {
+            Err(Wait::Until(t)) => assert_eq!(t, now + Duration::from_millis(500)),
+            other => panic!("{other:?}"),
+        }
+        o.complete(a, Ok(()), now);
+        o.complete(b, Ok(()), now);
+        assert!(o.next(now + Duration::from_millis(500)).is_ok());
+    }
+}

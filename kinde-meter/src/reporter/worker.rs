@@ -1,0 +1,392 @@
+//! The flush worker: its own OS thread with a private current-thread tokio runtime, so it
+//! runs whatever the application runs (no runtime, a current-thread or a multi-thread one)
+//! and outlives the application's runtime. It turns cells into records every interval,
+//! sends them under the [`Outbox`] policy, and drains on `flush` and `shutdown`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
+
+use super::core::Core;
+use super::events::{FlushReport, MeterError, ShutdownReport, UnsentReason, UnsentRecord};
+use super::outbox::{Event, Outbox, Policy, Record, Wait};
+use crate::api::{ApiError, Client, CreateMeterUsageRecordRequest, RequestOptions, Timestamp};
+
+/// A request is not started with less time than this left before a deadline.
+const MIN_ATTEMPT: Duration = Duration::from_millis(20);
+
+pub(crate) struct Settings {
+    pub(crate) flush_interval: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) policy: Policy,
+}
+
+/// Where the worker sends an answer: to an async caller or a blocking one.
+pub(crate) enum Reply<T> {
+    Async(oneshot::Sender<T>),
+    Blocking(std::sync::mpsc::SyncSender<T>),
+}
+
+impl<T> Reply<T> {
+    fn send(self, value: T) {
+        // The caller may have stopped waiting (its own timeout); nothing to do then.
+        match self {
+            Reply::Async(tx) => drop(tx.send(value)),
+            Reply::Blocking(tx) => drop(tx.send(value)),
+        }
+    }
+}
+
+pub(crate) enum Command {
+    Flush {
+        deadline: Instant,
+        reply: Reply<FlushReport>,
+    },
+    Shutdown {
+        deadline: Instant,
+        reply: Reply<ShutdownReport>,
+    },
+}
+
+pub(crate) struct Worker {
+    core: Arc<Core>,
+    client: Client,
+    settings: Settings,
+    outbox: Outbox,
+    sending: HashMap<Id, Record>,
+    tasks: JoinSet<Result<(), ApiError>>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// In a failure episode: warned once, quiet until a success.
+    failing: bool,
+    /// (feature, status) pairs already logged as rejected.
+    rejections_logged: HashSet<(String, Option<u16>)>,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        core: Arc<Core>,
+        client: Client,
+        settings: Settings,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        let outbox = Outbox::new(
+            settings.policy.clone(),
+            Instant::now(),
+            fastrand::Rng::new(),
+        );
+        Self {
+            core,
+            client,
+            settings,
+            outbox,
+            sending: HashMap::new(),
+            tasks: JoinSet::new(),
+            commands,
+            failing: false,
+            rejections_logged: HashSet::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let interval = self.settings.flush_interval;
+        let mut next_flush = Instant::now() + interval;
+        loop {
+            let wake = match self.dispatch(None) {
+                Wait::Until(t) => t.min(next_flush),
+                Wait::InFlight | Wait::Idle => next_flush,
+            };
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Flush { deadline, reply }) => {
+                        let report = self.drain_until(deadline, false).await;
+                        reply.send(report);
+                    }
+                    Some(Command::Shutdown { deadline, reply }) => {
+                        let report = self.shutdown(deadline).await;
+                        reply.send(report);
+                        return;
+                    }
+                    // Every handle is gone without a shutdown: nobody can ask any more.
+                    None => return,
+                },
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finished(joined),
+                () = self.core.registry.flush_wanted() => {
+                    self.flush(false);
+                    next_flush = Instant::now() + interval;
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if Instant::now() >= next_flush {
+                self.flush(false);
+                next_flush = Instant::now() + interval;
+            }
+        }
+    }
+
+    /// Closes the window: every cell with new usage becomes a record stamped now.
+    /// `all` ignores the bound (at shutdown, everything must be accounted for).
+    fn flush(&mut self, all: bool) {
+        let timestamp = Timestamp::now();
+        let now = Instant::now();
+        let outbox = &self.outbox;
+        let mut room = self
+            .settings
+            .policy
+            .max_records
+            .saturating_sub(outbox.len());
+        let drained = self.core.registry.drain(|key| {
+            if all || outbox.can_merge(key, timestamp) {
+                return true;
+            }
+            let admitted = room > 0;
+            room = room.saturating_sub(1);
+            admitted
+        });
+        for d in drained {
+            let mut left = d.value;
+            loop {
+                // A delta sum beyond u64 (many threads, one window) goes out in parts.
+                let part = u64::try_from(left).unwrap_or(u64::MAX);
+                if d.key.meter_type == crate::MeterType::Delta {
+                    self.core
+                        .counters
+                        .flushed
+                        .fetch_add(part, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.outbox.push(d.key.clone(), part, timestamp, now);
+                left -= u128::from(part);
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        self.publish_waiting();
+    }
+
+    fn publish_waiting(&self) {
+        self.core.registry.set_waiting(self.outbox.len());
+    }
+
+    /// Starts every request the policy allows now; says what to wait for next.
+    fn dispatch(&mut self, deadline: Option<Instant>) -> Wait {
+        loop {
+            let now = Instant::now();
+            let timeout = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(now);
+                    if left < MIN_ATTEMPT {
+                        return Wait::Until(d);
+                    }
+                    left.min(self.settings.request_timeout)
+                }
+                None => self.settings.request_timeout,
+            };
+            let record = match self.outbox.next(now) {
+                Ok(record) => record,
+                Err(wait) => return wait,
+            };
+            let request = CreateMeterUsageRecordRequest::new(
+                record.key.agreement.clone(),
+                record.key.feature.clone(),
+                record.value,
+            )
+            .with_meter_type(record.key.meter_type)
+            .with_timestamp(record.timestamp);
+            let options = RequestOptions::new()
+                .idempotency_key(record.idempotency_key.clone())
+                .timeout(timeout);
+            let client = self.client.clone();
+            let handle = self.tasks.spawn(async move {
+                client
+                    .create_meter_usage_record_with_options(&request, &options)
+                    .await
+                    .map(drop)
+            });
+            self.core
+                .counters
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.sending.insert(handle.id(), record);
+        }
+    }
+
+    fn finished(&mut self, joined: Result<(Id, Result<(), ApiError>), JoinError>) {
+        let (id, outcome) = match joined {
+            Ok((id, outcome)) => (id, outcome),
+            // The request task panicked or was aborted: whether it was sent is unknown.
+            Err(e) => {
+                let id = e.id();
+                let outcome = Err(ApiError::Transport {
+                    source: Box::new(e),
+                });
+                (id, outcome)
+            }
+        };
+        let Some(record) = self.sending.remove(&id) else {
+            return;
+        };
+        let event = self.outbox.complete(record, outcome, Instant::now());
+        self.account(event);
+        self.publish_waiting();
+    }
+
+    fn account(&mut self, event: Event) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.core.counters;
+        match event {
+            Event::Delivered(record) => {
+                c.delivered.fetch_add(record.delta(), Relaxed);
+                c.records_delivered.fetch_add(1, Relaxed);
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!(target: "kinde_meter", "delivery to Kinde recovered");
+                }
+            }
+            Event::Retrying {
+                ambiguous,
+                throttled,
+                error,
+            } => {
+                c.retried.fetch_add(1, Relaxed);
+                if let Some(value) = ambiguous {
+                    c.ambiguous.fetch_add(value, Relaxed);
+                }
+                if throttled {
+                    c.throttled.fetch_add(1, Relaxed);
+                }
+                self.episode_failure(error);
+            }
+            Event::Rejected(record, error) => {
+                c.rejected.fetch_add(record.delta(), Relaxed);
+                let message = error.to_string();
+                self.core.set_last_error(message.clone());
+                let first = self.rejections_logged.len() < 1000
+                    && self.rejections_logged.insert((
+                        record.key.feature.to_string(),
+                        error.status().map(|s| s.as_u16()),
+                    ));
+                if first {
+                    tracing::error!(
+                        target: "kinde_meter",
+                        feature = record.key.feature.as_str(),
+                        agreement = record.key.agreement.as_str(),
+                        value = record.value,
+                        "Kinde rejected a usage record, which is dropped: {message} (logged once per feature and \
+                         status; see `Stats::rejected`)"
+                    );
+                }
+                self.core.error(MeterError::Rejected {
+                    record: record.usage(),
+                    error,
+                });
+            }
+            Event::Unsent(unsent) => {
+                let delta = if unsent.record.meter_type == crate::MeterType::Delta {
+                    unsent.record.value
+                } else {
+                    0
+                };
+                c.ambiguous.fetch_add(delta, Relaxed);
+                c.unsent.fetch_add(delta, Relaxed);
+                self.episode_failure(unsent.last_error.clone().unwrap_or_default());
+                self.core.unsent(&[unsent]);
+            }
+            Event::Superseded => {}
+        }
+    }
+
+    fn episode_failure(&mut self, error: String) {
+        if !self.failing {
+            self.failing = true;
+            tracing::warn!(
+                target: "kinde_meter",
+                "delivery to Kinde is failing; retrying with backoff (warned once until it recovers): {error}"
+            );
+        }
+        self.core.set_last_error(error);
+    }
+
+    /// Closes the window, then sends until nothing waits or `deadline` passes.
+    async fn drain_until(&mut self, deadline: Instant, all: bool) -> FlushReport {
+        self.flush(all);
+        loop {
+            if self.outbox.is_empty() {
+                return FlushReport {
+                    waiting: 0,
+                    timed_out: false,
+                };
+            }
+            if Instant::now() >= deadline {
+                return FlushReport {
+                    waiting: self.outbox.len(),
+                    timed_out: true,
+                };
+            }
+            let wake = match self.dispatch(Some(deadline)) {
+                Wait::Until(t) => t.min(deadline),
+                Wait::InFlight | Wait::Idle => deadline,
+            };
+            tokio::select! {
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finished(joined),
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn shutdown(&mut self, deadline: Instant) -> ShutdownReport {
+        let drained = self.drain_until(deadline, true).await;
+        // Requests still out at the deadline are abandoned; they may have been applied.
+        self.tasks.abort_all();
+        let mut left: Vec<UnsentRecord> = Vec::new();
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            match joined {
+                Ok(done) => self.finished(Ok(done)),
+                Err(e) => {
+                    if let Some(mut record) = self.sending.remove(&e.id()) {
+                        self.outbox.abandon_in_flight(&record);
+                        record.attempts += 1;
+                        record.maybe_applied = true;
+                        record.last_error =
+                            Some("abandoned in flight at the shutdown deadline".to_owned());
+                        left.push(record.unsent(UnsentReason::DeadlineExceeded));
+                    }
+                }
+            }
+        }
+        left.extend(
+            self.outbox
+                .take_all()
+                .iter()
+                .map(|r| r.unsent(UnsentReason::DeadlineExceeded)),
+        );
+        self.publish_waiting();
+        let left_delta: u64 = left
+            .iter()
+            .filter(|u| u.record.meter_type == crate::MeterType::Delta)
+            .map(|u| u.record.value)
+            .fold(0, u64::saturating_add);
+        self.core
+            .counters
+            .unsent
+            .fetch_add(left_delta, std::sync::atomic::Ordering::Relaxed);
+        if !left.is_empty() {
+            tracing::warn!(
+                target: "kinde_meter",
+                records = left.len(),
+                value = left_delta,
+                "shutdown deadline reached with usage undelivered; it is passed to `on_unsent` and the report"
+            );
+        }
+        self.core.unsent(&left);
+        ShutdownReport {
+            stats: self.core.stats(),
+            left,
+            deadline_reached: drained.timed_out,
+            failure: None,
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! `capture()`: what metered code records, for unit tests, without a reporter.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+
+use crate::api::{AgreementId, FeatureCode, MeterType};
+use crate::context::with_current;
+use crate::reporter::{AgreementRef, InvalidValue};
+
+/// Captures installed on any thread right now: when zero (always, outside tests), the
+/// hot path pays one relaxed load for this feature.
+static INSTALLED: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static STACK: RefCell<Vec<Arc<Sink>>> = const { RefCell::new(Vec::new()) };
+}
+
+#[derive(Default, Debug)]
+struct Data {
+    usage: BTreeMap<(String, String, MeterType), u64>,
+    unattributed: BTreeMap<String, u64>,
+    invalid: Vec<String>,
+}
+
+#[derive(Default, Debug)]
+struct Sink {
+    data: Mutex<Data>,
+}
+
+impl Sink {
+    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(
+        &self,
+        agreement: Option<AgreementRef<'_>>,
+        feature: &FeatureCode,
+        meter_type: MeterType,
+        value: Result<u64, InvalidValue>,
+    ) {
+        let mut data = self.data();
+        let value = match (value, FeatureCode::new_checked(feature)) {
+            (Err(e), _) => return data.invalid.push(format!("{feature}: {e}")),
+            (_, Err(e)) => return data.invalid.push(e.to_string()),
+            (Ok(v), Ok(_)) => v,
+        };
+        let agreement = match agreement {
+            None => {
+                *data.unattributed.entry(feature.to_string()).or_default() += value;
+                return;
+            }
+            Some(AgreementRef::Id(id)) => id.to_string(),
+            Some(AgreementRef::Str(s)) => match AgreementId::new(s) {
+                Ok(id) => id.to_string(),
+                Err(e) => return data.invalid.push(e.to_string()),
+            },
+        };
+        let slot = data
+            .usage
+            .entry((agreement, feature.to_string(), meter_type))
+            .or_default();
+        match meter_type {
+            MeterType::Delta => *slot = slot.saturating_add(value),
+            MeterType::Absolute => *slot = value,
+        }
+    }
+}
+
+fn top() -> Option<Arc<Sink>> {
+    if INSTALLED.load(Relaxed) == 0 {
+        return None;
+    }
+    STACK
+        .try_with(|s| s.borrow().last().cloned())
+        .ok()
+        .flatten()
+}
+
+/// Routes a call without an explicit agreement to the innermost capture, if any.
+#[inline]
+pub(crate) fn intercept_current(
+    feature: &FeatureCode,
+    meter_type: MeterType,
+    value: Result<u64, InvalidValue>,
+) -> bool {
+    let Some(sink) = top() else { return false };
+    with_current(|agreement| sink.add(agreement.map(AgreementRef::Id), feature, meter_type, value));
+    true
+}
+
+/// Routes a call with an explicit agreement to the innermost capture, if any.
+#[inline]
+pub(crate) fn intercept(
+    agreement: AgreementRef<'_>,
+    feature: &FeatureCode,
+    meter_type: MeterType,
+    value: Result<u64, InvalidValue>,
+) -> bool {
+    let Some(sink) = top() else { return false };
+    sink.add(Some(agreement), feature, meter_type, value);
+    true
+}
+
+fn install(sink: &Arc<Sink>) {
+    STACK.with(|s| s.borrow_mut().push(Arc::clone(sink)));
+    INSTALLED.fetch_add(1, Relaxed);
+}
+
+fn uninstall(sink: &Arc<Sink>) {
+    let _ = STACK.try_with(|s| {
+        let mut stack = s.borrow_mut();
+        if let Some(i) = stack.iter().rposition(|x| Arc::ptr_eq(x, sink)) {
+            stack.remove(i);
+        }
+    });
+    INSTALLED.fetch_sub(1, Relaxed);
+}
+
+/// Starts capturing what metered code records on this thread, instead of sending it to
+/// the global reporter, until the returned [`Capture`] drops.
+///
+/// Captures are per thread (and per future with [`Capture::scope`]), so tests running in
+/// parallel in one process do not see each other's usage. They nest: the innermost wins.
+///
+/// ```
+/// use kinde_meter::{enter_agreement, meter, testing};
+///
+/// #[meter(feature = "exports", value = rows.len())]
+/// fn export(rows: &[u32]) -> usize {
+///     rows.len()
+/// }
+///
+/// let capture = testing::capture();
+/// let _scope = enter_agreement("agreement_acme".parse()?);
+/// export(&[1, 2, 3]);
+/// export(&[4]);
+/// assert_eq!(capture.total("agreement_acme", "exports"), 4);
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+pub fn capture() -> Capture {
+    let sink = Arc::new(Sink::default());
+    install(&sink);
+    Capture {
+        sink,
+        _not_send: PhantomData,
+    }
+}
+
+/// What metered code recorded while it was installed. Created by [`capture`].
+#[derive(Debug)]
+#[must_use = "usage is captured only while the `Capture` is alive"]
+pub struct Capture {
+    sink: Arc<Sink>,
+    // Installed on the creating thread, so it must be dropped there.
+    _not_send: PhantomData<*const ()>,
+}
+
+/// Usage of one key, as captured.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub struct Captured {
+    /// The agreement.
+    pub agreement: String,
+    /// The feature.
+    pub feature: String,
+    /// Delta (summed) or absolute (last value).
+    pub meter_type: MeterType,
+    /// The sum (delta) or last value (absolute).
+    pub value: u64,
+}
+
+impl Capture {
+    /// The delta usage of `feature` recorded for `agreement`.
+    pub fn total(&self, agreement: &str, feature: &str) -> u64 {
+        let key = (agreement.to_owned(), feature.to_owned(), MeterType::Delta);
+        self.sink.data().usage.get(&key).copied().unwrap_or(0)
+    }
+
+    /// The last absolute value of `feature` recorded for `agreement`.
+    pub fn absolute(&self, agreement: &str, feature: &str) -> Option<u64> {
+        let key = (
+            agreement.to_owned(),
+            feature.to_owned(),
+            MeterType::Absolute,
+        );
+        self.sink.data().usage.get(&key).copied()
+    }
+
+    /// Usage of `feature` recorded with no agreement in scope.
+    pub fn unattributed(&self, feature: &str) -> u64 {
+        self.sink
+            .data()
+            .unattributed
+            .get(feature)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Calls refused as invalid (feature code, agreement id or value), with the reason.
+    pub fn invalid(&self) -> Vec<String> {
+        self.sink.data().invalid.clone()
+    }
+
+    /// Everything captured, one entry per key, sorted.
+    pub fn usage(&self) -> Vec<Captured> {
+        self.sink
+            .data()
+            .usage
+            .iter()
+            .map(|((agreement, feature, meter_type), value)| Captured {
+                agreement: agreement.clone(),
+                feature: feature.clone(),
+                meter_type: *meter_type,
+                value: *value,
+            })
+            .collect()
+    }
+
+    /// Whether nothing at all was captured.
+    pub fn is_empty(&self) -> bool {
+        let data = self.sink.data();
+        data.usage.is_empty() && data.unattributed.is_empty() && data.invalid.is_empty()
+    }
+
+    /// Runs `future` with this capture installed on whichever thread polls it, so usage
+    /// from a task on a multi-thread runtime is captured too.
+    pub fn scope<F: Future>(&self, future: F) -> CaptureScope<F> {
+        CaptureScope {
+            sink: Arc::clone(&self.sink),
+            future,
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        uninstall(&self.sink);
+    }
+}
+
+pin_project! {
+    /// A future run under a capture. Created by [`Capture::scope`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct CaptureScope<F> {
+        sink: Arc<Sink>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F> std::fmt::Debug for CaptureScope<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureScope").finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for CaptureScope<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        struct Installed<'a>(&'a Arc<Sink>);
+        impl Drop for Installed<'_> {
+            fn drop(&mut self) {
+                uninstall(self.0);
+            }
+        }
+        install(this.sink);
+        let _installed = Installed(this.sink);
+        this.future.poll(cx)
+    }
+}
