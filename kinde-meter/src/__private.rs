@@ -52,7 +52,7 @@ pub enum Deferred {
 /// What `agreement = <expr>` may evaluate to.
 pub trait AgreementArg {
     /// Records `value` now (for `on = "call"`).
-    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>);
+    fn record(self, site: &'static CallSite, value: u64);
     /// Keeps the agreement for a later record, owning it so the body may move the
     /// arguments it came from.
     fn defer(self) -> Deferred;
@@ -60,7 +60,7 @@ pub trait AgreementArg {
 
 impl AgreementArg for CurrentAgreement {
     #[inline]
-    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+    fn record(self, site: &'static CallSite, value: u64) {
         reporter::record_current(&site.feature, site.meter_type, value);
     }
     fn defer(self) -> Deferred {
@@ -70,7 +70,7 @@ impl AgreementArg for CurrentAgreement {
 
 impl AgreementArg for &AgreementId {
     #[inline]
-    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+    fn record(self, site: &'static CallSite, value: u64) {
         reporter::record_explicit(
             AgreementRef::Id(self),
             &site.feature,
@@ -85,7 +85,7 @@ impl AgreementArg for &AgreementId {
 
 impl AgreementArg for AgreementId {
     #[inline]
-    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+    fn record(self, site: &'static CallSite, value: u64) {
         (&self).record(site, value);
     }
     fn defer(self) -> Deferred {
@@ -95,7 +95,7 @@ impl AgreementArg for AgreementId {
 
 impl AgreementArg for &str {
     #[inline]
-    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+    fn record(self, site: &'static CallSite, value: u64) {
         reporter::record_explicit(
             AgreementRef::Str(self),
             &site.feature,
@@ -113,7 +113,7 @@ impl AgreementArg for &str {
 
 impl AgreementArg for String {
     #[inline]
-    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+    fn record(self, site: &'static CallSite, value: u64) {
         self.as_str().record(site, value);
     }
     fn defer(self) -> Deferred {
@@ -123,7 +123,7 @@ impl AgreementArg for String {
 
 impl AgreementArg for &String {
     #[inline]
-    fn record(self, site: &'static CallSite, value: Result<u64, InvalidValue>) {
+    fn record(self, site: &'static CallSite, value: u64) {
         self.as_str().record(site, value);
     }
     fn defer(self) -> Deferred {
@@ -143,7 +143,7 @@ macro_rules! unsigned {
         impl MeterValueArg for $t {
             #[inline]
             fn into_value(self) -> Result<u64, InvalidValue> {
-                u64::try_from(self).map_err(|_| InvalidValue::too_large(self as u128))
+                u64::try_from(self).map_err(|_| InvalidValue::too_large())
             }
         }
     )*};
@@ -156,7 +156,7 @@ macro_rules! signed {
                 if self < 0 {
                     return Err(InvalidValue::negative(self as i128));
                 }
-                u64::try_from(self).map_err(|_| InvalidValue::too_large(self as u128))
+                u64::try_from(self).map_err(|_| InvalidValue::too_large())
             }
         }
     )*};
@@ -174,7 +174,10 @@ impl<T: MeterValueArg + Copy> MeterValueArg for &T {
 /// `on = "call"`: records now.
 #[inline]
 pub fn record<A: AgreementArg, V: MeterValueArg>(site: &'static CallSite, agreement: A, value: V) {
-    agreement.record(site, value.into_value());
+    match value.into_value() {
+        Ok(value) => agreement.record(site, value),
+        Err(invalid) => reporter::record_invalid(&site.feature, invalid),
+    }
 }
 
 /// A call whose usage is recorded when it completes (`on = "return"` / `on = "ok"`):
@@ -209,6 +212,10 @@ impl Pending {
             agreement,
             value,
         } = self;
+        let value = match value {
+            Ok(value) => value,
+            Err(invalid) => return reporter::record_invalid(&site.feature, invalid),
+        };
         match agreement {
             Deferred::Current => CurrentAgreement.record(site, value),
             Deferred::Id(id) => id.record(site, value),

@@ -1,8 +1,9 @@
 //! The current customer agreement: whom metered calls bill.
 //!
 //! Two scopes, looked up in this order:
-//! 1. the *task* scope, set for a future with [`with_agreement`] (a tokio task-local, so it
-//!    follows the future across threads of a multi-thread runtime), and
+//! 1. the *task* scope, set for a future with [`with_agreement`] while it is polled (so it
+//!    follows the future across the threads of a multi-thread runtime, under any executor),
+//!    and
 //! 2. the *thread* scope, set for sync code with [`enter_agreement`] (a thread-local that
 //!    nests and is restored when the guard drops).
 //!
@@ -13,15 +14,18 @@ use std::cell::Cell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::ptr;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::task::futures::TaskLocalFuture;
 
 use crate::api::AgreementId;
 
-tokio::task_local! {
-    static TASK_AGREEMENT: AgreementId;
+thread_local! {
+    // The agreement of the innermost `WithAgreement` being polled on this thread, or null.
+    // A raw pointer in a `const`, destructor-free thread-local: reading it is one load,
+    // which matters because every metered call reads it.
+    static TASK_AGREEMENT: Cell<*const AgreementId> = const { Cell::new(ptr::null()) };
 }
 
 thread_local! {
@@ -48,9 +52,8 @@ thread_local! {
 /// ```
 pub fn with_agreement<F: Future>(agreement: AgreementId, future: F) -> WithAgreement<F> {
     WithAgreement {
-        inner: Inner::Scoped {
-            fut: TASK_AGREEMENT.scope(agreement, future),
-        },
+        agreement: Some(agreement),
+        future,
     }
 }
 
@@ -91,28 +94,34 @@ pub fn current_agreement() -> Option<AgreementId> {
 }
 
 /// Calls `f` with the current agreement without cloning it: the hot path of every
-/// metered call. `f` is `Fn` because it may be tried against either scope.
+/// metered call.
 #[inline]
-pub(crate) fn with_current<R>(f: impl Fn(Option<&AgreementId>) -> R) -> R {
-    if let Ok(r) = TASK_AGREEMENT.try_with(|agreement| f(Some(agreement))) {
-        return r;
+pub(crate) fn with_current<R>(f: impl FnOnce(Option<&AgreementId>) -> R) -> R {
+    let task = TASK_AGREEMENT.with(Cell::get);
+    if task.is_null() {
+        return with_thread_scope(f);
     }
-    let from_thread = THREAD_AGREEMENT.try_with(|cell| {
-        // Take the value out for the duration of `f` and put it back even if `f` unwinds.
-        struct PutBack<'a>(&'a Cell<Option<AgreementId>>, Option<AgreementId>);
-        impl Drop for PutBack<'_> {
-            fn drop(&mut self) {
-                self.0.set(self.1.take());
-            }
+    // SAFETY: a non-null pointer was stored by `WithAgreement::poll`, on this thread,
+    // pointing at the agreement inside that pinned future; it is reset before that poll
+    // returns (or unwinds). So we are inside that poll, the future cannot move or drop
+    // while it is being polled, and the reference does not outlive `f`.
+    f(Some(unsafe { &*task }))
+}
+
+#[inline(never)]
+fn with_thread_scope<R>(f: impl FnOnce(Option<&AgreementId>) -> R) -> R {
+    // Take the value out for the duration of `f` (so `f` may enter and leave scopes of
+    // its own) and put it back afterwards, also if `f` unwinds.
+    struct PutBack(Option<AgreementId>);
+    impl Drop for PutBack {
+        fn drop(&mut self) {
+            let value = self.0.take();
+            // During thread teardown the slot may be gone; nothing to restore then.
+            let _ = THREAD_AGREEMENT.try_with(|slot| slot.set(value));
         }
-        let held = PutBack(cell, cell.take());
-        f(held.1.as_ref())
-    });
-    match from_thread {
-        Ok(r) => r,
-        // The thread is being torn down: no thread scope any more.
-        Err(_) => f(None),
     }
+    let held = PutBack(THREAD_AGREEMENT.try_with(Cell::take).ok().flatten());
+    f(held.0.as_ref())
 }
 
 /// Restores the previous thread scope when dropped. Returned by [`enter_agreement`].
@@ -142,17 +151,19 @@ pin_project! {
     /// A future run with an agreement scope. Returned by [`with_agreement`] and
     /// [`AgreementFutureExt`].
     #[must_use = "futures do nothing unless polled"]
-    pub struct WithAgreement<F: Future> {
+    pub struct WithAgreement<F> {
+        agreement: Option<AgreementId>,
         #[pin]
-        inner: Inner<F>,
+        future: F,
     }
 }
 
-pin_project! {
-    #[project = InnerProj]
-    enum Inner<F: Future> {
-        Scoped { #[pin] fut: TaskLocalFuture<AgreementId, F> },
-        Plain { #[pin] fut: F },
+/// Puts back the previous task scope, also when the inner poll unwinds.
+struct Restore(*const AgreementId);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        TASK_AGREEMENT.with(|slot| slot.set(self.0));
     }
 }
 
@@ -160,16 +171,22 @@ impl<F: Future> Future for WithAgreement<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        match self.project().inner.project() {
-            InnerProj::Scoped { fut } => fut.poll(cx),
-            InnerProj::Plain { fut } => fut.poll(cx),
-        }
+        let this = self.project();
+        let Some(agreement) = this.agreement.as_ref() else {
+            return this.future.poll(cx);
+        };
+        // The pointer stays valid while this poll runs: `self` is pinned and borrowed.
+        let previous = TASK_AGREEMENT.with(|slot| slot.replace(ptr::from_ref(agreement)));
+        let _restore = Restore(previous);
+        this.future.poll(cx)
     }
 }
 
-impl<F: Future> std::fmt::Debug for WithAgreement<F> {
+impl<F> std::fmt::Debug for WithAgreement<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WithAgreement").finish_non_exhaustive()
+        f.debug_struct("WithAgreement")
+            .field("agreement", &self.agreement)
+            .finish_non_exhaustive()
     }
 }
 
@@ -192,11 +209,9 @@ pub trait AgreementFutureExt: Future + Sized {
     /// Runs this future in the agreement that is current *now* (where this method is
     /// called), or with no scope if there is none.
     fn in_current_agreement(self) -> WithAgreement<Self> {
-        match current_agreement() {
-            Some(agreement) => with_agreement(agreement, self),
-            None => WithAgreement {
-                inner: Inner::Plain { fut: self },
-            },
+        WithAgreement {
+            agreement: current_agreement(),
+            future: self,
         }
     }
 

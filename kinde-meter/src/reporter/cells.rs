@@ -13,10 +13,11 @@
 //! frees it, and a slot without cells is freed too. That keeps memory bounded by the
 //! number of live keys, which is itself bounded (`max_pending_keys`).
 
-use std::cell::RefCell;
+use std::cell::Cell as StdCell;
 use std::collections::HashMap;
 use std::collections::hash_map::{Entry as MapEntry, RandomState};
 use std::hash::{BuildHasher, Hash};
+use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::ThreadId;
@@ -26,7 +27,9 @@ use crate::api::{AgreementId, FeatureCode, InvalidInput, MeterType};
 /// Bumped when the table is crowded, so every thread drops its cached cells on its next
 /// call and idle keys can be freed. One counter for all registries: bumps are rare.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-static NEXT_REGISTRY_ID: AtomicU64 = AtomicU64::new(1);
+/// The global registry's id; other registries count up from 1.
+pub(crate) const GLOBAL_ID: u64 = 0;
+static NEXT_REGISTRY_ID: AtomicU64 = AtomicU64::new(GLOBAL_ID + 1);
 
 /// How many cells one thread caches.
 const CACHE_SIZE: usize = 32;
@@ -198,8 +201,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Registry {
     pub(crate) fn new(max_keys: usize) -> Self {
+        Self::with_id(NEXT_REGISTRY_ID.fetch_add(1, Relaxed), max_keys)
+    }
+
+    /// The registry behind `record` and `#[meter]`.
+    pub(crate) fn global(max_keys: usize) -> Self {
+        Self::with_id(GLOBAL_ID, max_keys)
+    }
+
+    fn with_id(id: u64, max_keys: usize) -> Self {
         Self {
-            id: NEXT_REGISTRY_ID.fetch_add(1, Relaxed),
+            id,
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             keys: AtomicUsize::new(0),
@@ -246,7 +258,7 @@ impl Registry {
         &self.shards[h % self.shards.len()]
     }
 
-    /// Adds `value` for a key: the hot path. `Err` says why nothing was added.
+    /// Adds `value` for a key. `Err` says why nothing was added.
     #[inline]
     pub(crate) fn add(
         &self,
@@ -255,33 +267,24 @@ impl Registry {
         meter_type: MeterType,
         value: u64,
     ) -> Result<(), Refusal> {
-        let cached = LOCAL.try_with(|local| {
-            let mut local = local.borrow_mut();
-            local
-                .probe(self.id, agreement, feature, meter_type)
-                .map(|cell| cell.apply(meter_type, value))
-        });
-        match cached {
-            Ok(Some(())) => Ok(()),
-            Ok(None) => self.add_slow(agreement, feature, meter_type, value, true),
-            // Thread-local storage is being torn down: use the key's shared cell.
-            Err(_) => self.add_slow(agreement, feature, meter_type, value, false),
+        match add_cached(self.id, agreement, feature, meter_type, value) {
+            Lookup::Hit => Ok(()),
+            miss => self.add_slow(agreement, feature, meter_type, value, miss),
         }
     }
 
+    /// Adds through the table (its shard lock), caching the cell for next time.
     #[cold]
-    fn add_slow(
+    pub(crate) fn add_slow(
         &self,
         agreement: AgreementRef<'_>,
         feature: &FeatureCode,
         meter_type: MeterType,
         value: u64,
-        cache: bool,
+        lookup: Lookup,
     ) -> Result<(), Refusal> {
+        let cache = lookup != Lookup::NoCache;
         let cell = self.cell_for(agreement, feature, meter_type, cache)?;
-        if let Some(owner) = cell.owner {
-            debug_assert_eq!(owner, std::thread::current().id());
-        }
         cell.apply(meter_type, value);
         if cache {
             let id = match agreement {
@@ -289,15 +292,9 @@ impl Registry {
                 AgreementRef::Str(s) => AgreementId::new(s).ok(),
             };
             if let Some(id) = id {
-                let entry = CacheEntry {
-                    registry: self.id,
-                    agreement: id,
-                    feature: feature.clone(),
-                    meter_type,
-                    cell,
-                };
-                // `try_with`: the cache may be gone already during thread teardown.
-                let _ = LOCAL.try_with(|local| local.borrow_mut().insert(entry));
+                let entry = CacheEntry::new(self.id, id, feature.clone(), meter_type, cell);
+                // The cache may be gone already during thread teardown.
+                let _ = with_cache(|cache| cache.insert(entry));
             }
         }
         Ok(())
@@ -422,79 +419,239 @@ impl Registry {
     }
 }
 
-struct CacheEntry {
+/// The outcome of a cache probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// Added.
+    Hit,
+    /// Not cached: look the key up in the table.
+    Miss,
+    /// Thread-local storage is gone (thread teardown): use a shared cell, uncached.
+    NoCache,
+}
+
+/// The hot path: adds to this thread's cached cell for the key, if there is one.
+#[inline]
+pub(crate) fn add_cached(
     registry: u64,
-    agreement: AgreementId,
-    feature: FeatureCode,
+    agreement: AgreementRef<'_>,
+    feature: &FeatureCode,
+    meter_type: MeterType,
+    value: u64,
+) -> Lookup {
+    let feature = feature.as_str();
+    // Plain words only: an enum copied through memory here stalls store forwarding.
+    let key = ProbeKey {
+        registry,
+        agreement_ptr: match agreement {
+            AgreementRef::Id(id) => id.ptr(),
+            AgreementRef::Str(_) => ptr::null(),
+        },
+        feature_ptr: feature.as_ptr(),
+        feature_len: feature.len(),
+        meter_type,
+    };
+    let probed = with_cache(|cache| {
+        let cell = match cache.first(&key) {
+            Some(cell) => cell,
+            None => match cache.probe_rest(&key, agreement) {
+                Some(cell) => cell,
+                None => return Lookup::Miss,
+            },
+        };
+        // A cached delta cell is always this thread's own.
+        match meter_type {
+            MeterType::Delta => cell.add_owned(value),
+            MeterType::Absolute => cell.set(value),
+        }
+        Lookup::Hit
+    });
+    probed.unwrap_or(Lookup::NoCache)
+}
+
+/// What a cache probe compares.
+struct ProbeKey {
+    registry: u64,
+    /// Null for an agreement given as a string (compared by content instead).
+    agreement_ptr: *const u8,
+    feature_ptr: *const u8,
+    feature_len: usize,
+    meter_type: MeterType,
+}
+
+struct CacheEntry {
+    // What the probe compares, as plain words.
+    agreement_ptr: *const u8,
+    feature_ptr: *const u8,
+    feature_len: usize,
+    registry: u64,
     meter_type: MeterType,
     cell: Arc<Cell>,
+    // Keep the pointed-to strings alive (so no address is reused while cached) and
+    // allow comparing by content.
+    agreement: AgreementId,
+    _feature: FeatureCode,
+}
+
+impl CacheEntry {
+    fn new(
+        registry: u64,
+        agreement: AgreementId,
+        feature: FeatureCode,
+        meter_type: MeterType,
+        cell: Arc<Cell>,
+    ) -> Self {
+        Self {
+            agreement_ptr: agreement.ptr(),
+            feature_ptr: feature.ptr(),
+            feature_len: feature.as_str().len(),
+            registry,
+            meter_type,
+            cell,
+            agreement,
+            _feature: feature,
+        }
+    }
+
+    #[inline]
+    fn same_key(&self, key: &ProbeKey) -> bool {
+        self.feature_ptr == key.feature_ptr
+            && self.feature_len == key.feature_len
+            && self.registry == key.registry
+            && self.meter_type == key.meter_type
+    }
 }
 
 struct LocalCache {
     generation: u64,
+    /// Set while a `&mut` to this cache is live, so a re-entrant use cannot alias it.
+    busy: bool,
     entries: Vec<CacheEntry>,
 }
 
+/// Marks the per-thread cache as freed (thread teardown).
+const GONE: *mut LocalCache = ptr::without_provenance_mut(1);
+
 thread_local! {
-    static LOCAL: RefCell<LocalCache> = const {
-        RefCell::new(LocalCache { generation: 0, entries: Vec::new() })
-    };
+    // This thread's cache: null until first used, `GONE` once freed. A raw pointer in a
+    // `const`, destructor-free thread-local is one load on the hot path (a thread-local
+    // with a destructor adds a registration check and a `RefCell` a borrow flag).
+    static CACHE: StdCell<*mut LocalCache> = const { StdCell::new(ptr::null_mut()) };
+    // Frees the cache when the thread exits, releasing its cells so they can be reaped.
+    static CACHE_OWNER: CacheOwner = const { CacheOwner };
+}
+
+struct CacheOwner;
+
+impl Drop for CacheOwner {
+    fn drop(&mut self) {
+        free_cache();
+    }
+}
+
+fn free_cache() {
+    let cache = CACHE.with(|slot| slot.replace(GONE));
+    if !cache.is_null() && cache != GONE {
+        // SAFETY: a pointer other than null and `GONE` came from `Box::into_raw` in
+        // `new_cache` for this thread, and swapping `GONE` in first means no later call
+        // can reach it; no `&mut` to it is live (destructors run outside `with_cache`).
+        drop(unsafe { Box::from_raw(cache) });
+    }
+}
+
+#[cold]
+fn new_cache() -> *mut LocalCache {
+    if CACHE_OWNER.try_with(|_| ()).is_err() {
+        // The thread is exiting: no cache any more.
+        CACHE.with(|slot| slot.set(GONE));
+        return GONE;
+    }
+    let cache = Box::into_raw(Box::new(LocalCache {
+        generation: GENERATION.load(Relaxed),
+        busy: false,
+        entries: Vec::with_capacity(CACHE_SIZE),
+    }));
+    CACHE.with(|slot| slot.set(cache));
+    cache
+}
+
+/// Runs `f` on this thread's cache; `None` during thread teardown or if re-entered.
+#[inline]
+fn with_cache<R>(f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
+    let mut cache = CACHE.with(StdCell::get);
+    if cache.is_null() {
+        cache = new_cache();
+    }
+    if cache == GONE {
+        return None;
+    }
+    // SAFETY: `cache` came from `Box::into_raw` for this thread and is freed only after
+    // `GONE` replaced it, so it is live. The `busy` flag makes this the only `&mut`: it is
+    // read through the raw pointer first, and a nested call (impossible today: nothing
+    // here runs user code) would get `None` instead of a second reference.
+    unsafe {
+        if (*cache).busy {
+            return None;
+        }
+        (*cache).busy = true;
+        let result = f(&mut *cache);
+        (*cache).busy = false;
+        Some(result)
+    }
 }
 
 impl LocalCache {
-    /// Finds the cached cell for a key, most recently used first.
+    /// The most recently used entry, if it is the key's: what a loop or a request
+    /// calling metered code again hits.
     #[inline]
-    fn probe(
-        &mut self,
-        registry: u64,
-        agreement: AgreementRef<'_>,
-        feature: &FeatureCode,
-        meter_type: MeterType,
-    ) -> Option<&Cell> {
+    fn first(&self, key: &ProbeKey) -> Option<&Cell> {
+        let first = self.entries.first()?;
+        let hit = self.generation == GENERATION.load(Relaxed)
+            && first.agreement_ptr == key.agreement_ptr
+            && !key.agreement_ptr.is_null()
+            && first.same_key(key);
+        hit.then_some(&*first.cell)
+    }
+
+    /// The rest of the cache: any entry by agreement object, then by content. A hit
+    /// moves to the front.
+    #[cold]
+    #[inline(never)]
+    fn probe_rest(&mut self, key: &ProbeKey, agreement: AgreementRef<'_>) -> Option<&Cell> {
         let generation = GENERATION.load(Relaxed);
         if self.generation != generation {
             self.entries.clear();
             self.generation = generation;
             return None;
         }
-        let (fptr, flen) = (feature.ptr(), feature.as_str().len());
-        let same_key = |e: &CacheEntry| {
-            e.feature.ptr() == fptr
-                && e.feature.as_str().len() == flen
-                && e.meter_type == meter_type
-                && e.registry == registry
-        };
-        // Fast: the same agreement object as a cached entry (pointer equality).
-        let mut found = match agreement {
-            AgreementRef::Id(id) => self
-                .entries
+        let by_object = if key.agreement_ptr.is_null() {
+            None
+        } else {
+            self.entries
                 .iter()
-                .position(|e| e.agreement.ptr() == id.ptr() && same_key(e)),
-            AgreementRef::Str(_) => None,
+                .position(|e| e.agreement_ptr == key.agreement_ptr && e.same_key(key))
         };
-        if found.is_none() {
-            // Slower: an equal agreement held in another object.
-            let s = agreement.as_str();
-            found = self
-                .entries
-                .iter()
-                .position(|e| same_key(e) && e.agreement.as_str() == s);
-            if let (Some(i), AgreementRef::Id(id)) = (found, agreement) {
-                // Remember this object so the next call takes the fast probe.
-                self.entries[i].agreement = id.clone();
+        let i = match by_object {
+            Some(i) => i,
+            None => {
+                let s = agreement.as_str();
+                let i = self
+                    .entries
+                    .iter()
+                    .position(|e| e.same_key(key) && e.agreement.as_str() == s)?;
+                if let AgreementRef::Id(id) = agreement {
+                    // Remember this object so the next call takes the fast probe.
+                    self.entries[i].agreement_ptr = id.ptr();
+                    self.entries[i].agreement = id.clone();
+                }
+                i
             }
-        }
-        let i = found?;
-        if i != 0 {
-            self.entries.swap(0, i);
-        }
-        Some(&self.entries[0].cell)
+        };
+        self.entries.swap(0, i);
+        self.entries.first().map(|e| &*e.cell)
     }
 
     fn insert(&mut self, entry: CacheEntry) {
-        if self.entries.capacity() == 0 {
-            self.entries.reserve_exact(CACHE_SIZE);
-        }
         if self.entries.len() == CACHE_SIZE {
             self.entries.pop();
         }

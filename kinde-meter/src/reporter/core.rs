@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 
-use super::cells::{AgreementRef, Refusal, Registry};
+use super::cells::{AgreementRef, Lookup, Refusal, Registry};
 use super::events::{InvalidValue, MeterError, Stats, UnsentRecord};
 use crate::api::{FeatureCode, MeterType};
 use crate::config::{ErrorHook, UnsentHook};
@@ -57,8 +57,17 @@ fn add(counter: &AtomicU64, value: u64) {
 
 impl Core {
     pub(crate) fn new(max_keys: usize) -> Self {
+        Self::with_registry(Registry::new(max_keys))
+    }
+
+    /// The core behind `record` and `#[meter]`.
+    pub(crate) fn global(max_keys: usize) -> Self {
+        Self::with_registry(Registry::global(max_keys))
+    }
+
+    fn with_registry(registry: Registry) -> Self {
         Self {
-            registry: Registry::new(max_keys),
+            registry,
             counters: Counters::default(),
             hooks: RwLock::default(),
             warned: Mutex::default(),
@@ -83,30 +92,40 @@ impl Core {
         agreement: AgreementRef<'_>,
         feature: &FeatureCode,
         meter_type: MeterType,
-        value: Result<u64, InvalidValue>,
+        value: u64,
     ) {
-        match value {
-            Ok(value) => {
-                if let Err(refusal) = self.registry.add(agreement, feature, meter_type, value) {
-                    self.refused(refusal, agreement, feature, meter_type, value);
-                }
-            }
-            Err(invalid) => self.invalid(feature, &invalid.to_string()),
+        if let Err(refusal) = self.registry.add(agreement, feature, meter_type, value) {
+            self.refused(refusal, agreement, feature, meter_type, value);
         }
+    }
+
+    /// The slow half of [`Core::add`], for a caller that already missed the cache.
+    #[cold]
+    pub(crate) fn add_uncached(
+        &self,
+        agreement: AgreementRef<'_>,
+        feature: &FeatureCode,
+        meter_type: MeterType,
+        value: u64,
+        lookup: Lookup,
+    ) {
+        if let Err(refusal) = self
+            .registry
+            .add_slow(agreement, feature, meter_type, value, lookup)
+        {
+            self.refused(refusal, agreement, feature, meter_type, value);
+        }
+    }
+
+    /// A value that cannot be billed (negative, too large).
+    #[cold]
+    pub(crate) fn invalid_value(&self, feature: &FeatureCode, invalid: InvalidValue) {
+        self.invalid(feature, &invalid.to_string());
     }
 
     /// Usage with no agreement in scope.
     #[cold]
-    pub(crate) fn unattributed(
-        &self,
-        feature: &FeatureCode,
-        meter_type: MeterType,
-        value: Result<u64, InvalidValue>,
-    ) {
-        let value = match value {
-            Ok(v) => v,
-            Err(invalid) => return self.invalid(feature, &invalid.to_string()),
-        };
+    pub(crate) fn unattributed(&self, feature: &FeatureCode, meter_type: MeterType, value: u64) {
         if meter_type == MeterType::Delta {
             add(&self.counters.unattributed, value);
         }

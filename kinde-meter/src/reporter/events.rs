@@ -5,39 +5,40 @@ use std::fmt;
 use crate::api::{AgreementId, ApiError, FeatureCode, InvalidInput, MeterType, Timestamp};
 
 /// A value given to `#[meter(value = ...)]` that cannot be billed: negative, or larger
-/// than `u64::MAX`. It is refused (counted in [`Stats::invalid`])
-/// and passed to the error hook), never truncated.
+/// than `u64::MAX`. It is refused (counted in [`Stats::invalid`] and passed to the error
+/// hook), never truncated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InvalidValue {
-    negative: Option<i128>,
-    too_large: Option<u128>,
+pub struct InvalidValue(InvalidRepr);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InvalidRepr {
+    /// Saturated at `i64::MIN` for smaller `i128` values.
+    Negative(i64),
+    TooLarge,
 }
 
 impl InvalidValue {
     pub(crate) fn negative(value: i128) -> Self {
-        Self {
-            negative: Some(value),
-            too_large: None,
-        }
+        Self(InvalidRepr::Negative(
+            i64::try_from(value).unwrap_or(i64::MIN),
+        ))
     }
 
-    pub(crate) fn too_large(value: u128) -> Self {
-        Self {
-            negative: None,
-            too_large: Some(value),
-        }
+    pub(crate) fn too_large() -> Self {
+        Self(InvalidRepr::TooLarge)
     }
 }
 
 impl fmt::Display for InvalidValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.negative, self.too_large) {
-            (Some(v), _) => write!(
-                f,
-                "the value {v} is negative; usage values must be zero or more"
-            ),
-            (_, Some(v)) => write!(f, "the value {v} is larger than u64::MAX"),
-            (None, None) => f.write_str("invalid value"),
+        match self.0 {
+            InvalidRepr::Negative(v) => {
+                write!(
+                    f,
+                    "the value {v} is negative; usage values must be zero or more"
+                )
+            }
+            InvalidRepr::TooLarge => f.write_str("the value is larger than u64::MAX"),
         }
     }
 }

@@ -34,7 +34,7 @@ use crate::context::with_current;
 /// The global reporter's cells and counters. They exist from the first recorded call, so
 /// usage recorded before [`init`] is kept.
 static GLOBAL: LazyLock<Arc<Core>> =
-    LazyLock::new(|| Arc::new(Core::new(defaults::MAX_PENDING_KEYS)));
+    LazyLock::new(|| Arc::new(Core::global(defaults::MAX_PENDING_KEYS)));
 /// Whether a global reporter is running.
 static GLOBAL_RUNNING: Mutex<bool> = Mutex::new(false);
 
@@ -117,7 +117,7 @@ pub fn record(feature: &'static str, value: u64) {
     record_current(
         &FeatureCode::unchecked_static(feature),
         MeterType::Delta,
-        Ok(value),
+        value,
     );
 }
 
@@ -135,7 +135,7 @@ pub fn record(feature: &'static str, value: u64) {
 #[inline]
 pub fn record_for(agreement: &AgreementId, feature: &FeatureCode, usage: impl Into<Usage>) {
     let (meter_type, value) = usage.into().parts();
-    record_explicit(AgreementRef::Id(agreement), feature, meter_type, Ok(value));
+    record_explicit(AgreementRef::Id(agreement), feature, meter_type, value);
 }
 
 /// The global reporter's counters.
@@ -143,21 +143,23 @@ pub fn stats() -> Stats {
     GLOBAL.stats()
 }
 
-/// The path of `record` and `#[meter]` without an explicit agreement.
+/// The path of `record` and `#[meter]` without an explicit agreement. A cache hit
+/// touches only thread-locals; the global table is reached on a miss.
 #[inline]
-pub(crate) fn record_current(
-    feature: &FeatureCode,
-    meter_type: MeterType,
-    value: Result<u64, InvalidValue>,
-) {
+pub(crate) fn record_current(feature: &FeatureCode, meter_type: MeterType, value: u64) {
     #[cfg(feature = "testing")]
     if crate::testing::capture::intercept_current(feature, meter_type, value) {
         return;
     }
-    let core = &**GLOBAL;
     with_current(|agreement| match agreement {
-        Some(agreement) => core.add(AgreementRef::Id(agreement), feature, meter_type, value),
-        None => core.unattributed(feature, meter_type, value),
+        Some(id) => {
+            let agreement = AgreementRef::Id(id);
+            match cells::add_cached(cells::GLOBAL_ID, agreement, feature, meter_type, value) {
+                cells::Lookup::Hit => {}
+                miss => GLOBAL.add_uncached(agreement, feature, meter_type, value, miss),
+            }
+        }
+        None => GLOBAL.unattributed(feature, meter_type, value),
     });
 }
 
@@ -167,13 +169,26 @@ pub(crate) fn record_explicit(
     agreement: AgreementRef<'_>,
     feature: &FeatureCode,
     meter_type: MeterType,
-    value: Result<u64, InvalidValue>,
+    value: u64,
 ) {
     #[cfg(feature = "testing")]
     if crate::testing::capture::intercept(agreement, feature, meter_type, value) {
         return;
     }
-    GLOBAL.add(agreement, feature, meter_type, value);
+    match cells::add_cached(cells::GLOBAL_ID, agreement, feature, meter_type, value) {
+        cells::Lookup::Hit => {}
+        miss => GLOBAL.add_uncached(agreement, feature, meter_type, value, miss),
+    }
+}
+
+/// A `#[meter(value = ...)]` that cannot be billed.
+#[cold]
+pub(crate) fn record_invalid(feature: &FeatureCode, invalid: InvalidValue) {
+    #[cfg(feature = "testing")]
+    if crate::testing::capture::intercept_invalid(feature, invalid) {
+        return;
+    }
+    GLOBAL.invalid_value(feature, invalid);
 }
 
 /// Why a reporter could not start.
@@ -425,7 +440,7 @@ impl Reporter {
     ) {
         let (meter_type, value) = usage.into().parts();
         self.core
-            .add(AgreementRef::Id(agreement), feature, meter_type, Ok(value));
+            .add(AgreementRef::Id(agreement), feature, meter_type, value);
     }
 
     /// This reporter's counters.

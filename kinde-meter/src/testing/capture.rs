@@ -45,14 +45,12 @@ impl Sink {
         agreement: Option<AgreementRef<'_>>,
         feature: &FeatureCode,
         meter_type: MeterType,
-        value: Result<u64, InvalidValue>,
+        value: u64,
     ) {
         let mut data = self.data();
-        let value = match (value, FeatureCode::new_checked(feature)) {
-            (Err(e), _) => return data.invalid.push(format!("{feature}: {e}")),
-            (_, Err(e)) => return data.invalid.push(e.to_string()),
-            (Ok(v), Ok(_)) => v,
-        };
+        if let Err(e) = FeatureCode::new_checked(feature) {
+            return data.invalid.push(e.to_string());
+        }
         let agreement = match agreement {
             None => {
                 *data.unattributed.entry(feature.to_string()).or_default() += value;
@@ -75,23 +73,32 @@ impl Sink {
     }
 }
 
+#[inline]
 fn top() -> Option<Arc<Sink>> {
     if INSTALLED.load(Relaxed) == 0 {
         return None;
     }
+    innermost()
+}
+
+#[cold]
+fn innermost() -> Option<Arc<Sink>> {
     STACK
         .try_with(|s| s.borrow().last().cloned())
         .ok()
         .flatten()
 }
 
+/// Routes an invalid value to the innermost capture, if any.
+pub(crate) fn intercept_invalid(feature: &FeatureCode, invalid: InvalidValue) -> bool {
+    let Some(sink) = top() else { return false };
+    sink.data().invalid.push(format!("{feature}: {invalid}"));
+    true
+}
+
 /// Routes a call without an explicit agreement to the innermost capture, if any.
 #[inline]
-pub(crate) fn intercept_current(
-    feature: &FeatureCode,
-    meter_type: MeterType,
-    value: Result<u64, InvalidValue>,
-) -> bool {
+pub(crate) fn intercept_current(feature: &FeatureCode, meter_type: MeterType, value: u64) -> bool {
     let Some(sink) = top() else { return false };
     with_current(|agreement| sink.add(agreement.map(AgreementRef::Id), feature, meter_type, value));
     true
@@ -103,7 +110,7 @@ pub(crate) fn intercept(
     agreement: AgreementRef<'_>,
     feature: &FeatureCode,
     meter_type: MeterType,
-    value: Result<u64, InvalidValue>,
+    value: u64,
 ) -> bool {
     let Some(sink) = top() else { return false };
     sink.add(Some(agreement), feature, meter_type, value);
