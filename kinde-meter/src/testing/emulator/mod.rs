@@ -11,7 +11,13 @@
 
 mod amount;
 pub mod codes;
+mod faults;
+mod ledger;
+mod limits;
 mod validate;
 
 pub use amount::{Amount, ParseAmountError};
+pub use faults::{FaultKind, Faults};
+pub use ledger::{AcceptedRecord, Counts, Outcome, ReceivedRequest, TokenRequest};
+pub use limits::RateLimit;
 pub use validate::EmulatedMeterType;
