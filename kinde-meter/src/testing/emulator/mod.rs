@@ -1,1 +1,557 @@
-//! Emulator (to be written).
+//! A local, in-process, stateful Kinde for tests and examples.
+//!
+//! [`Emulator`] serves the two endpoints kinde-meter talks to — the
+//! client-credentials token endpoint and the meter usage endpoint — on
+//! `127.0.0.1`, checks every request against Kinde's documented contract,
+//! keeps a ledger of the usage it accepted, and can misbehave on demand:
+//! throttling, injected faults, latency, going down and coming back.
+//!
+//! It validates the raw JSON on the wire on its own and shares no types with
+//! the client, so it can referee it.
+
+mod amount;
+pub mod codes;
+mod faults;
+mod ledger;
+mod limits;
+mod server;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use amount::{Amount, ParseAmountError};
+pub use faults::{FaultKind, Faults};
+pub use ledger::{AcceptedRecord, Counts, Outcome, ReceivedRequest, TokenRequest};
+pub use limits::RateLimit;
+pub use validate::EmulatedMeterType;
+
+use ledger::{Config, State};
+use server::{Command, ServerHandle, Shared};
+
+/// A local Kinde on `127.0.0.1`: token endpoint, meter usage endpoint, a
+/// ledger, and fault injection.
+///
+/// It runs on its own thread with its own runtime, so it can be started and
+/// inspected from plain synchronous code as well as from inside any tokio
+/// runtime. Every method takes `&self` and returns at once (the few that
+/// talk to the server thread wait at most about two seconds). Dropping it
+/// stops the server.
+///
+/// Endpoints:
+/// - `POST /oauth2/token` — form-encoded `grant_type=client_credentials`,
+///   `client_id`, `client_secret` and `audience` (= [`audience`](Self::audience));
+/// - `POST /api/v1/billing/meter_usage` — bearer token, JSON body checked field
+///   by field; errors use the emulator's own [`codes`].
+///
+/// Request handling on the meter endpoint, in order: authentication (403, or
+/// 401 when configured), throttling (429), then one fault draw, the latency,
+/// the not-applied faults, validation (400/415), the apply, and the
+/// after-apply faults.
+///
+/// What a meter usage body must be (anything else is a 400, or a 415 for a
+/// `Content-Type` other than `application/json`; bodies over 64 KiB are a 413):
+/// a JSON object without repeated or unknown keys; `customer_agreement_id` and
+/// `billing_feature_code` non-empty strings; `meter_value` a string of ASCII
+/// digits with an optional `.` and one to nine more digits (a JSON number, a
+/// sign, an exponent, `"1."` or `".5"` is refused); `meter_usage_timestamp`,
+/// when present, an RFC 3339 date-time `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`
+/// with real range checks — stricter than the RFC in that `T` and `Z` must be
+/// upper case, the fraction has at most nine digits and leap seconds are
+/// refused; `meter_type_code`, when present, `"absolute"` or `"delta"` (when
+/// absent the record counts as a delta). An optional field set to `null` is
+/// refused too: a client should leave it out.
+///
+/// Every method that reports state works from any thread; the ledger is
+/// exact ([`Amount`]).
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use kinde_meter::testing::Emulator;
+///
+/// let kinde = Emulator::start()?;
+/// let token = kinde.issue_token();
+/// let body = r#"{"customer_agreement_id":"agreement_1","billing_feature_code":"api_calls","meter_value":"3","meter_type_code":"delta"}"#;
+///
+/// let mut conn = std::net::TcpStream::connect(kinde.addr())?;
+/// write!(
+///     conn,
+///     "POST /api/v1/billing/meter_usage HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
+///      Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+///     kinde.addr(),
+///     body.len(),
+/// )?;
+/// let mut response = String::new();
+/// conn.read_to_string(&mut response)?;
+/// assert!(response.starts_with("HTTP/1.1 200"));
+///
+/// assert_eq!(kinde.total("agreement_1", "api_calls"), 3);
+/// assert_eq!(kinde.counts().accepted, 1);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Emulator {
+    shared: Arc<Shared>,
+    server: ServerHandle,
+    base_url: String,
+    client_id: String,
+    client_secret: String,
+    static_token: Option<String>,
+}
+
+impl fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emulator")
+            .field("base_url", &self.base_url)
+            .field("up", &self.is_up())
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emulator {
+    /// Starts an emulator with the default settings (see [`EmulatorBuilder`])
+    /// on a free port.
+    ///
+    /// # Errors
+    /// When the thread, the runtime or the listening socket cannot be created.
+    pub fn start() -> io::Result<Emulator> {
+        EmulatorBuilder::default().start()
+    }
+
+    /// A builder for an emulator with non-default settings.
+    pub fn builder() -> EmulatorBuilder {
+        EmulatorBuilder::default()
+    }
+
+    // ----- addresses and credentials -----
+
+    /// `http://127.0.0.1:<port>`, without a trailing slash: the Kinde domain
+    /// to configure a client with.
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// The port the emulator listens on (kept across [`go_down`](Self::go_down)).
+    pub fn port(&self) -> u16 {
+        self.server.addr.port()
+    }
+
+    /// The socket address the emulator listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// The `audience` the token endpoint expects: `<base_url>/api`.
+    pub fn audience(&self) -> String {
+        format!("{}/api", self.base_url)
+    }
+
+    /// The token endpoint's URL.
+    pub fn token_url(&self) -> String {
+        format!("{}{}", self.base_url, server::TOKEN_PATH)
+    }
+
+    /// The meter usage endpoint's URL.
+    pub fn meter_usage_url(&self) -> String {
+        format!("{}{}", self.base_url, server::METER_PATH)
+    }
+
+    /// The client id the token endpoint accepts.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The client secret the token endpoint accepts.
+    pub fn client_secret(&self) -> &str {
+        &self.client_secret
+    }
+
+    /// The static access token, when one was configured.
+    pub fn static_token(&self) -> Option<&str> {
+        self.static_token.as_deref()
+    }
+
+    // ----- tokens -----
+
+    /// Mints a valid access token directly, as if the token endpoint had
+    /// issued it (it counts in [`Counts::tokens_issued`]).
+    pub fn issue_token(&self) -> String {
+        self.shared.lock().mint_token(Instant::now())
+    }
+
+    /// Sets the lifetime of tokens issued from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.shared.lock().config.token_lifetime = lifetime;
+    }
+
+    /// Whether token responses leave out `expires_in` (clients must then assume 3600 s).
+    pub fn set_omit_expires_in(&self, omit: bool) {
+        self.shared.lock().config.omit_expires_in = omit;
+    }
+
+    /// Makes every token issued so far invalid (the static token stays valid).
+    pub fn expire_tokens(&self) {
+        self.shared.lock().expire_tokens();
+    }
+
+    /// Every request to the token endpoint, in arrival order.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.shared.lock().token_requests().to_vec()
+    }
+
+    // ----- ledger and logs -----
+
+    /// The running total of every (agreement, feature) that received usage.
+    pub fn ledger(&self) -> BTreeMap<(String, String), Amount> {
+        self.shared.lock().ledger().clone()
+    }
+
+    /// The running total of one (agreement, feature); zero when it has none.
+    pub fn total(&self, agreement: &str, feature: &str) -> Amount {
+        let key = (agreement.to_owned(), feature.to_owned());
+        self.shared
+            .lock()
+            .ledger()
+            .get(&key)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// The sum of every running total.
+    pub fn ledger_sum(&self) -> Amount {
+        self.shared.lock().ledger().values().sum()
+    }
+
+    /// Every record applied to the ledger, in order of application.
+    pub fn accepted(&self) -> Vec<AcceptedRecord> {
+        self.shared.lock().accepted().to_vec()
+    }
+
+    /// Every request other than token requests, in arrival order.
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.shared.lock().requests().to_vec()
+    }
+
+    /// Tallies of what the emulator did.
+    pub fn counts(&self) -> Counts {
+        self.shared.lock().counts()
+    }
+
+    /// The sum of the values of the delta records that were applied without a
+    /// clean 200 reaching the client ([`AcceptedRecord::ambiguous`]). A client
+    /// that retries every ambiguous failure over-counts by exactly this much;
+    /// one that never retries them under-reports its deliveries by this much.
+    pub fn ambiguous_applied(&self) -> Amount {
+        self.shared.lock().ambiguous_applied()
+    }
+
+    /// The most meter requests ever handled at once (since the last
+    /// [`reset_max_in_flight`](Self::reset_max_in_flight)); throttled ones
+    /// count while they are being answered.
+    pub fn max_in_flight_seen(&self) -> usize {
+        self.shared.lock().max_in_flight
+    }
+
+    /// Restarts [`max_in_flight_seen`](Self::max_in_flight_seen) from the current count.
+    pub fn reset_max_in_flight(&self) {
+        let mut state = self.shared.lock();
+        state.max_in_flight = state.in_flight;
+    }
+
+    /// Meter requests being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.lock().in_flight
+    }
+
+    /// Blocks until no meter request is being handled, or `timeout` passes;
+    /// returns whether it got idle. Useful after a client gave up on requests
+    /// that the emulator is still delaying. Blocks the calling thread.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.in_flight() == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    // ----- throttling -----
+
+    /// Sets or removes the request-rate limit; the bucket starts full.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.shared.lock().set_rate_limit(limit);
+    }
+
+    /// Sets or removes the concurrency limit: a meter request that arrives
+    /// while `limit` others are being handled gets a 429 with `RateLimit-Reset: 1`.
+    pub fn set_concurrency_limit(&self, limit: Option<usize>) {
+        self.shared.lock().config.concurrency_limit = limit;
+    }
+
+    /// Answers every meter request with 429 for `duration` from now, with
+    /// `RateLimit-Reset` = the remaining seconds rounded up. `Duration::ZERO` ends it.
+    pub fn throttle_for(&self, duration: Duration) {
+        self.shared.lock().throttle_for(duration);
+    }
+
+    /// Whether 429s also carry `Retry-After` (same value as `RateLimit-Reset`).
+    pub fn set_retry_after_header(&self, enabled: bool) {
+        self.shared.lock().config.retry_after_header = enabled;
+    }
+
+    // ----- faults -----
+
+    /// Replaces the injected faults (takes effect for the next request).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.lock().config.faults = faults;
+    }
+
+    /// The injected faults in effect.
+    pub fn faults(&self) -> Faults {
+        self.shared.lock().config.faults.clone()
+    }
+
+    /// Whether a request whose `Idempotency-Key` was already applied gets a
+    /// 200 without being applied again. Off by default: Kinde documents no
+    /// idempotency.
+    pub fn set_honor_idempotency_key(&self, honor: bool) {
+        self.shared.lock().config.honor_idempotency_key = honor;
+    }
+
+    // ----- availability -----
+
+    /// Closes the listening socket and every open connection, keep-alive ones
+    /// included: connecting is refused until [`come_up`](Self::come_up).
+    /// Requests already past their read keep being applied; their clients see
+    /// a closed connection.
+    pub fn go_down(&self) {
+        let _ = self.server.request(Command::GoDown);
+    }
+
+    /// Listens again on the same port, with the same state.
+    ///
+    /// # Errors
+    /// When the port cannot be bound again (something else took it) or the
+    /// server thread is gone.
+    pub fn come_up(&self) -> io::Result<()> {
+        self.server
+            .request(Command::ComeUp)
+            .unwrap_or_else(|| Err(io::Error::other("the emulator thread is not running")))
+    }
+
+    /// Goes down now and comes back up by itself after `duration` (unless
+    /// [`come_up`](Self::come_up) or [`go_down`](Self::go_down) is called meanwhile).
+    pub fn down_for(&self, duration: Duration) {
+        let _ = self
+            .server
+            .request(|reply| Command::DownFor(duration, reply));
+    }
+
+    /// Whether the emulator accepts connections.
+    pub fn is_up(&self) -> bool {
+        self.shared.is_up()
+    }
+
+    /// Stops the server and joins its thread (what dropping does).
+    pub fn shutdown(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.server.stop();
+    }
+}
+
+/// Settings for an [`Emulator`]; every one has a default that suits tests.
+///
+/// ```
+/// use std::time::Duration;
+/// use kinde_meter::testing::{Emulator, Faults};
+///
+/// let kinde = Emulator::builder()
+///     .client_credentials("my-client", "my-secret")
+///     .token_lifetime(Duration::from_secs(120))
+///     .known_agreements(["agreement_1"])
+///     .faults(Faults { status_503: 0.2, ..Faults::default() })
+///     .seed(42)
+///     .start()?;
+/// assert_eq!(kinde.client_id(), "my-client");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct EmulatorBuilder {
+    config: Config,
+    /// 0: a free port.
+    port: u16,
+}
+
+impl fmt::Debug for EmulatorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        f.debug_struct("EmulatorBuilder")
+            .field("client_id", &c.client_id)
+            .field("port", &self.port)
+            .field("token_lifetime", &c.token_lifetime)
+            .field("unauthorized_status", &c.unauthorized_status)
+            .field("seed", &c.seed)
+            .field("faults", &c.faults)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmulatorBuilder {
+    /// The client id and secret the token endpoint accepts (defaults:
+    /// `emulator-client-id` / `emulator-client-secret`).
+    pub fn client_credentials(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.config.client_id = id.into();
+        self.config.client_secret = secret.into();
+        self
+    }
+
+    /// An access token that is always valid, never expires and is not affected
+    /// by [`Emulator::expire_tokens`] (for clients given a ready-made token).
+    pub fn static_token(mut self, token: impl Into<String>) -> Self {
+        self.config.static_token = Some(token.into());
+        self
+    }
+
+    /// How long issued tokens stay valid (default one hour). `expires_in` is
+    /// the whole seconds of it, so a sub-second lifetime reports 0.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.token_lifetime = lifetime;
+        self
+    }
+
+    /// Leave `expires_in` out of token responses (default: included).
+    pub fn omit_expires_in(mut self, omit: bool) -> Self {
+        self.config.omit_expires_in = omit;
+        self
+    }
+
+    /// The status for a missing, unknown or expired token: 403 (default, as
+    /// Kinde documents) or 401. Any other value makes [`start`](Self::start) fail.
+    pub fn unauthorized_status(mut self, status: u16) -> Self {
+        self.config.unauthorized_status = status;
+        self
+    }
+
+    /// Refuse usage for any other agreement (`AGREEMENT_NOT_FOUND`, 400).
+    /// Default: every agreement is known.
+    pub fn known_agreements<I, S>(mut self, agreements: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.known_agreements = Some(
+            agreements
+                .into_iter()
+                .map(Into::into)
+                .collect::<BTreeSet<_>>(),
+        );
+        self
+    }
+
+    /// Refuse usage for any other feature code (`FEATURE_NOT_FOUND`, 400).
+    /// Default: every feature is known.
+    pub fn known_features<I, S>(mut self, features: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.known_features = Some(
+            features
+                .into_iter()
+                .map(Into::into)
+                .collect::<BTreeSet<_>>(),
+        );
+        self
+    }
+
+    /// Seed of the generator behind fault draws (default 0, so runs are
+    /// deterministic unless asked otherwise). With a given seed and the same
+    /// sequence of requests the faults come in the same order.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.config.seed = seed;
+        self
+    }
+
+    /// Listen on this port of 127.0.0.1 instead of a free one.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// A request-rate limit on the meter usage endpoint (default none).
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.config.rate_limit = Some(limit);
+        self
+    }
+
+    /// A limit on meter requests handled at once (default none).
+    pub fn concurrency_limit(mut self, limit: usize) -> Self {
+        self.config.concurrency_limit = Some(limit);
+        self
+    }
+
+    /// Whether 429s also carry `Retry-After` (default false).
+    pub fn retry_after_header(mut self, enabled: bool) -> Self {
+        self.config.retry_after_header = enabled;
+        self
+    }
+
+    /// Faults to inject from the start (default none).
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.config.faults = faults;
+        self
+    }
+
+    /// Whether an already-applied `Idempotency-Key` gets a 200 without being
+    /// applied again (default false).
+    pub fn honor_idempotency_key(mut self, honor: bool) -> Self {
+        self.config.honor_idempotency_key = honor;
+        self
+    }
+
+    /// Starts the emulator and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// When the settings are invalid (an unauthorized status other than 401
+    /// or 403), or the thread, the runtime or the socket cannot be created
+    /// (for instance when the fixed port is taken).
+    pub fn start(self) -> io::Result<Emulator> {
+        let config = self.config;
+        if !matches!(config.unauthorized_status, 401 | 403) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the unauthorized status must be 401 or 403",
+            ));
+        }
+        let client_id = config.client_id.clone();
+        let client_secret = config.client_secret.clone();
+        let static_token = config.static_token.clone();
+        let shared = Arc::new(Shared::new(State::new(config)));
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let server = server::spawn(shared.clone(), addr)?;
+        Ok(Emulator {
+            base_url: format!("http://{}", server.addr),
+            shared,
+            server,
+            client_id,
+            client_secret,
+            static_token,
+        })
+    }
+}

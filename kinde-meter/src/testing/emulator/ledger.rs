@@ -1,0 +1,765 @@
+//! The emulator's state: configuration, tokens, ledger and logs, and the
+//! decisions taken on each request. Nothing here knows about HTTP plumbing.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::amount::Amount;
+use super::codes;
+use super::faults::{Draw, FaultKind, Faults};
+use super::limits::{RateLimit, TokenBucket, ceil_secs};
+use super::validate::{self, ApiError, EmulatedMeterType, Known};
+
+/// A usage record the emulator applied to its ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedRecord {
+    /// `customer_agreement_id`.
+    pub agreement: String,
+    /// `billing_feature_code`.
+    pub feature: String,
+    /// `meter_value`.
+    pub value: Amount,
+    /// How the record changed the total.
+    pub meter_type: EmulatedMeterType,
+    /// Whether `meter_type_code` was present (when absent the record counts as a delta).
+    pub meter_type_explicit: bool,
+    /// `meter_usage_timestamp`, verbatim, when present.
+    pub timestamp: Option<String>,
+    /// The `Idempotency-Key` header, when present.
+    pub idempotency_key: Option<String>,
+    /// When the request arrived.
+    pub arrived_at: Instant,
+    /// When the record was applied (after any injected latency).
+    pub applied_at: Instant,
+    /// Index of the request in [`Emulator::requests`](super::Emulator::requests).
+    pub request_index: usize,
+    /// Applied, but the client got no clean 200: an after-apply fault, or the
+    /// client had gone (timed out, or the emulator went down) before the answer
+    /// was ready. The latter is best effort: a client that gives up at the very
+    /// moment the answer is produced may go unnoticed.
+    pub ambiguous: bool,
+}
+
+/// What became of a request to the emulator (other than a token request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Still being handled.
+    Pending,
+    /// Applied and answered 200.
+    Accepted,
+    /// Answered 200 without applying: its `Idempotency-Key` was already applied
+    /// and the emulator honours idempotency keys.
+    Replayed,
+    /// Refused by validation: 400, 413 or 415.
+    Rejected,
+    /// Missing, unknown or expired bearer token: 403 (or 401).
+    Unauthorized,
+    /// Answered 429.
+    Throttled,
+    /// Unknown path or method: 404.
+    NotFound,
+    /// An injected fault.
+    Fault(FaultKind),
+    /// The client closed the connection (or the emulator went down) before the
+    /// answer was ready, so nothing was sent. `applied` tells whether the record
+    /// reached the ledger anyway.
+    Abandoned {
+        /// Whether the record was applied.
+        applied: bool,
+    },
+}
+
+/// One HTTP request received by the emulator (every request except token requests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedRequest {
+    /// The request method, e.g. `POST`.
+    pub method: String,
+    /// The URI path, without the query.
+    pub path: String,
+    /// The query string, when present.
+    pub query: Option<String>,
+    /// Every header in arrival order; names lower case, values decoded lossily as UTF-8.
+    pub headers: Vec<(String, String)>,
+    /// The raw body (empty when it was over the size limit).
+    pub body: Vec<u8>,
+    /// When the request head arrived.
+    pub arrived_at: Instant,
+    /// When the answer was produced; `None` while pending and when no answer was sent.
+    pub responded_at: Option<Instant>,
+    /// The status sent; `None` while pending and when the connection was closed instead.
+    pub status: Option<u16>,
+    /// What became of the request.
+    pub outcome: Outcome,
+    /// The `code`s of the error body sent, if any.
+    pub error_codes: Vec<String>,
+    /// The `RateLimit-Reset` seconds sent with a 429.
+    pub rate_limit_reset: Option<u64>,
+    /// The `Retry-After` seconds sent with a 429, when that header is enabled.
+    pub retry_after: Option<u64>,
+}
+
+impl ReceivedRequest {
+    /// The first value of a header (name matched case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn body_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
+    }
+
+    /// The body parsed as JSON, when it is JSON.
+    pub fn body_json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// One request to the token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// Every header in arrival order; names lower case, values decoded lossily as UTF-8.
+    pub headers: Vec<(String, String)>,
+    /// When the request head arrived.
+    pub arrived_at: Instant,
+    /// The `grant_type` form field.
+    pub grant_type: Option<String>,
+    /// The `client_id` form field.
+    pub client_id: Option<String>,
+    /// The `audience` form field.
+    pub audience: Option<String>,
+    /// The status sent.
+    pub status: u16,
+    /// The OAuth `error` sent, when refused.
+    pub error: Option<String>,
+    /// Whether a token was issued.
+    pub issued: bool,
+}
+
+impl TokenRequest {
+    /// The first value of a header (name matched case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+
+    /// The `Kinde-SDK` header.
+    pub fn kinde_sdk(&self) -> Option<&str> {
+        self.header("kinde-sdk")
+    }
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Tallies of what the emulator did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records applied to the ledger, ambiguous ones included (`accepted().len()`).
+    pub accepted: usize,
+    /// 200s without applying for an already-applied `Idempotency-Key`.
+    pub replayed: usize,
+    /// Requests refused by validation (400, 413, 415).
+    pub rejected: usize,
+    /// Requests refused for their credentials (403 or 401).
+    pub unauthorized: usize,
+    /// 429s.
+    pub throttled: usize,
+    /// 404s.
+    pub not_found: usize,
+    /// Injected faults that answered (500, 502, 503, 500 after apply, malformed 200).
+    pub faults: usize,
+    /// Connections closed on purpose without an answer (both drop faults).
+    pub dropped: usize,
+    /// Requests whose client went away before the answer was ready.
+    pub abandoned: usize,
+    /// Records applied without a clean 200 reaching the client.
+    pub ambiguous: usize,
+    /// Access tokens issued.
+    pub tokens_issued: usize,
+}
+
+/// An answer to send: a response or a closed connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Respond(Reply),
+    Drop,
+}
+
+/// A response to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: String,
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub(crate) fn json(status: u16, body: &serde_json::Value) -> Self {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: body.to_string(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn errors(status: u16, errors: &[ApiError]) -> Self {
+        let list: Vec<_> = errors
+            .iter()
+            .map(|e| json!({"code": e.code, "message": e.message}))
+            .collect();
+        Reply::json(status, &json!({ "errors": list }))
+    }
+
+    fn error(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Reply::errors(status, &[ApiError::new(code, message)])
+    }
+
+    fn oauth_error(status: u16, error: &str, description: &str) -> Self {
+        Reply::json(
+            status,
+            &json!({"error": error, "error_description": description}),
+        )
+    }
+}
+
+/// Settings that may change while the emulator runs.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) client_id: String,
+    pub(crate) client_secret: String,
+    pub(crate) static_token: Option<String>,
+    pub(crate) token_lifetime: Duration,
+    pub(crate) omit_expires_in: bool,
+    pub(crate) unauthorized_status: u16,
+    pub(crate) known_agreements: Option<BTreeSet<String>>,
+    pub(crate) known_features: Option<BTreeSet<String>>,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) concurrency_limit: Option<usize>,
+    pub(crate) retry_after_header: bool,
+    pub(crate) honor_idempotency_key: bool,
+    pub(crate) faults: Faults,
+    pub(crate) seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            client_id: "emulator-client-id".to_owned(),
+            client_secret: "emulator-client-secret".to_owned(),
+            static_token: None,
+            token_lifetime: Duration::from_secs(3600),
+            omit_expires_in: false,
+            unauthorized_status: 403,
+            known_agreements: None,
+            known_features: None,
+            rate_limit: None,
+            concurrency_limit: None,
+            retry_after_header: false,
+            honor_idempotency_key: false,
+            faults: Faults::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Everything behind the emulator's mutex.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) config: Config,
+    pub(crate) audience: String,
+    ledger: BTreeMap<(String, String), Amount>,
+    accepted: Vec<AcceptedRecord>,
+    requests: Vec<ReceivedRequest>,
+    token_requests: Vec<TokenRequest>,
+    tokens: HashMap<String, Instant>,
+    tokens_issued: usize,
+    applied_keys: HashSet<String>,
+    rng: fastrand::Rng,
+    token_rng: fastrand::Rng,
+    bucket: Option<TokenBucket>,
+    throttle_until: Option<Instant>,
+    pub(crate) in_flight: usize,
+    pub(crate) max_in_flight: usize,
+}
+
+/// The scope issued tokens carry.
+const SCOPE: &str = "create:meter_usage";
+
+impl State {
+    pub(crate) fn new(config: Config) -> Self {
+        let now = Instant::now();
+        State {
+            rng: fastrand::Rng::with_seed(config.seed),
+            // Separate stream, so the fault sequence does not depend on token traffic.
+            token_rng: fastrand::Rng::with_seed(config.seed ^ 0x9e37_79b9_7f4a_7c15),
+            bucket: config.rate_limit.map(|l| TokenBucket::new(l, now)),
+            config,
+            audience: String::new(),
+            ledger: BTreeMap::new(),
+            accepted: Vec::new(),
+            requests: Vec::new(),
+            token_requests: Vec::new(),
+            tokens: HashMap::new(),
+            tokens_issued: 0,
+            applied_keys: HashSet::new(),
+            throttle_until: None,
+            in_flight: 0,
+            max_in_flight: 0,
+        }
+    }
+
+    // ----- inspection -----
+
+    pub(crate) fn ledger(&self) -> &BTreeMap<(String, String), Amount> {
+        &self.ledger
+    }
+
+    pub(crate) fn accepted(&self) -> &[AcceptedRecord] {
+        &self.accepted
+    }
+
+    pub(crate) fn requests(&self) -> &[ReceivedRequest] {
+        &self.requests
+    }
+
+    pub(crate) fn token_requests(&self) -> &[TokenRequest] {
+        &self.token_requests
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        let mut c = Counts {
+            accepted: self.accepted.len(),
+            ambiguous: self.accepted.iter().filter(|a| a.ambiguous).count(),
+            tokens_issued: self.tokens_issued,
+            ..Counts::default()
+        };
+        for r in &self.requests {
+            match r.outcome {
+                Outcome::Pending | Outcome::Accepted => {}
+                Outcome::Replayed => c.replayed += 1,
+                Outcome::Rejected => c.rejected += 1,
+                Outcome::Unauthorized => c.unauthorized += 1,
+                Outcome::Throttled => c.throttled += 1,
+                Outcome::NotFound => c.not_found += 1,
+                Outcome::Fault(k) if k.drops_connection() => c.dropped += 1,
+                Outcome::Fault(_) => c.faults += 1,
+                Outcome::Abandoned { .. } => c.abandoned += 1,
+            }
+        }
+        c
+    }
+
+    pub(crate) fn ambiguous_applied(&self) -> Amount {
+        self.accepted
+            .iter()
+            .filter(|a| a.ambiguous && a.meter_type == EmulatedMeterType::Delta)
+            .map(|a| a.value)
+            .sum()
+    }
+
+    // ----- settings -----
+
+    pub(crate) fn set_rate_limit(&mut self, limit: Option<RateLimit>) {
+        self.config.rate_limit = limit;
+        self.bucket = limit.map(|l| TokenBucket::new(l, Instant::now()));
+    }
+
+    pub(crate) fn throttle_for(&mut self, d: Duration) {
+        self.throttle_until = (!d.is_zero()).then(|| Instant::now() + d);
+    }
+
+    pub(crate) fn expire_tokens(&mut self) {
+        self.tokens.clear();
+    }
+
+    // ----- tokens -----
+
+    pub(crate) fn mint_token(&mut self, now: Instant) -> String {
+        self.tokens.retain(|_, expiry| *expiry > now);
+        let rng = &mut self.token_rng;
+        let token = format!("emu_{:016x}{:016x}", rng.u64(..), rng.u64(..));
+        self.tokens
+            .insert(token.clone(), now + self.config.token_lifetime);
+        self.tokens_issued += 1;
+        token
+    }
+
+    /// Handles a token request and logs it.
+    pub(crate) fn token_request(
+        &mut self,
+        headers: Vec<(String, String)>,
+        body: Option<&[u8]>,
+        arrived_at: Instant,
+    ) -> Reply {
+        let mut record = TokenRequest {
+            headers,
+            arrived_at,
+            grant_type: None,
+            client_id: None,
+            audience: None,
+            status: 200,
+            error: None,
+            issued: false,
+        };
+        let reply = self.token_reply(&mut record, body);
+        record.status = reply.status;
+        if reply.status != 200 {
+            record.error = serde_json::from_str::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|v| v.get("error")?.as_str().map(str::to_owned));
+        }
+        self.token_requests.push(record);
+        reply
+    }
+
+    fn token_reply(&mut self, record: &mut TokenRequest, body: Option<&[u8]>) -> Reply {
+        let invalid = |d: &str| Reply::oauth_error(400, "invalid_request", d);
+        let Some(body) = body else {
+            return Reply::oauth_error(413, "invalid_request", "the request body is too large");
+        };
+        let content_type = find_header(&record.headers, "content-type");
+        if !validate::is_media_type(content_type, "application/x-www-form-urlencoded") {
+            return invalid("Content-Type must be application/x-www-form-urlencoded");
+        }
+        let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) else {
+            return invalid("the body is not a valid form");
+        };
+        let mut seen = HashSet::new();
+        if let Some((dup, _)) = form.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+            return invalid(&format!("parameter `{dup}` is repeated"));
+        }
+        let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        record.grant_type = field("grant_type");
+        record.client_id = field("client_id");
+        record.audience = field("audience");
+        match record.grant_type.as_deref() {
+            None => return invalid("grant_type is required"),
+            Some("client_credentials") => {}
+            Some(_) => {
+                return Reply::oauth_error(
+                    400,
+                    "unsupported_grant_type",
+                    "only client_credentials is supported",
+                );
+            }
+        }
+        let credentials_ok = record.client_id.as_deref() == Some(self.config.client_id.as_str())
+            && field("client_secret").as_deref() == Some(self.config.client_secret.as_str());
+        if !credentials_ok {
+            return Reply::oauth_error(401, "invalid_client", "client authentication failed");
+        }
+        match record.audience.as_deref() {
+            None => return invalid("audience is required"),
+            Some(a) if a == self.audience => {}
+            Some(_) => {
+                return Reply::oauth_error(
+                    400,
+                    "invalid_audience",
+                    &format!("the audience must be {}", self.audience),
+                );
+            }
+        }
+        let token = self.mint_token(Instant::now());
+        record.issued = true;
+        let mut body = json!({
+            "access_token": token,
+            "expires_in": self.config.token_lifetime.as_secs(),
+            "token_type": "bearer",
+            "scope": SCOPE,
+        });
+        if self.config.omit_expires_in
+            && let Some(map) = body.as_object_mut()
+        {
+            map.remove("expires_in");
+        }
+        let mut reply = Reply::json(200, &body);
+        reply.headers.push(("cache-control", "no-store".to_owned()));
+        reply
+    }
+
+    fn authorized(&self, authorization: Option<&str>, now: Instant) -> bool {
+        let Some((scheme, token)) = authorization.and_then(|h| h.split_once(' ')) else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return false;
+        }
+        self.config.static_token.as_deref() == Some(token)
+            || self.tokens.get(token).is_some_and(|expiry| *expiry > now)
+    }
+
+    // ----- the meter endpoint -----
+
+    /// Logs a request and returns its index.
+    pub(crate) fn log_request(&mut self, request: ReceivedRequest) -> usize {
+        self.requests.push(request);
+        self.requests.len() - 1
+    }
+
+    /// Records the answer to request `idx` and returns it.
+    fn finish(&mut self, idx: usize, outcome: Outcome, answer: Answer, now: Instant) -> Answer {
+        if let Some(r) = self.requests.get_mut(idx) {
+            r.outcome = outcome;
+            match &answer {
+                Answer::Respond(reply) => {
+                    r.status = Some(reply.status);
+                    r.responded_at = Some(now);
+                    r.error_codes = error_codes(reply);
+                    for (name, value) in &reply.headers {
+                        let secs = value.parse().ok();
+                        match *name {
+                            "ratelimit-reset" => r.rate_limit_reset = secs,
+                            "retry-after" => r.retry_after = secs,
+                            _ => {}
+                        }
+                    }
+                }
+                Answer::Drop => {
+                    r.status = None;
+                    r.responded_at = None;
+                }
+            }
+        }
+        answer
+    }
+
+    /// Answers a request whose body was over the size limit.
+    pub(crate) fn too_large(&mut self, idx: usize, limit: usize, now: Instant) -> Answer {
+        let reply = Reply::error(
+            413,
+            codes::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes"),
+        );
+        self.finish(idx, Outcome::Rejected, Answer::Respond(reply), now)
+    }
+
+    /// Answers an unknown route.
+    pub(crate) fn not_found(&mut self, idx: usize, now: Instant) -> Answer {
+        let reply = Reply::error(404, codes::ROUTE_NOT_FOUND, "no such route");
+        self.finish(idx, Outcome::NotFound, Answer::Respond(reply), now)
+    }
+
+    /// Authentication and throttling, answered at once. `Ok` means the
+    /// request goes on, with the fault and latency drawn for it.
+    pub(crate) fn admit(
+        &mut self,
+        idx: usize,
+        authorization: Option<&str>,
+        now: Instant,
+    ) -> Result<Draw, Answer> {
+        if !self.authorized(authorization, now) {
+            let reply = Reply::error(
+                self.config.unauthorized_status,
+                codes::UNAUTHORIZED,
+                "Invalid credentials",
+            );
+            return Err(self.finish(idx, Outcome::Unauthorized, Answer::Respond(reply), now));
+        }
+        if let Some(reset) = self.throttled(now) {
+            let mut reply = Reply::error(429, codes::TOO_MANY_REQUESTS, "Too many requests");
+            reply.headers.push(("ratelimit-reset", reset.to_string()));
+            if self.config.retry_after_header {
+                reply.headers.push(("retry-after", reset.to_string()));
+            }
+            return Err(self.finish(idx, Outcome::Throttled, Answer::Respond(reply), now));
+        }
+        Ok(self.config.faults.draw(&mut self.rng))
+    }
+
+    /// The `RateLimit-Reset` seconds when the request must be throttled.
+    fn throttled(&mut self, now: Instant) -> Option<u64> {
+        if let Some(until) = self.throttle_until {
+            if until > now {
+                return Some(ceil_secs(until - now));
+            }
+            self.throttle_until = None;
+        }
+        if let Some(limit) = self.config.concurrency_limit
+            && self.in_flight > limit
+        {
+            return Some(1);
+        }
+        self.bucket.as_mut().and_then(|b| b.try_take(now).err())
+    }
+
+    /// Everything after the latency: not-applied faults, validation, apply,
+    /// after-apply faults.
+    pub(crate) fn decide(
+        &mut self,
+        idx: usize,
+        draw: Draw,
+        content_type: Option<&str>,
+        body: &[u8],
+        idempotency_key: Option<String>,
+        now: Instant,
+    ) -> Answer {
+        let fault = draw.fault;
+        if let Some(kind) = fault {
+            let answer = match kind {
+                FaultKind::Status500 => Some(Answer::Respond(Reply::error(
+                    500,
+                    codes::INTERNAL_ERROR,
+                    "Internal server error",
+                ))),
+                FaultKind::Status502 => Some(Answer::Respond(bad_gateway())),
+                FaultKind::Status503 => Some(Answer::Respond(Reply::error(
+                    503,
+                    codes::SERVICE_UNAVAILABLE,
+                    "Service unavailable",
+                ))),
+                FaultKind::DropBeforeApply => Some(Answer::Drop),
+                _ => None,
+            };
+            if let Some(answer) = answer {
+                return self.finish(idx, Outcome::Fault(kind), answer, now);
+            }
+        }
+
+        let known = Known {
+            agreements: self.config.known_agreements.as_ref(),
+            features: self.config.known_features.as_ref(),
+        };
+        let usage = match validate::validate_usage(content_type, body, known) {
+            Ok(usage) => usage,
+            Err((status, errors)) => {
+                let reply = Reply::errors(status, &errors);
+                return self.finish(idx, Outcome::Rejected, Answer::Respond(reply), now);
+            }
+        };
+
+        let replay = self.config.honor_idempotency_key
+            && idempotency_key
+                .as_ref()
+                .is_some_and(|k| self.applied_keys.contains(k));
+        if !replay {
+            let key = (usage.agreement.clone(), usage.feature.clone());
+            let total = self.ledger.entry(key).or_default();
+            *total = match usage.meter_type {
+                EmulatedMeterType::Delta => *total + usage.value,
+                EmulatedMeterType::Absolute => usage.value,
+            };
+            if let Some(k) = &idempotency_key {
+                self.applied_keys.insert(k.clone());
+            }
+            let arrived_at = self.requests.get(idx).map_or(now, |r| r.arrived_at);
+            self.accepted.push(AcceptedRecord {
+                agreement: usage.agreement,
+                feature: usage.feature,
+                value: usage.value,
+                meter_type: usage.meter_type,
+                meter_type_explicit: usage.meter_type_explicit,
+                timestamp: usage.timestamp,
+                idempotency_key,
+                arrived_at,
+                applied_at: now,
+                request_index: idx,
+                ambiguous: fault.is_some_and(FaultKind::applies),
+            });
+        }
+
+        let (outcome, answer) = match fault {
+            Some(kind @ FaultKind::Status500AfterApply) => (
+                Outcome::Fault(kind),
+                Answer::Respond(Reply::error(
+                    500,
+                    codes::INTERNAL_ERROR,
+                    "Internal server error",
+                )),
+            ),
+            Some(kind @ FaultKind::DropAfterApply) => (Outcome::Fault(kind), Answer::Drop),
+            Some(kind @ FaultKind::Malformed200) => {
+                let reply = if draw.truncated_json {
+                    Reply {
+                        status: 200,
+                        content_type: "application/json",
+                        body: r#"{"message":"Succ"#.to_owned(),
+                        headers: Vec::new(),
+                    }
+                } else {
+                    Reply {
+                        status: 200,
+                        content_type: "text/html",
+                        body: "<html>OK</html>".to_owned(),
+                        headers: Vec::new(),
+                    }
+                };
+                (Outcome::Fault(kind), Answer::Respond(reply))
+            }
+            _ => (
+                if replay {
+                    Outcome::Replayed
+                } else {
+                    Outcome::Accepted
+                },
+                Answer::Respond(Reply::json(
+                    200,
+                    &json!({"message": "Success", "code": "OK"}),
+                )),
+            ),
+        };
+        self.finish(idx, outcome, answer, now)
+    }
+
+    /// The client went away before request `idx` could be answered.
+    pub(crate) fn abandon(&mut self, idx: usize) {
+        let Some(r) = self.requests.get_mut(idx) else {
+            return;
+        };
+        let applied = match r.outcome {
+            Outcome::Accepted => true,
+            Outcome::Replayed | Outcome::Rejected | Outcome::Pending => false,
+            // Injected faults keep their outcome: they already count as such.
+            _ => return,
+        };
+        r.outcome = Outcome::Abandoned { applied };
+        r.status = None;
+        r.responded_at = None;
+        if applied
+            && let Some(a) = self
+                .accepted
+                .iter_mut()
+                .rev()
+                .find(|a| a.request_index == idx)
+        {
+            a.ambiguous = true;
+        }
+    }
+}
+
+fn bad_gateway() -> Reply {
+    Reply {
+        status: 502,
+        content_type: "text/html",
+        body: "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
+               <center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
+            .to_owned(),
+        headers: Vec::new(),
+    }
+}
+
+fn error_codes(reply: &Reply) -> Vec<String> {
+    if reply.status < 400 || reply.content_type != "application/json" {
+        return Vec::new();
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&reply.body) else {
+        return Vec::new();
+    };
+    v.get("errors")
+        .and_then(|e| e.as_array())
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e.get("code")?.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,472 @@
+//! The HTTP side: a dedicated thread with its own current-thread runtime, the
+//! accept loop (which can go down and come back on the same port), and the
+//! request handlers.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::ledger::{Answer, Outcome, ReceivedRequest, Reply, State};
+
+pub(crate) const TOKEN_PATH: &str = "/oauth2/token";
+pub(crate) const METER_PATH: &str = "/api/v1/billing/meter_usage";
+/// Largest request body accepted (413 beyond).
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// How long a caller waits for the server thread to act on a command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// State shared by the server thread and the [`Emulator`](super::Emulator) handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    up: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(state: State) -> Self {
+        Shared {
+            state: Mutex::new(state),
+            up: AtomicBool::new(false),
+        }
+    }
+
+    /// Locks the state, recovering from poisoning (a panicking test thread
+    /// must not take the emulator down with it).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+}
+
+/// Orders for the server thread.
+#[derive(Debug)]
+pub(crate) enum Command {
+    GoDown(std_mpsc::Sender<()>),
+    ComeUp(std_mpsc::Sender<io::Result<()>>),
+    DownFor(Duration, std_mpsc::Sender<()>),
+    /// Sent by the timer of `DownFor`; ignored if anything happened since.
+    AutoUp(u64),
+    Shutdown,
+}
+
+/// The running server thread.
+#[derive(Debug)]
+pub(crate) struct ServerHandle {
+    pub(crate) addr: SocketAddr,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) thread: Option<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Sends a command and waits (bounded) for its reply.
+    pub(crate) fn request<T>(
+        &self,
+        make: impl FnOnce(std_mpsc::Sender<T>) -> Command,
+    ) -> Option<T> {
+        let (tx, rx) = std_mpsc::channel();
+        self.commands.send(make(tx)).ok()?;
+        rx.recv_timeout(COMMAND_TIMEOUT).ok()
+    }
+
+    /// Stops the server and joins its thread, waiting at most about two seconds.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let deadline = Instant::now() + COMMAND_TIMEOUT;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Starts the server thread and waits for it to be listening on `addr`.
+pub(crate) fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> io::Result<ServerHandle> {
+    let (commands, rx) = mpsc::unbounded_channel();
+    let weak = commands.downgrade();
+    let (ready_tx, ready_rx) = std_mpsc::channel::<io::Result<SocketAddr>>();
+    let thread = std::thread::Builder::new()
+        .name("kinde-meter-emulator".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(run(shared, addr, rx, weak, ready_tx));
+            runtime.shutdown_timeout(Duration::from_millis(200));
+        })?;
+    let mut handle = ServerHandle {
+        addr,
+        commands,
+        thread: Some(thread),
+    };
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(bound)) => {
+            handle.addr = bound;
+            Ok(handle)
+        }
+        Ok(Err(e)) => {
+            handle.stop();
+            Err(e)
+        }
+        Err(_) => {
+            handle.stop();
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the emulator thread did not start",
+            ))
+        }
+    }
+}
+
+/// What woke the accept loop.
+enum Event {
+    Command(Option<Command>),
+    Accepted(io::Result<(TcpStream, SocketAddr)>),
+    Reaped,
+}
+
+async fn accept(listener: &Option<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    weak: mpsc::WeakUnboundedSender<Command>,
+    ready: std_mpsc::Sender<io::Result<SocketAddr>>,
+) {
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    shared.lock().audience = format!("http://{addr}/api");
+    shared.up.store(true, Ordering::SeqCst);
+    let mut listener = Some(listener);
+    let _ = ready.send(Ok(addr));
+
+    let mut connections = JoinSet::new();
+    // Bumped on every go-down/come-up so a stale `AutoUp` is ignored.
+    let mut generation: u64 = 0;
+    loop {
+        let event = tokio::select! {
+            command = commands.recv() => Event::Command(command),
+            accepted = accept(&listener) => Event::Accepted(accepted),
+            Some(_) = connections.join_next(), if !connections.is_empty() => Event::Reaped,
+        };
+        match event {
+            Event::Reaped => {}
+            Event::Accepted(Ok((stream, _))) => {
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(shared.clone(), stream));
+            }
+            Event::Accepted(Err(_)) => {
+                // Out of descriptors or a connection reset while queued: back off briefly.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Event::Command(None | Some(Command::Shutdown)) => break,
+            Event::Command(Some(Command::GoDown(reply))) => {
+                generation += 1;
+                go_down(&shared, &mut listener, &mut connections).await;
+                let _ = reply.send(());
+            }
+            Event::Command(Some(Command::DownFor(d, reply))) => {
+                generation += 1;
+                go_down(&shared, &mut listener, &mut connections).await;
+                let token = generation;
+                let weak = weak.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    if let Some(tx) = weak.upgrade() {
+                        let _ = tx.send(Command::AutoUp(token));
+                    }
+                });
+                let _ = reply.send(());
+            }
+            Event::Command(Some(Command::AutoUp(token))) => {
+                if token == generation && listener.is_none() {
+                    generation += 1;
+                    // Nothing to report to: if the port was taken meanwhile, it stays down.
+                    let _ = come_up(&shared, addr, &mut listener).await;
+                }
+            }
+            Event::Command(Some(Command::ComeUp(reply))) => {
+                generation += 1;
+                let _ = reply.send(come_up(&shared, addr, &mut listener).await);
+            }
+        }
+    }
+    shared.up.store(false, Ordering::SeqCst);
+    drop(listener);
+    connections.shutdown().await;
+}
+
+/// Closes the listener and every open connection.
+async fn go_down(
+    shared: &Shared,
+    listener: &mut Option<TcpListener>,
+    connections: &mut JoinSet<()>,
+) {
+    shared.up.store(false, Ordering::SeqCst);
+    *listener = None;
+    connections.shutdown().await;
+}
+
+async fn come_up(
+    shared: &Shared,
+    addr: SocketAddr,
+    listener: &mut Option<TcpListener>,
+) -> io::Result<()> {
+    if listener.is_none() {
+        // tokio sets SO_REUSEADDR on Unix, so the port is free again at once.
+        *listener = Some(TcpListener::bind(addr).await?);
+    }
+    shared.up.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
+    let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
+
+/// Returned by the service to make hyper close the connection without answering.
+#[derive(Debug)]
+pub(crate) struct CloseConnection;
+
+impl std::fmt::Display for CloseConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection closed on purpose by the emulator")
+    }
+}
+
+impl std::error::Error for CloseConnection {}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<HttpResponse, CloseConnection> {
+    let arrived_at = Instant::now();
+    let post = req.method() == Method::POST;
+    match req.uri().path() {
+        TOKEN_PATH if post => token(&shared, req, arrived_at).await,
+        METER_PATH if post => meter(shared, req, arrived_at).await,
+        _ => not_found(&shared, req, arrived_at).await,
+    }
+}
+
+/// The body, `Ok(None)` when over the limit, or `Err` when the client went away.
+async fn read_body(body: Incoming) -> Result<Option<Bytes>, CloseConnection> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(Some(collected.to_bytes())),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Ok(None),
+        Err(_) => Err(CloseConnection),
+    }
+}
+
+fn header_list(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn header_str(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+fn to_response(reply: Reply) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    for (name, value) in reply.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+fn to_result(answer: Answer) -> Result<HttpResponse, CloseConnection> {
+    match answer {
+        Answer::Respond(reply) => Ok(to_response(reply)),
+        Answer::Drop => Err(CloseConnection),
+    }
+}
+
+async fn token(
+    shared: &Shared,
+    req: Request<Incoming>,
+    arrived_at: Instant,
+) -> Result<HttpResponse, CloseConnection> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body).await?;
+    let reply =
+        shared
+            .lock()
+            .token_request(header_list(&parts.headers), body.as_deref(), arrived_at);
+    Ok(to_response(reply))
+}
+
+fn log_entry(
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    arrived_at: Instant,
+) -> ReceivedRequest {
+    ReceivedRequest {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: header_list(&parts.headers),
+        body: body.to_vec(),
+        arrived_at,
+        responded_at: None,
+        status: None,
+        outcome: Outcome::Pending,
+        error_codes: Vec::new(),
+        rate_limit_reset: None,
+        retry_after: None,
+    }
+}
+
+async fn not_found(
+    shared: &Shared,
+    req: Request<Incoming>,
+    arrived_at: Instant,
+) -> Result<HttpResponse, CloseConnection> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body).await?.unwrap_or_default();
+    let mut state = shared.lock();
+    let idx = state.log_request(log_entry(&parts, &body, arrived_at));
+    to_result(state.not_found(idx, Instant::now()))
+}
+
+/// Counts a meter request as in flight for as long as it lives.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: Arc<Shared>) -> Self {
+        {
+            let mut state = shared.lock();
+            state.in_flight += 1;
+            state.max_in_flight = state.max_in_flight.max(state.in_flight);
+        }
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+    }
+}
+
+async fn meter(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    arrived_at: Instant,
+) -> Result<HttpResponse, CloseConnection> {
+    let in_flight = InFlight::enter(shared.clone());
+    let (parts, body) = req.into_parts();
+    let body = read_body(body).await?;
+    let now = Instant::now();
+    let (idx, draw) = {
+        let mut state = shared.lock();
+        let idx = state.log_request(log_entry(
+            &parts,
+            body.as_deref().unwrap_or_default(),
+            arrived_at,
+        ));
+        if body.is_none() {
+            return to_result(state.too_large(idx, MAX_BODY, now));
+        }
+        let authorization = header_str(&parts.headers, "authorization");
+        match state.admit(idx, authorization.as_deref(), now) {
+            Ok(draw) => (idx, draw),
+            Err(answer) => return to_result(answer),
+        }
+    };
+    let body = body.unwrap_or_default();
+    let content_type = header_str(&parts.headers, "content-type");
+    let idempotency_key = header_str(&parts.headers, "idempotency-key");
+
+    // Latency and apply run detached, so a client that gives up (or the
+    // emulator going down) never cancels an apply that has started.
+    let (tx, rx) = oneshot::channel();
+    let detached = shared.clone();
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        if !draw.latency.is_zero() {
+            tokio::time::sleep(draw.latency).await;
+        }
+        let answer = detached.lock().decide(
+            idx,
+            draw,
+            content_type.as_deref(),
+            &body,
+            idempotency_key,
+            Instant::now(),
+        );
+        if tx.send(answer).is_err() {
+            detached.lock().abandon(idx);
+        }
+    });
+    match rx.await {
+        Ok(answer) => to_result(answer),
+        Err(_) => Err(CloseConnection),
+    }
+}
