@@ -45,7 +45,7 @@ pub struct AcceptedRecord {
 
 /// What became of a request to the emulator (other than a token request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub enum RequestOutcome {
     /// Still being handled.
     Pending,
     /// Applied and answered 200.
@@ -92,7 +92,7 @@ pub struct ReceivedRequest {
     /// The status sent; `None` while pending and when the connection was closed instead.
     pub status: Option<u16>,
     /// What became of the request.
-    pub outcome: Outcome,
+    pub outcome: RequestOutcome,
     /// The `code`s of the error body sent, if any.
     pub error_codes: Vec<String>,
     /// The `RateLimit-Reset` seconds sent with a 429.
@@ -344,15 +344,15 @@ impl State {
         };
         for r in &self.requests {
             match r.outcome {
-                Outcome::Pending | Outcome::Accepted => {}
-                Outcome::Replayed => c.replayed += 1,
-                Outcome::Rejected => c.rejected += 1,
-                Outcome::Unauthorized => c.unauthorized += 1,
-                Outcome::Throttled => c.throttled += 1,
-                Outcome::NotFound => c.not_found += 1,
-                Outcome::Fault(k) if k.drops_connection() => c.dropped += 1,
-                Outcome::Fault(_) => c.faults += 1,
-                Outcome::Abandoned { .. } => c.abandoned += 1,
+                RequestOutcome::Pending | RequestOutcome::Accepted => {}
+                RequestOutcome::Replayed => c.replayed += 1,
+                RequestOutcome::Rejected => c.rejected += 1,
+                RequestOutcome::Unauthorized => c.unauthorized += 1,
+                RequestOutcome::Throttled => c.throttled += 1,
+                RequestOutcome::NotFound => c.not_found += 1,
+                RequestOutcome::Fault(k) if k.drops_connection() => c.dropped += 1,
+                RequestOutcome::Fault(_) => c.faults += 1,
+                RequestOutcome::Abandoned { .. } => c.abandoned += 1,
             }
         }
         c
@@ -506,7 +506,13 @@ impl State {
     }
 
     /// Records the answer to request `idx` and returns it.
-    fn finish(&mut self, idx: usize, outcome: Outcome, answer: Answer, now: Instant) -> Answer {
+    fn finish(
+        &mut self,
+        idx: usize,
+        outcome: RequestOutcome,
+        answer: Answer,
+        now: Instant,
+    ) -> Answer {
         if let Some(r) = self.requests.get_mut(idx) {
             r.outcome = outcome;
             match &answer {
@@ -539,13 +545,13 @@ impl State {
             codes::PAYLOAD_TOO_LARGE,
             format!("the body is larger than {limit} bytes"),
         );
-        self.finish(idx, Outcome::Rejected, Answer::Respond(reply), now)
+        self.finish(idx, RequestOutcome::Rejected, Answer::Respond(reply), now)
     }
 
     /// Answers an unknown route.
     pub(crate) fn not_found(&mut self, idx: usize, now: Instant) -> Answer {
         let reply = Reply::error(404, codes::ROUTE_NOT_FOUND, "no such route");
-        self.finish(idx, Outcome::NotFound, Answer::Respond(reply), now)
+        self.finish(idx, RequestOutcome::NotFound, Answer::Respond(reply), now)
     }
 
     /// Authentication and throttling, answered at once. `Ok` means the
@@ -562,7 +568,12 @@ impl State {
                 codes::UNAUTHORIZED,
                 "Invalid credentials",
             );
-            return Err(self.finish(idx, Outcome::Unauthorized, Answer::Respond(reply), now));
+            return Err(self.finish(
+                idx,
+                RequestOutcome::Unauthorized,
+                Answer::Respond(reply),
+                now,
+            ));
         }
         if let Some(reset) = self.throttled(now) {
             let mut reply = Reply::error(429, codes::TOO_MANY_REQUESTS, "Too many requests");
@@ -570,7 +581,7 @@ impl State {
             if self.config.retry_after_header {
                 reply.headers.push(("retry-after", reset.to_string()));
             }
-            return Err(self.finish(idx, Outcome::Throttled, Answer::Respond(reply), now));
+            return Err(self.finish(idx, RequestOutcome::Throttled, Answer::Respond(reply), now));
         }
         Ok(self.config.faults.draw(&mut self.rng))
     }
@@ -620,7 +631,7 @@ impl State {
                 _ => None,
             };
             if let Some(answer) = answer {
-                return self.finish(idx, Outcome::Fault(kind), answer, now);
+                return self.finish(idx, RequestOutcome::Fault(kind), answer, now);
             }
         }
 
@@ -632,7 +643,7 @@ impl State {
             Ok(usage) => usage,
             Err((status, errors)) => {
                 let reply = Reply::errors(status, &errors);
-                return self.finish(idx, Outcome::Rejected, Answer::Respond(reply), now);
+                return self.finish(idx, RequestOutcome::Rejected, Answer::Respond(reply), now);
             }
         };
 
@@ -668,14 +679,14 @@ impl State {
 
         let (outcome, answer) = match fault {
             Some(kind @ FaultKind::Status500AfterApply) => (
-                Outcome::Fault(kind),
+                RequestOutcome::Fault(kind),
                 Answer::Respond(Reply::error(
                     500,
                     codes::INTERNAL_ERROR,
                     "Internal server error",
                 )),
             ),
-            Some(kind @ FaultKind::DropAfterApply) => (Outcome::Fault(kind), Answer::Drop),
+            Some(kind @ FaultKind::DropAfterApply) => (RequestOutcome::Fault(kind), Answer::Drop),
             Some(kind @ FaultKind::Malformed200) => {
                 let reply = if draw.truncated_json {
                     Reply {
@@ -692,13 +703,13 @@ impl State {
                         headers: Vec::new(),
                     }
                 };
-                (Outcome::Fault(kind), Answer::Respond(reply))
+                (RequestOutcome::Fault(kind), Answer::Respond(reply))
             }
             _ => (
                 if replay {
-                    Outcome::Replayed
+                    RequestOutcome::Replayed
                 } else {
-                    Outcome::Accepted
+                    RequestOutcome::Accepted
                 },
                 Answer::Respond(Reply::json(
                     200,
@@ -715,12 +726,12 @@ impl State {
             return;
         };
         let applied = match r.outcome {
-            Outcome::Accepted => true,
-            Outcome::Replayed | Outcome::Rejected | Outcome::Pending => false,
+            RequestOutcome::Accepted => true,
+            RequestOutcome::Replayed | RequestOutcome::Rejected | RequestOutcome::Pending => false,
             // Injected faults keep their outcome: they already count as such.
             _ => return,
         };
-        r.outcome = Outcome::Abandoned { applied };
+        r.outcome = RequestOutcome::Abandoned { applied };
         r.status = None;
         r.responded_at = None;
         if applied

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 pub use amount::{Amount, ParseAmountError};
 pub use faults::{FaultKind, Faults};
-pub use ledger::{AcceptedRecord, Counts, Outcome, ReceivedRequest, TokenRequest};
+pub use ledger::{AcceptedRecord, Counts, ReceivedRequest, RequestOutcome, TokenRequest};
 pub use limits::RateLimit;
 pub use validate::EmulatedMeterType;
 

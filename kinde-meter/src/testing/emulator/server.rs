@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::ledger::{Answer, Outcome, ReceivedRequest, Reply, State};
+use super::ledger::{Answer, ReceivedRequest, Reply, RequestOutcome, State};
 
 pub(crate) const TOKEN_PATH: &str = "/oauth2/token";
 pub(crate) const METER_PATH: &str = "/api/v1/billing/meter_usage";
@@ -375,7 +375,7 @@ fn log_entry(
         arrived_at,
         responded_at: None,
         status: None,
-        outcome: Outcome::Pending,
+        outcome: RequestOutcome::Pending,
         error_codes: Vec::new(),
         rate_limit_reset: None,
         retry_after: None,

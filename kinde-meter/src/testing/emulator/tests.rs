@@ -535,7 +535,7 @@ fn delta_adds_and_absolute_replaces() {
     let log = emu.requests();
     assert!(
         log.iter()
-            .all(|r| r.outcome == Outcome::Accepted && r.status == Some(200))
+            .all(|r| r.outcome == RequestOutcome::Accepted && r.status == Some(200))
     );
     assert!(
         log.iter()
@@ -593,7 +593,7 @@ fn idempotency_switch() {
     let r = meter_with(&emu, &token, &body, &[("Idempotency-Key", "x")]).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(emu.total("a", "f"), 3);
-    assert_eq!(emu.requests()[1].outcome, Outcome::Replayed);
+    assert_eq!(emu.requests()[1].outcome, RequestOutcome::Replayed);
 }
 
 // ----- faults -----
@@ -638,7 +638,7 @@ fn status_faults_do_not_apply() {
         assert_eq!(emu.total("agr", "feat"), 0);
         let c = emu.counts();
         assert_eq!((c.faults, c.accepted, c.ambiguous, c.dropped), (1, 0, 0, 0));
-        assert_eq!(emu.requests()[0].outcome, Outcome::Fault(kind));
+        assert_eq!(emu.requests()[0].outcome, RequestOutcome::Fault(kind));
         assert_eq!(emu.ambiguous_applied(), 0);
         // Faults come before validation.
         assert_eq!(meter(&emu, &token, "garbage").unwrap().status, status);
@@ -702,7 +702,11 @@ fn drop_faults_close_the_connection() {
     let r = &emu.requests()[0];
     assert_eq!(
         (r.status, r.responded_at, r.outcome),
-        (None, None, Outcome::Fault(FaultKind::DropBeforeApply))
+        (
+            None,
+            None,
+            RequestOutcome::Fault(FaultKind::DropBeforeApply)
+        )
     );
 
     let (emu, token) = with_faults(Faults {
@@ -752,7 +756,7 @@ fn latency_and_abandoned_requests() {
     assert_eq!(emu.ambiguous_applied(), 4);
     assert_eq!(
         emu.requests()[0].outcome,
-        Outcome::Abandoned { applied: true }
+        RequestOutcome::Abandoned { applied: true }
     );
 
     // A patient client gets its answer after the delay.
@@ -781,14 +785,14 @@ fn same_seed_same_fault_sequence() {
         for _ in 0..30 {
             let _ = delta(&emu, &token, "1");
         }
-        let outcomes: Vec<Outcome> = emu.requests().iter().map(|r| r.outcome).collect();
+        let outcomes: Vec<RequestOutcome> = emu.requests().iter().map(|r| r.outcome).collect();
         (outcomes, emu.total("agr", "feat"), emu.ambiguous_applied())
     };
     let a = run(3);
     assert_eq!(a, run(3));
     assert_ne!(a.0, run(4).0);
-    assert!(a.0.contains(&Outcome::Accepted));
-    assert!(a.0.iter().any(|o| matches!(o, Outcome::Fault(_))));
+    assert!(a.0.contains(&RequestOutcome::Accepted));
+    assert!(a.0.iter().any(|o| matches!(o, RequestOutcome::Fault(_))));
 }
 
 // ----- throttling -----
@@ -835,7 +839,7 @@ fn rate_limit_answers_429_with_reset() {
     let throttled: Vec<_> = emu
         .requests()
         .into_iter()
-        .filter(|r| r.outcome == Outcome::Throttled)
+        .filter(|r| r.outcome == RequestOutcome::Throttled)
         .collect();
     assert_eq!(throttled[0].rate_limit_reset, Some(4));
     assert_eq!(throttled[1].retry_after, Some(1));
