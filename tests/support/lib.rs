@@ -1,2 +1,4 @@
 //! Helpers shared by the workspace's integration tests, examples and benchmarks.
 //! Not published.
+
+pub mod reporter;

@@ -1,0 +1,86 @@
+//! Helpers for reporter tests: a fast configuration, workloads with known totals, waits.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kinde_meter::testing::Emulator;
+use kinde_meter::{AgreementId, Config, FeatureCode};
+
+/// A configuration for tests: short flush interval and backoff, no client-side rate limit
+/// to speak of, so failures and recoveries play out in seconds.
+pub fn fast_config(emulator: &Emulator) -> Config {
+    emulator
+        .config()
+        .flush_interval(Duration::from_millis(100))
+        .backoff(Duration::from_millis(10), Duration::from_millis(300))
+        .requests_per_second(10_000.0)
+        .request_timeout(Duration::from_secs(2))
+}
+
+/// `n` agreement ids, `agreement_000`, `agreement_001`, ...
+pub fn agreements(n: usize) -> Vec<AgreementId> {
+    (0..n)
+        .map(|i| format!("agreement_{i:03}").parse().expect("valid id"))
+        .collect()
+}
+
+/// Expected totals per (agreement, feature), built while a workload records.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Expected(pub BTreeMap<(String, String), u128>);
+
+impl Expected {
+    /// Notes `value` for a key.
+    pub fn add(&mut self, agreement: &AgreementId, feature: &FeatureCode, value: u64) {
+        *self
+            .0
+            .entry((agreement.to_string(), feature.to_string()))
+            .or_default() += u128::from(value);
+    }
+
+    /// Merges another set of totals into this one.
+    pub fn merge(&mut self, other: Expected) {
+        for (k, v) in other.0 {
+            *self.0.entry(k).or_default() += v;
+        }
+    }
+
+    /// The sum over all keys.
+    pub fn sum(&self) -> u128 {
+        self.0.values().sum()
+    }
+
+    /// Asserts the emulator's ledger holds exactly these totals.
+    #[track_caller]
+    pub fn assert_ledger(&self, emulator: &Emulator) {
+        let ledger: BTreeMap<(String, String), u128> = emulator
+            .ledger()
+            .into_iter()
+            .map(|(k, v)| (k, v.whole().expect("whole units")))
+            .filter(|(_, v)| *v != 0)
+            .collect();
+        let expected: BTreeMap<_, _> = self
+            .0
+            .iter()
+            .filter(|(_, v)| **v != 0)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        assert_eq!(
+            ledger, expected,
+            "the emulator's ledger differs from what was recorded"
+        );
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
