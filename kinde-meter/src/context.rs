@@ -253,6 +253,45 @@ mod tests {
     }
 
     #[test]
+    fn task_scopes_nest_and_are_restored_after_each_poll() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(with_agreement(id("agreement_outer"), async {
+            let inner = with_agreement(id("agreement_inner"), async {
+                tokio::task::yield_now().await;
+                current_agreement()
+            });
+            assert_eq!(inner.await, Some(id("agreement_inner")));
+            assert_eq!(current_agreement(), Some(id("agreement_outer")));
+        }));
+        assert_eq!(current_agreement(), None, "nothing leaks out of the scope");
+    }
+
+    #[test]
+    fn a_panicking_poll_restores_the_scope() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(with_agreement(id("agreement_p"), async {
+                panic!("inside the scope")
+            }))
+        }));
+        assert!(caught.is_err());
+        assert_eq!(current_agreement(), None);
+    }
+
+    #[test]
+    fn in_current_agreement_without_a_scope_runs_unscoped() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let seen = rt.block_on(async { current_agreement() }.in_current_agreement());
+        assert_eq!(seen, None);
+    }
+
+    #[test]
     fn scope_is_per_thread() {
         let _g = enter_agreement(id("agreement_a"));
         let other = std::thread::spawn(current_agreement)

@@ -580,3 +580,176 @@ mod tests {
         assert!(o.next(now + Duration::from_millis(500)).is_ok());
     }
 }
+
+/// Random interleavings of new records, sends, outcomes and time, under both delivery
+/// policies: no unit of delta usage is ever lost or counted twice by the outbox, and its
+/// limits hold at every step.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::api::{AgreementId, FeatureCode};
+    use http::StatusCode;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push {
+            key: usize,
+            absolute: bool,
+            value: u64,
+            hour: u64,
+        },
+        Send,
+        Complete {
+            which: usize,
+            outcome: u8,
+        },
+        Advance {
+            millis: u64,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4usize, any::<bool>(), 1..1_000u64, 0..3u64).prop_map(
+                |(key, absolute, value, hour)| Op::Push {
+                    key,
+                    absolute,
+                    value,
+                    hour
+                }
+            ),
+            Just(Op::Send),
+            (any::<usize>(), 0..7u8).prop_map(|(which, outcome)| Op::Complete { which, outcome }),
+            (0..3_000u64).prop_map(|millis| Op::Advance { millis }),
+        ]
+    }
+
+    fn outcome(code: u8) -> Result<(), ApiError> {
+        let server = |s: u16| ApiError::Server {
+            status: StatusCode::from_u16(s).expect("status"),
+            errors: vec![],
+        };
+        match code {
+            0 | 1 => Ok(()),
+            2 => Err(server(503)),
+            3 => Err(server(502)),
+            4 => Err(ApiError::Throttled {
+                retry_after: Some(Duration::from_secs(1)),
+                errors: vec![],
+            }),
+            5 => Err(ApiError::Timeout {
+                after: Duration::from_secs(1),
+            }),
+            _ => Err(ApiError::Rejected {
+                status: StatusCode::BAD_REQUEST,
+                errors: vec![],
+            }),
+        }
+    }
+
+    #[derive(Default)]
+    struct Ledger {
+        pushed: u128,
+        delivered: u128,
+        rejected: u128,
+        unsent: u128,
+    }
+
+    impl Ledger {
+        fn account(&mut self, event: Event) {
+            match event {
+                Event::Delivered(r) => self.delivered += u128::from(r.delta()),
+                Event::Rejected(r, _) => self.rejected += u128::from(r.delta()),
+                Event::Unsent(u) if u.record.meter_type == MeterType::Delta => {
+                    self.unsent += u128::from(u.record.value)
+                }
+                Event::Unsent(_) | Event::Retrying { .. } | Event::Superseded => {}
+            }
+        }
+    }
+
+    fn delta_of(records: &[Record]) -> u128 {
+        records.iter().map(|r| u128::from(r.delta())).sum()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_outbox_conserves_delta_usage(
+            ops in proptest::collection::vec(op(), 1..120),
+            at_most_once in any::<bool>(),
+        ) {
+            let policy = Policy {
+                delivery: if at_most_once { Delivery::AtMostOnce } else { Delivery::AtLeastOnce },
+                max_in_flight: 3,
+                requests_per_second: 50.0,
+                backoff_initial: Duration::from_millis(50),
+                backoff_max: Duration::from_secs(2),
+                coalesce_secs: 3600,
+                max_records: 1_000,
+            };
+            let mut now = Instant::now();
+            let mut o = Outbox::new(policy, now, fastrand::Rng::with_seed(42));
+            let mut sending: Vec<Record> = Vec::new();
+            let mut ledger = Ledger::default();
+            let keys: Vec<AgreementId> = (0..4).map(|i| AgreementId::new(format!("agreement_{i}")).expect("id")).collect();
+            for op in ops {
+                match op {
+                    Op::Push { key, absolute, value, hour } => {
+                        let meter_type = if absolute { MeterType::Absolute } else { MeterType::Delta };
+                        let key = Key { agreement: keys[key].clone(), feature: FeatureCode::from_static("f"), meter_type };
+                        if !absolute {
+                            ledger.pushed += u128::from(value);
+                        }
+                        let ts = Timestamp::from_unix_seconds(1_700_000_000 + hour * 3600).expect("ts");
+                        o.push(key, value, ts, now);
+                    }
+                    Op::Send => {
+                        if let Ok(r) = o.next(now) {
+                            sending.push(r);
+                        }
+                    }
+                    Op::Complete { which, outcome: code } => {
+                        if !sending.is_empty() {
+                            let r = sending.swap_remove(which % sending.len());
+                            ledger.account(o.complete(r, outcome(code), now));
+                        }
+                    }
+                    Op::Advance { millis } => now += Duration::from_millis(millis),
+                }
+                // Limits hold at every step.
+                prop_assert!(sending.len() <= 3);
+                let mut absolute_out: Vec<_> = sending.iter().filter(|r| r.key.meter_type == MeterType::Absolute).map(|r| &r.key).collect();
+                absolute_out.sort();
+                let n = absolute_out.len();
+                absolute_out.dedup();
+                prop_assert_eq!(n, absolute_out.len(), "two absolute records of one key in flight");
+                // Conservation holds at every step, counting what is still out.
+                prop_assert_eq!(
+                    ledger.pushed,
+                    ledger.delivered + ledger.rejected + ledger.unsent + delta_of(&o.waiting) + delta_of(&sending)
+                );
+            }
+            // Finally let everything succeed: the outbox drains and nothing is missing.
+            for r in sending.drain(..) {
+                ledger.account(o.complete(r, Ok(()), now));
+            }
+            for _ in 0..10_000 {
+                if o.is_empty() {
+                    break;
+                }
+                now += Duration::from_secs(5);
+                while let Ok(r) = o.next(now) {
+                    ledger.account(o.complete(r, Ok(()), now));
+                }
+            }
+            prop_assert!(o.is_empty());
+            prop_assert_eq!(ledger.pushed, ledger.delivered + ledger.rejected + ledger.unsent);
+            if !at_most_once {
+                prop_assert_eq!(ledger.unsent, 0);
+            }
+        }
+    }
+}
