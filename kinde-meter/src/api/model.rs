@@ -572,15 +572,30 @@ pub struct CreateMeterUsageRecordRequest {
 }
 
 impl CreateMeterUsageRecordRequest {
-    /// A `delta` request without a timestamp.
-    pub fn new(agreement: AgreementId, feature: FeatureCode, value: impl Into<MeterValue>) -> Self {
+    /// A `delta` request for a whole-number value, without a timestamp.
+    pub fn new(agreement: AgreementId, feature: FeatureCode, value: u64) -> Self {
         Self {
             customer_agreement_id: agreement,
             billing_feature_code: feature,
-            meter_value: value.into(),
+            meter_value: MeterValue::from(value),
             meter_usage_timestamp: None,
             meter_type_code: MeterType::Delta,
         }
+    }
+
+    /// Replaces the value, for example with a validated decimal.
+    ///
+    /// ```
+    /// # use kinde_meter::api::{CreateMeterUsageRecordRequest, MeterValue};
+    /// let request = CreateMeterUsageRecordRequest::new("agreement_a".parse()?, "storage_gb".parse()?, 0)
+    ///     .with_value(MeterValue::decimal("2.5")?);
+    /// assert_eq!(request.meter_value.to_string(), "2.5");
+    /// # Ok::<(), kinde_meter::api::InvalidInput>(())
+    /// ```
+    #[must_use]
+    pub fn with_value(mut self, value: MeterValue) -> Self {
+        self.meter_value = value;
+        self
     }
 
     /// Sets when the usage happened.

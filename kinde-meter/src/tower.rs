@@ -1,0 +1,209 @@
+//! A tower [`Layer`] that runs each request in its customer's agreement scope, so every
+//! `#[meter]` handler below it bills the right customer (cargo feature `tower`).
+//!
+//! The agreement comes from a resolver you supply, over the request's head: a header, a
+//! claim of an already-verified Kinde token in the extensions, or a lookup in your own
+//! store (async). Requests it cannot resolve are passed through unmetered (metered calls
+//! in them are counted as unattributed) or rejected, as configured.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use kinde_meter::{meter, tower::{AgreementLayer, MissingAgreement}};
+//!
+//! #[meter(feature = "reports")]
+//! async fn report() -> &'static str {
+//!     "report"
+//! }
+//!
+//! let app: Router = Router::new().route("/report", get(report)).layer(
+//!     AgreementLayer::new(|head: &http::request::Parts| {
+//!         head.headers.get("x-agreement-id")?.to_str().ok()?.parse().ok()
+//!     })
+//!     .on_missing(MissingAgreement::Reject(http::StatusCode::PAYMENT_REQUIRED)),
+//! );
+//! # let _ = app;
+//! ```
+
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+pub use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::api::AgreementId;
+use crate::context::with_agreement;
+
+/// What to do with a request whose agreement cannot be resolved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissingAgreement {
+    /// Handle it without an agreement scope (the default): metered calls in it are
+    /// counted as unattributed and reported, never billed to a guess.
+    #[default]
+    PassThrough,
+    /// Answer with this status (`402 Payment Required` or `403 Forbidden`, typically)
+    /// and an empty body, without calling the service.
+    Reject(StatusCode),
+}
+
+/// Turns a request head into an agreement, maybe asynchronously.
+pub trait ResolveAgreement: Clone + Send + Sync + 'static {
+    /// The resolution in progress.
+    type Future: Future<Output = Option<AgreementId>> + Send + 'static;
+    /// Starts resolving the agreement of a request.
+    fn resolve(&self, head: &Parts) -> Self::Future;
+}
+
+/// A synchronous resolver: `Fn(&Parts) -> Option<AgreementId>`.
+#[derive(Clone, Debug)]
+pub struct SyncResolver<F>(F);
+
+impl<F> ResolveAgreement for SyncResolver<F>
+where
+    F: Fn(&Parts) -> Option<AgreementId> + Clone + Send + Sync + 'static,
+{
+    type Future = Ready<Option<AgreementId>>;
+    fn resolve(&self, head: &Parts) -> Self::Future {
+        ready((self.0)(head))
+    }
+}
+
+/// An asynchronous resolver: `Fn(&Parts) -> impl Future<Output = Option<AgreementId>>`.
+/// Take what you need from the head before the `async` block, which must not borrow it.
+#[derive(Clone, Debug)]
+pub struct AsyncResolver<F>(F);
+
+impl<F, Fut> ResolveAgreement for AsyncResolver<F>
+where
+    F: Fn(&Parts) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Option<AgreementId>> + Send + 'static,
+{
+    type Future = Fut;
+    fn resolve(&self, head: &Parts) -> Self::Future {
+        (self.0)(head)
+    }
+}
+
+/// Sets the current agreement for each request. See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct AgreementLayer<R> {
+    resolver: R,
+    missing: MissingAgreement,
+}
+
+impl<F> AgreementLayer<SyncResolver<F>>
+where
+    F: Fn(&Parts) -> Option<AgreementId> + Clone + Send + Sync + 'static,
+{
+    /// A layer resolving agreements with a synchronous function of the request head.
+    pub fn new(resolver: F) -> Self {
+        Self {
+            resolver: SyncResolver(resolver),
+            missing: MissingAgreement::default(),
+        }
+    }
+}
+
+impl<F, Fut> AgreementLayer<AsyncResolver<F>>
+where
+    F: Fn(&Parts) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Option<AgreementId>> + Send + 'static,
+{
+    /// A layer resolving agreements asynchronously (a lookup in your own store).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::sync::Arc;
+    /// use kinde_meter::{tower::AgreementLayer, AgreementId};
+    ///
+    /// let store: Arc<HashMap<String, AgreementId>> = Arc::default();
+    /// let layer = AgreementLayer::from_async(move |head: &http::request::Parts| {
+    ///     let user = head.headers.get("x-user").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    ///     let store = Arc::clone(&store);
+    ///     async move { store.get(&user?).cloned() }
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn from_async(resolver: F) -> Self {
+        Self {
+            resolver: AsyncResolver(resolver),
+            missing: MissingAgreement::default(),
+        }
+    }
+}
+
+impl<R> AgreementLayer<R> {
+    /// What to do with requests whose agreement cannot be resolved (default: pass through).
+    #[must_use]
+    pub fn on_missing(mut self, missing: MissingAgreement) -> Self {
+        self.missing = missing;
+        self
+    }
+}
+
+impl<S, R: Clone> Layer<S> for AgreementLayer<R> {
+    type Service = AgreementService<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AgreementService {
+            inner,
+            resolver: self.resolver.clone(),
+            missing: self.missing,
+        }
+    }
+}
+
+/// The service [`AgreementLayer`] wraps around yours.
+#[derive(Clone, Debug)]
+pub struct AgreementService<S, R> {
+    inner: S,
+    resolver: R,
+    missing: MissingAgreement,
+}
+
+/// The response future of [`AgreementService`].
+pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, R, B, ResBody> Service<Request<B>> for AgreementService<S, R>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    R: ResolveAgreement,
+    B: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (head, body) = request.into_parts();
+        let resolving = self.resolver.resolve(&head);
+        // The service made ready by `poll_ready` handles this request; its clone takes
+        // its place for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let missing = self.missing;
+        Box::pin(async move {
+            let request = Request::from_parts(head, body);
+            match (resolving.await, missing) {
+                // The inner call itself runs in the scope too, not just its future.
+                (Some(agreement), _) => {
+                    with_agreement(agreement, async move { inner.call(request).await }).await
+                }
+                (None, MissingAgreement::PassThrough) => inner.call(request).await,
+                (None, MissingAgreement::Reject(status)) => {
+                    let mut response = Response::new(ResBody::default());
+                    *response.status_mut() = status;
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
