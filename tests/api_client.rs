@@ -422,6 +422,23 @@ async fn slow_answer_is_a_timeout() {
 }
 
 #[tokio::test]
+async fn unbounded_timeouts_are_accepted() {
+    // `Duration::MAX` is a natural way to say "no timeout"; it must not overflow.
+    let kinde = start(Emulator::builder());
+    let client = Client::builder(kinde.domain(), kinde.credentials())
+        .request_timeout(Duration::MAX)
+        .build()
+        .expect("client");
+    send(&client, &usage(1)).await.expect("accepted");
+    let options = RequestOptions::new().timeout(Duration::MAX);
+    client
+        .create_meter_usage_record_with_options(&usage(1), &options)
+        .await
+        .expect("accepted");
+    assert_eq!(kinde.total(AGREEMENT, FEATURE), 2);
+}
+
+#[tokio::test]
 async fn server_down_is_not_sent() {
     let kinde = start(Emulator::builder());
     kinde.go_down();
@@ -935,6 +952,146 @@ async fn raw_request_carries_the_static_token() {
         "{request}"
     );
     assert_eq!(answer.expect("accepted").data.code.as_deref(), Some("OK"));
+}
+
+/// A client that mints its tokens from the raw server.
+fn raw_minting_client(server: &RawHttpServer) -> Client {
+    Client::builder(
+        Domain::parse(&server.base_url()).expect("domain"),
+        Credentials::client_credentials("raw-client-id", "raw-client-secret-0123"),
+    )
+    .request_timeout(Duration::from_secs(5))
+    .build()
+    .expect("client")
+}
+
+#[tokio::test]
+async fn raw_token_endpoint_answering_html_is_an_undecodable_token() {
+    let server = RawHttpServer::start(raw_response(
+        "200 OK",
+        &["Content-Type: text/html"],
+        "<html>login</html>",
+    ))
+    .expect("raw server");
+    let answer = send(&raw_minting_client(&server), &usage(1)).await;
+    let e = failure(answer, &["raw-client-secret-0123".to_owned()]);
+    assert!(
+        matches!(&e, ApiError::Token(TokenError::Undecodable { status, .. }) if *status == StatusCode::OK),
+        "{e:?}"
+    );
+    assert_eq!(e.disposition(), Disposition::NotApplied);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "no meter request without a token");
+    assert!(requests[0].starts_with("POST /oauth2/token HTTP/1.1\r\n"));
+}
+
+#[tokio::test]
+async fn raw_token_with_an_empty_access_token_is_refused() {
+    let server = RawHttpServer::start(raw_response(
+        "200 OK",
+        &["Content-Type: application/json"],
+        r#"{"access_token":"","expires_in":3600,"token_type":"bearer"}"#,
+    ))
+    .expect("raw server");
+    let answer = send(&raw_minting_client(&server), &usage(1)).await;
+    let e = failure(answer, &["raw-client-secret-0123".to_owned()]);
+    assert!(
+        matches!(&e, ApiError::Token(TokenError::Undecodable { reason, .. }) if reason.contains("empty")),
+        "{e:?}"
+    );
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn raw_token_endpoint_error_is_refused_with_its_status() {
+    let server = RawHttpServer::start(raw_response(
+        "503 Service Unavailable",
+        &["Content-Type: text/html"],
+        "<html>down</html>",
+    ))
+    .expect("raw server");
+    let answer = send(&raw_minting_client(&server), &usage(1)).await;
+    let e = failure(answer, &["raw-client-secret-0123".to_owned()]);
+    assert!(
+        matches!(&e, ApiError::Token(TokenError::Refused { status, error: None, description: None }) if *status == StatusCode::SERVICE_UNAVAILABLE),
+        "{e:?}"
+    );
+    assert_eq!(e.disposition(), Disposition::NotApplied);
+}
+
+#[tokio::test]
+async fn raw_token_with_an_absurd_lifetime_is_used_without_panicking() {
+    // The same answer serves the token request and then the meter request (an object
+    // with no known field is a valid meter response).
+    let server = RawHttpServer::start(raw_response(
+        "200 OK",
+        &["Content-Type: application/json"],
+        r#"{"access_token":"raw-minted-token-0123","expires_in":18446744073709551615,"token_type":"bearer"}"#,
+    ))
+    .expect("raw server");
+    let client = raw_minting_client(&server);
+    for _ in 0..2 {
+        let response = send(&client, &usage(1)).await.expect("accepted");
+        assert_eq!(response.data, CreateMeterUsageRecordResponse::default());
+    }
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "one token, two meter requests");
+    assert!(requests[0].starts_with("POST /oauth2/token "));
+    assert!(
+        requests[2]
+            .to_ascii_lowercase()
+            .contains("\r\nauthorization: bearer raw-minted-token-0123\r\n"),
+        "{}",
+        requests[2]
+    );
+}
+
+#[tokio::test]
+async fn raw_200_cut_short_is_a_transport_error() {
+    // The head promises 100 bytes; 9 come, then the connection closes.
+    let e = raw_failure(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"message\"",
+    )
+    .await;
+    assert!(matches!(e, ApiError::Transport { .. }), "{e:?}");
+    assert_eq!(e.disposition(), Disposition::Ambiguous);
+}
+
+#[tokio::test]
+async fn unanswered_requests_time_out() {
+    // A listener that never accepts: connections complete in the kernel's backlog and
+    // the request is written, but nothing ever answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let domain =
+        Domain::parse(&format!("http://{}", silent.local_addr().expect("addr"))).expect("domain");
+    let timeout = Duration::from_millis(300);
+    let fixed = Client::builder(domain.clone(), Credentials::access_token(RAW_TOKEN))
+        .request_timeout(timeout)
+        .build()
+        .expect("client");
+    let e = failure(send(&fixed, &usage(1)).await, &[RAW_TOKEN.to_owned()]);
+    assert!(
+        matches!(e, ApiError::Timeout { after } if after == timeout),
+        "{e:?}"
+    );
+    assert_eq!(e.disposition(), Disposition::Ambiguous);
+    // Minting: the token request is the one that gets no answer, so nothing was applied.
+    let minting = Client::builder(
+        domain,
+        Credentials::client_credentials("id", "silent-client-secret"),
+    )
+    .request_timeout(timeout)
+    .build()
+    .expect("client");
+    let e = failure(
+        send(&minting, &usage(1)).await,
+        &["silent-client-secret".to_owned()],
+    );
+    assert!(
+        matches!(e, ApiError::Token(TokenError::Timeout { .. })),
+        "{e:?}"
+    );
+    assert_eq!(e.disposition(), Disposition::NotApplied);
 }
 
 // ----- secrets -----
