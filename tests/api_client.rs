@@ -357,6 +357,15 @@ async fn dropped_connections_are_transport_errors() {
         assert_eq!(e.disposition(), Disposition::Ambiguous);
         assert_eq!(e.status(), None);
         assert!(e.to_string().contains("may have been applied"), "{e}");
+        // The cause is at the end of the source chain; `Display` shows only reqwest's
+        // "error sending request for url (...)".
+        let chain = error_texts(&e);
+        assert!(
+            chain
+                .iter()
+                .any(|t| t.contains("connection closed before message completed")),
+            "{chain:#?}"
+        );
         assert_eq!(kinde.requests().len(), 1, "not resent by the client");
         assert_eq!(kinde.total(AGREEMENT, FEATURE), if applied { 4 } else { 0 });
     }
