@@ -224,7 +224,8 @@ impl Config {
     }
 
     /// Like [`Config::from_env`], reading variables through `lookup` (a secrets store,
-    /// a `.env` map, a test table). `lookup` returns `None` for unset variables.
+    /// a `.env` map, a test table). `lookup` returns `None` for unset variables. Values
+    /// are trimmed, and an empty value counts as unset.
     ///
     /// ```
     /// use kinde_meter::Config;
@@ -250,7 +251,9 @@ impl Config {
         for (id_var, secret_var) in env::CLIENT_PAIRS {
             match (get(id_var), get(secret_var)) {
                 (Some(id), Some(secret)) => {
-                    credentials = Some(Credentials::client_credentials(id.trim(), secret));
+                    // Trimmed like the id and the token: a secret read from a file or a
+                    // secret store often keeps its final newline, which Kinde would refuse.
+                    credentials = Some(Credentials::client_credentials(id.trim(), secret.trim()));
                     break;
                 }
                 (Some(_), None) => {

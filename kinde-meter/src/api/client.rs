@@ -235,7 +235,7 @@ impl Client {
     ) -> Result<ApiResponse<CreateMeterUsageRecordResponse>, ApiError> {
         let inner = &*self.inner;
         let timeout = options.timeout.unwrap_or(inner.request_timeout);
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let body = serde_json::to_vec(request).map_err(|e| ApiError::InvalidRequest {
             reason: e.to_string(),
         })?;
@@ -294,6 +294,14 @@ impl Client {
             return decode(status, headers, &body);
         }
     }
+}
+
+/// `timeout` from now; a timeout too long for the clock (`Duration::MAX` for "none")
+/// is a deadline decades away rather than an overflow.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
 }
 
 fn transport_error(e: reqwest::Error, timeout: Duration) -> ApiError {

@@ -16,6 +16,9 @@ use super::error::{BoxError, TokenError};
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 /// Assumed lifetime when the token response has no `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest lifetime trusted: a longer `expires_in` costs only an earlier renewal, and
+/// an absurd one would overflow the clock when the renewal time is computed.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// `Kinde-SDK: Rust/<crate version>/<rustc version>/rust`, sent on token requests.
 pub(crate) const KINDE_SDK: &str = concat!(
@@ -192,9 +195,9 @@ impl Minter {
                 reason: "`access_token` is empty".to_owned(),
             });
         }
-        let lifetime = parsed
-            .expires_in
-            .map_or(DEFAULT_LIFETIME, Duration::from_secs);
+        let lifetime = parsed.expires_in.map_or(DEFAULT_LIFETIME, |secs| {
+            Duration::from_secs(secs).min(MAX_LIFETIME)
+        });
         // Renew 60 s early; for tokens shorter than two minutes, at half their life.
         let refresh_after = if lifetime > 2 * REFRESH_MARGIN {
             lifetime - REFRESH_MARGIN
