@@ -109,8 +109,11 @@ fn plain(x: u64) -> u64 {
     black_box(x)
 }
 
-/// Each case: a name and a loop body run `iters` times inside whatever scope it needs.
-fn cases() -> Vec<(&'static str, fn(u64) -> Duration)> {
+/// A loop body run `iters` times inside whatever scope it needs; returns the time taken.
+type Body = fn(u64) -> Duration;
+
+/// Each case: a name and its loop.
+fn cases() -> Vec<(&'static str, Body)> {
     vec![
         ("floor: task-local read + thread-local add", |iters| {
             runtime().block_on(FLOOR_SCOPE.scope(1, async move {
@@ -204,7 +207,7 @@ fn requests_per_million_calls() -> (u64, u64) {
     let report = reporter.shutdown_blocking(Duration::from_secs(30));
     assert!(report.is_complete(), "{report}");
     (
-        emulator.counts().accepted,
+        emulator.counts().accepted as u64,
         emulator.ledger_sum().whole().map_or(0, |v| v as u64),
     )
 }

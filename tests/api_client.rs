@@ -734,8 +734,9 @@ async fn body_and_headers_are_what_the_contract_asks_for() {
     let without_timestamp = CreateMeterUsageRecordRequest::new(
         AgreementId::new("agreement_1").expect("agreement id"),
         FeatureCode::new("CcdkvEXpbg6UY").expect("feature code"),
-        MeterValue::decimal("2.50").expect("value"),
-    );
+        0,
+    )
+    .with_value(MeterValue::decimal("2.50").expect("value"));
     send(&fixed, &with_timestamp).await.expect("accepted");
     send(&fixed, &without_timestamp).await.expect("accepted");
     let requests = kinde.requests();
@@ -1012,7 +1013,7 @@ async fn raw_token_with_an_empty_access_token_is_refused() {
 }
 
 #[tokio::test]
-async fn raw_token_endpoint_error_is_refused_with_its_status() {
+async fn raw_token_endpoint_failing_is_unavailable_not_a_credentials_problem() {
     let server = RawHttpServer::start(raw_response(
         "503 Service Unavailable",
         &["Content-Type: text/html"],
@@ -1022,10 +1023,40 @@ async fn raw_token_endpoint_error_is_refused_with_its_status() {
     let answer = send(&raw_minting_client(&server), &usage(1)).await;
     let e = failure(answer, &["raw-client-secret-0123".to_owned()]);
     assert!(
-        matches!(&e, ApiError::Token(TokenError::Refused { status, error: None, description: None }) if *status == StatusCode::SERVICE_UNAVAILABLE),
+        matches!(&e, ApiError::Token(TokenError::Unavailable { reason }) if reason.contains("503")),
         "{e:?}"
     );
     assert_eq!(e.disposition(), Disposition::NotApplied);
+    let shown = e.to_string();
+    assert!(
+        shown.contains("retry later") && !shown.contains("CLIENT_SECRET"),
+        "{shown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_on_a_failed_token_request_share_its_failure() {
+    let server =
+        RawHttpServer::start(raw_response("503 Service Unavailable", &[], "")).expect("raw server");
+    let client = raw_minting_client(&server);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (client, barrier) = (client.clone(), std::sync::Arc::clone(&barrier));
+        calls.spawn(async move {
+            barrier.wait().await;
+            send(&client, &usage(1)).await
+        });
+    }
+    for answer in calls.join_all().await {
+        assert!(
+            matches!(answer, Err(ApiError::Token(TokenError::Unavailable { .. }))),
+            "{answer:?}"
+        );
+    }
+    // One attempt (a caller arriving after it finished may start a second), not twenty.
+    let attempts = server.requests().len();
+    assert!((1..=2).contains(&attempts), "{attempts} token requests");
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //!
 //! (Crate documentation is written in the README; see below.)
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod api;
 pub mod config;

@@ -239,15 +239,18 @@ impl Client {
         let body = serde_json::to_vec(request).map_err(|e| ApiError::InvalidRequest {
             reason: e.to_string(),
         })?;
-        let idempotency_key = options
-            .idempotency_key
-            .as_deref()
-            .map(HeaderValue::from_str)
-            .transpose()
-            .map_err(|_| ApiError::InvalidRequest {
-                reason: "the idempotency key is not a valid header value (use visible ASCII)"
-                    .to_owned(),
-            })?;
+        let idempotency_key = match options.idempotency_key.as_deref() {
+            None => None,
+            Some(key) if !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic()) => {
+                HeaderValue::from_str(key).ok()
+            }
+            Some(_) => {
+                return Err(ApiError::InvalidRequest {
+                    reason: "the idempotency key must be non-empty visible ASCII (no spaces)"
+                        .to_owned(),
+                });
+            }
+        };
         let mut reminted = false;
         loop {
             let token = inner
@@ -298,7 +301,7 @@ impl Client {
 
 /// `timeout` from now; a timeout too long for the clock (`Duration::MAX` for "none")
 /// is a deadline decades away rather than an overflow.
-fn deadline_after(timeout: Duration) -> Instant {
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))

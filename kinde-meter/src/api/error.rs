@@ -164,6 +164,22 @@ impl ApiError {
     }
 }
 
+/// An error and its causes, `outer: inner: root`, so the root cause is not hidden
+/// (reqwest's own message is only "error sending request for url ...").
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            write!(f, ": {cause}")?;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
 struct Errors<'a>(&'a [KindeError]);
 
 impl fmt::Display for Errors<'_> {
@@ -229,15 +245,15 @@ impl fmt::Display for ApiError {
                  your `<subdomain>.kinde.com` domain, not a custom domain (check KINDE_DOMAIN)",
                 location.as_deref().unwrap_or("an unknown location")
             ),
-            ApiError::NotSent { source } => {
-                write!(
-                    f,
-                    "could not reach Kinde ({source}); nothing was sent, so a retry is safe"
-                )
-            }
+            ApiError::NotSent { source } => write!(
+                f,
+                "could not reach Kinde ({}); nothing was sent, so a retry is safe",
+                Chain(&**source)
+            ),
             ApiError::Transport { source } => write!(
                 f,
-                "the connection to Kinde failed after the request was sent ({source}); it may have been applied"
+                "the connection to Kinde failed after the request was sent ({}); it may have been applied",
+                Chain(&**source)
             ),
             ApiError::Timeout { after } => write!(
                 f,
@@ -298,6 +314,12 @@ pub enum TokenError {
         /// The time allowed.
         after: Duration,
     },
+    /// The token endpoint is failing (5xx, 429), or an attempt this call waited for just
+    /// failed: retry later.
+    Unavailable {
+        /// What failed.
+        reason: String,
+    },
     /// A success status with a body that is not a token response.
     Undecodable {
         /// The HTTP status.
@@ -329,10 +351,17 @@ impl fmt::Display for TokenError {
                 )
             }
             TokenError::NotSent { source } => {
-                write!(f, "could not reach the token endpoint ({source})")
+                write!(
+                    f,
+                    "could not reach the token endpoint ({})",
+                    Chain(&**source)
+                )
             }
-            TokenError::Transport { source } => write!(f, "the token request failed ({source})"),
+            TokenError::Transport { source } => {
+                write!(f, "the token request failed ({})", Chain(&**source))
+            }
             TokenError::Timeout { after } => write!(f, "no token within {after:?}"),
+            TokenError::Unavailable { reason } => write!(f, "{reason}; retry later"),
             TokenError::Undecodable { status, reason } => {
                 write!(
                     f,

@@ -7,6 +7,7 @@ mod error;
 mod model;
 mod token;
 
+pub(crate) use client::deadline_after;
 pub use client::{
     ApiResponse, Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     RequestOptions,

@@ -414,12 +414,6 @@ impl From<u64> for MeterValue {
     }
 }
 
-impl From<u32> for MeterValue {
-    fn from(v: u32) -> Self {
-        Self(ValueRepr::Whole(v.into()))
-    }
-}
-
 impl fmt::Display for MeterValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {

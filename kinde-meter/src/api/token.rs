@@ -51,6 +51,9 @@ pub(crate) struct Minter {
     /// of sending their own.
     single_flight: tokio::sync::Mutex<()>,
     generation: AtomicU64,
+    /// Mint attempts started, and why the last one failed (if it did).
+    attempts: AtomicU64,
+    last_failure: Mutex<Option<String>>,
 }
 
 pub(crate) enum TokenSource {
@@ -88,6 +91,8 @@ impl TokenSource {
                 cached: Mutex::new(None),
                 single_flight: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
+                attempts: AtomicU64::new(0),
+                last_failure: Mutex::new(None),
             })),
         }
     }
@@ -110,6 +115,9 @@ impl TokenSource {
         if let Some(t) = m.fresh() {
             return Ok(t);
         }
+        // Which attempt this caller would wait behind: if that one fails, its waiters
+        // share the failure instead of each trying the token endpoint in turn.
+        let attempts_before = m.attempts.load(Relaxed);
         let budget = deadline.saturating_duration_since(Instant::now());
         let _flight = tokio::time::timeout_at(deadline, m.single_flight.lock())
             .await
@@ -118,7 +126,21 @@ impl TokenSource {
         if let Some(t) = m.fresh() {
             return Ok(t);
         }
-        m.mint(http, deadline).await
+        if m.attempts.load(Relaxed) != attempts_before {
+            let reason = m
+                .last_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(reason) = reason {
+                return Err(TokenError::Unavailable { reason });
+            }
+        }
+        m.attempts.fetch_add(1, Relaxed);
+        let minted = m.mint(http, deadline).await;
+        *m.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+            minted.as_ref().err().map(ToString::to_string);
+        minted
     }
 
     /// Forgets `token` after Kinde refused it, unless a newer one replaced it already.
@@ -176,6 +198,11 @@ impl Minter {
             Err(e) if e.is_timeout() => return Err(TokenError::Timeout { after: budget }),
             Err(e) => return Err(TokenError::Transport { source: boxed(e) }),
         };
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(TokenError::Unavailable {
+                reason: format!("the token endpoint answered {status}"),
+            });
+        }
         if status != StatusCode::OK {
             let oauth: Option<OAuthError> = serde_json::from_slice(&body).ok();
             return Err(TokenError::Refused {

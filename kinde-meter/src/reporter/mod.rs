@@ -18,7 +18,6 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 pub(crate) use self::cells::AgreementRef;
 use self::core::Core;
@@ -27,7 +26,7 @@ pub use self::events::{
     UsageRecord,
 };
 use self::worker::{Command, Reply, Settings, Worker};
-use crate::api::{AgreementId, FeatureCode, MeterType};
+use crate::api::{AgreementId, FeatureCode, MeterType, deadline_after};
 use crate::config::{Config, ConfigError, defaults};
 use crate::context::with_current;
 
@@ -451,7 +450,7 @@ impl Reporter {
     /// Closes the current window and delivers everything pending, waiting at most `timeout`.
     pub async fn flush(&self, timeout: Duration) -> FlushReport {
         let (tx, rx) = oneshot::channel();
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         if self
             .commands
             .send(Command::Flush {
@@ -468,7 +467,7 @@ impl Reporter {
     /// [`Reporter::flush`] for sync code.
     pub fn flush_blocking(&self, timeout: Duration) -> FlushReport {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         if self
             .commands
             .send(Command::Flush {
@@ -479,7 +478,7 @@ impl Reporter {
         {
             return self.flush_failed();
         }
-        rx.recv_timeout(timeout + Duration::from_secs(1))
+        rx.recv_timeout(timeout.saturating_add(Duration::from_secs(1)))
             .unwrap_or_else(|_| self.flush_failed())
     }
 
@@ -494,7 +493,7 @@ impl Reporter {
     pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
         self.stopped.store(true, Relaxed);
         let (tx, rx) = oneshot::channel();
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         if self
             .commands
             .send(Command::Shutdown {
@@ -521,7 +520,7 @@ impl Reporter {
     fn stop_blocking(&mut self, timeout: Duration) -> ShutdownReport {
         self.stopped.store(true, Relaxed);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         if self
             .commands
             .send(Command::Shutdown {
@@ -532,7 +531,7 @@ impl Reporter {
         {
             return self.failed_report("the reporter's thread is gone");
         }
-        match rx.recv_timeout(timeout + Duration::from_secs(1)) {
+        match rx.recv_timeout(timeout.saturating_add(Duration::from_secs(1))) {
             Ok(report) => {
                 if let Some(thread) = self.thread.take() {
                     let _ = thread.join();

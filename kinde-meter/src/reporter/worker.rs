@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use super::core::Core;
 use super::events::{FlushReport, MeterError, ShutdownReport, UnsentReason, UnsentRecord};
 use super::outbox::{Event, Outbox, Policy, Record, Wait};
-use crate::api::{ApiError, Client, CreateMeterUsageRecordRequest, RequestOptions, Timestamp};
+use crate::api::{
+    ApiError, Client, CreateMeterUsageRecordRequest, RequestOptions, Timestamp, deadline_after,
+};
 
 /// A request is not started with less time than this left before a deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
@@ -93,7 +95,7 @@ impl Worker {
 
     pub(crate) async fn run(mut self) {
         let interval = self.settings.flush_interval;
-        let mut next_flush = Instant::now() + interval;
+        let mut next_flush = deadline_after(interval);
         loop {
             let wake = match self.dispatch(None) {
                 Wait::Until(t) => t.min(next_flush),
@@ -116,13 +118,13 @@ impl Worker {
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finished(joined),
                 () = self.core.registry.flush_wanted() => {
                     self.flush(false);
-                    next_flush = Instant::now() + interval;
+                    next_flush = deadline_after(interval);
                 }
                 () = tokio::time::sleep_until(wake) => {}
             }
             if Instant::now() >= next_flush {
                 self.flush(false);
-                next_flush = Instant::now() + interval;
+                next_flush = deadline_after(interval);
             }
         }
     }
