@@ -6,6 +6,7 @@
 use proc_macro2::{Span, TokenStream};
 use syn::ext::IdentExt as _;
 use syn::parse::{ParseStream, Parser as _};
+use quote::ToTokens as _;
 use syn::{Expr, ExprLit, Ident, Lit, LitStr, Path, Token, UnOp};
 
 /// The longest feature code Kinde accepts, in bytes.
@@ -99,7 +100,8 @@ struct Fields {
     on: Option<(On, Span)>,
     meter_type: Option<MeterKind>,
     krate: Option<Path>,
-    /// An unknown key was reported with the hint "did you mean `feature`?".
+    /// A mistake already reported says that `feature` is missing (a misspelt key, a
+    /// positional string): no "missing `feature`" on top of it.
     misspelt_feature: bool,
 }
 
@@ -181,11 +183,12 @@ fn parse_entry(
 ) -> syn::Result<()> {
     if input.peek(LitStr) {
         let lit: LitStr = input.parse()?;
+        fields.misspelt_feature = true;
         return Err(syn::Error::new(
             lit.span(),
             format!(
                 "arguments are named: write `feature = {}`",
-                quote::ToTokens::to_token_stream(&lit)
+                lit.to_token_stream()
             ),
         ));
     }
@@ -200,6 +203,12 @@ fn parse_entry(
     let known = KEYS.contains(&name.as_str());
 
     if input.is_empty() || input.peek(Token![,]) {
+        if known {
+            // Reported here; not "missing" as well.
+            seen.push(name.clone());
+        } else if nearest_key(&name) == Some("feature") {
+            fields.misspelt_feature = true;
+        }
         return Err(if known {
             syn::Error::new(
                 key.span(),
@@ -386,6 +395,12 @@ fn meter_value(value: Expr) -> syn::Result<Expr> {
                     "`value` must not be negative: usage is counted up (`-{int}` was given)"
                 )));
             }
+            Lit::Int(int) if matches!(int.suffix(), "f32" | "f64") => {
+                return Err(error(format!(
+                    "`value` must be a whole number of units: `{}{int}` is a float",
+                    if negative { "-" } else { "" }
+                )));
+            }
             Lit::Int(int) => {
                 if int.base10_parse::<u64>().is_err() {
                     return Err(error(format!(
@@ -452,10 +467,13 @@ fn choice<T: Copy>(key: &str, names: &[(&str, T)], value: &Expr) -> syn::Result<
         .collect::<Vec<_>>()
         .join(", ");
     let Some(lit) = string_literal(value) else {
-        return Err(syn::Error::new_spanned(
-            value,
-            format!("`{key}` must be a string literal, one of {expected}"),
-        ));
+        // `on = return` or `meter_type = Absolute`: say how to write it.
+        let written = value.to_token_stream().to_string().to_ascii_lowercase();
+        let message = match names.iter().find(|(n, _)| *n == written) {
+            Some((n, _)) => format!("`{key}` takes a string: write `{key} = \"{n}\"`"),
+            None => format!("`{key}` must be a string literal, one of {expected}"),
+        };
+        return Err(syn::Error::new_spanned(value, message));
     };
     let given = lit.value();
     names
@@ -548,7 +566,7 @@ mod tests {
         assert!(all[2].contains("\"call\", \"return\", \"ok\""));
         assert!(all[3].contains("duplicate `value`"));
         assert!(all[4].contains("float"));
-        assert!(all[5].contains("string literal"));
+        assert!(all[5].contains("write `meter_type = \"delta\"`"));
         // `missing feature` comes last.
         let all = messages(quote!(value = 2));
         assert_eq!(all.len(), 1);
@@ -579,6 +597,8 @@ mod tests {
         assert!(messages(quote!(feature = "f", value = -x)).is_empty());
         assert!(messages(quote!(feature = "f", value = "3")).concat().contains("integer"));
         assert!(messages(quote!(feature = "f", value = 2.0)).concat().contains("float"));
+        assert!(messages(quote!(feature = "f", value = 2f64)).concat().contains("float"));
+        assert!(messages(quote!(feature = "f", value = 2u8)).is_empty());
     }
 
     #[test]
@@ -605,5 +625,18 @@ mod tests {
         assert!(messages(quote!(feature = "f", crate = "kinde_meter")).concat().contains("path"));
         assert!(messages(quote!(feature = "f", agreement = "a b")).concat().contains("agreement id"));
         assert!(messages(quote!(feature = "f",)).is_empty());
+        // One error each: the positional string and the bare key already say `feature`
+        // is missing.
+        assert_eq!(messages(quote!("api_calls")).len(), 1);
+        assert_eq!(messages(quote!(feature)).len(), 1);
+        assert_eq!(messages(quote!(feture)).len(), 1);
+        assert_eq!(
+            messages(quote!(feature = "f", on = return)),
+            ["`on` takes a string: write `on = \"return\"`"]
+        );
+        assert_eq!(
+            messages(quote!(feature = "f", meter_type = Absolute)),
+            ["`meter_type` takes a string: write `meter_type = \"absolute\"`"]
+        );
     }
 }

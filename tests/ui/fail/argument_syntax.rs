@@ -1,0 +1,18 @@
+//! Arguments are `key = value`: a bare string, a key without a value and a `crate` that
+//! is not a path are errors on the token at fault.
+use kinde_meter::meter;
+
+#[meter("api_calls")]
+fn positional() {}
+
+#[meter(feature)]
+fn no_value() {}
+
+#[meter(feature = "api_calls", crate = "kinde_meter")]
+fn crate_string() {}
+
+fn main() {
+    positional();
+    no_value();
+    crate_string();
+}
