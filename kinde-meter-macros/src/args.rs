@@ -4,23 +4,16 @@
 //! one build shows them all.
 
 use proc_macro2::{Span, TokenStream};
+use quote::ToTokens as _;
 use syn::ext::IdentExt as _;
 use syn::parse::{ParseStream, Parser as _};
-use quote::ToTokens as _;
 use syn::{Expr, ExprLit, Ident, Lit, LitStr, Path, Token, UnOp};
 
 /// The longest feature code Kinde accepts, in bytes.
 const MAX_CODE_LEN: usize = 255;
 
 /// The keys `#[meter]` accepts, in the order the docs list them.
-const KEYS: &[&str] = &[
-    "feature",
-    "value",
-    "agreement",
-    "on",
-    "meter_type",
-    "crate",
-];
+const KEYS: &[&str] = &["feature", "value", "agreement", "on", "meter_type", "crate"];
 
 /// When a call counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -575,11 +568,27 @@ mod tests {
 
     #[test]
     fn feature_rules() {
-        assert!(messages(quote!(feature = "")).concat().contains("must not be empty"));
-        assert!(messages(quote!(feature = "two words")).concat().contains("' '"));
-        assert!(messages(quote!(feature = API)).concat().contains("string literal"));
+        assert!(
+            messages(quote!(feature = ""))
+                .concat()
+                .contains("must not be empty")
+        );
+        assert!(
+            messages(quote!(feature = "two words"))
+                .concat()
+                .contains("' '")
+        );
+        assert!(
+            messages(quote!(feature = API))
+                .concat()
+                .contains("string literal")
+        );
         let long = "a".repeat(256);
-        assert!(messages(quote!(feature = #long)).concat().contains("256 bytes"));
+        assert!(
+            messages(quote!(feature = #long))
+                .concat()
+                .contains("256 bytes")
+        );
         let max = "a".repeat(255);
         assert!(messages(quote!(feature = #max)).is_empty());
     }
@@ -593,11 +602,27 @@ mod tests {
                 .concat()
                 .contains("does not fit")
         );
-        assert!(messages(quote!(feature = "f", value = (-3))).concat().contains("negative"));
+        assert!(
+            messages(quote!(feature = "f", value = (-3)))
+                .concat()
+                .contains("negative")
+        );
         assert!(messages(quote!(feature = "f", value = -x)).is_empty());
-        assert!(messages(quote!(feature = "f", value = "3")).concat().contains("integer"));
-        assert!(messages(quote!(feature = "f", value = 2.0)).concat().contains("float"));
-        assert!(messages(quote!(feature = "f", value = 2f64)).concat().contains("float"));
+        assert!(
+            messages(quote!(feature = "f", value = "3"))
+                .concat()
+                .contains("integer")
+        );
+        assert!(
+            messages(quote!(feature = "f", value = 2.0))
+                .concat()
+                .contains("float")
+        );
+        assert!(
+            messages(quote!(feature = "f", value = 2f64))
+                .concat()
+                .contains("float")
+        );
         assert!(messages(quote!(feature = "f", value = 2u8)).is_empty());
     }
 
@@ -622,8 +647,16 @@ mod tests {
                 .contains("arguments are named")
         );
         assert!(messages(quote!(feature)).concat().contains("needs a value"));
-        assert!(messages(quote!(feature = "f", crate = "kinde_meter")).concat().contains("path"));
-        assert!(messages(quote!(feature = "f", agreement = "a b")).concat().contains("agreement id"));
+        assert!(
+            messages(quote!(feature = "f", crate = "kinde_meter"))
+                .concat()
+                .contains("path")
+        );
+        assert!(
+            messages(quote!(feature = "f", agreement = "a b"))
+                .concat()
+                .contains("agreement id")
+        );
         assert!(messages(quote!(feature = "f",)).is_empty());
         // One error each: the positional string and the bare key already say `feature`
         // is missing.

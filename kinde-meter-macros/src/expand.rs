@@ -76,26 +76,36 @@ pub(crate) fn expand(args: &MeterArgs, func: &MeterFn) -> TokenStream {
             let ret = Ident::new("__kinde_meter_ret", Span::mixed_site());
             let block = func.block_with_returns_as_breaks(&label);
             let output = func.erased_output();
+            // The start of the call is a statement of the `let`'s initializer, before the
+            // body: clippy's `diverging_sub_expression` would otherwise take a body that is
+            // only `return x;` (now a `break`) or `panic!()` for a sub-expression of the
+            // `let`.
             quote! {
-                #start_pending
-                let #ret: #output = #label: #block;
+                let #pending: #private::Pending;
+                let #ret: #output = {
+                    #pending = #private::Pending::new(&#site, #agreement, #value);
+                    #block
+                };
                 #[allow(unreachable_code)]
                 if <#output as #private::Outcome>::is_success(&#ret) {
                     #pending.finish();
                 }
-                #[allow(unreachable_code)]
+                #[allow(unreachable_code, clippy::implicit_return)]
                 #ret
             }
         }
         (Shape::Async, On::Return) => {
             let fake_return = fake_return(&func.erased_output());
             let block = func.block();
+            let fut = Ident::new("__kinde_meter_future", Span::mixed_site());
             quote! {
                 #start_pending
-                #pending.on_return_future(async move {
+                let #fut = #pending.on_return_future(async move {
                     #fake_return
                     #block
-                }).await
+                });
+                #[allow(clippy::implicit_return)]
+                #fut.await
             }
         }
         (Shape::Async, On::Ok) => {
@@ -175,7 +185,7 @@ fn fake_return(output: &TokenStream) -> TokenStream {
     }
 }
 
-/// `#pending.on_ok_future(async move { #stmts }).await`, located on the first token of
+/// `#pending.on_ok_future(async move { #stmts })`, awaited, located on the first token of
 /// `output` (the user's return type).
 ///
 /// If the output does not implement `Outcome`, rustc reports the bound of `on_ok_future`
@@ -186,16 +196,26 @@ fn fake_return(output: &TokenStream) -> TokenStream {
 fn on_ok_future_at(output: &TokenStream, pending: &Ident, stmts: TokenStream) -> TokenStream {
     let at = first_token(output);
     let pending = Ident::new(&pending.to_string(), at.resolved_at(Span::mixed_site()));
+    let fut = Ident::new("__kinde_meter_future", at.resolved_at(Span::mixed_site()));
     let method = Ident::new("on_ok_future", at);
     let mut block = Group::new(Delimiter::Brace, stmts);
     block.set_span(at);
-    let mut args = Group::new(Delimiter::Parenthesis, quote_spanned!(at=> async move #block));
+    let mut args = Group::new(
+        Delimiter::Parenthesis,
+        quote_spanned!(at=> async move #block),
+    );
     args.set_span(at);
-    quote_spanned!(at=> #pending.#method #args.await)
+    quote_spanned! {at=>
+        let #fut = #pending.#method #args;
+        #[allow(clippy::implicit_return)]
+        #fut.await
+    }
 }
 
 /// The span of the first token of `tokens`, resolving as generated code.
 fn first_token(tokens: &TokenStream) -> Span {
     let first = tokens.clone().into_iter().next();
-    first.map_or_else(Span::call_site, |tt| tt.span().resolved_at(Span::call_site()))
+    first.map_or_else(Span::call_site, |tt| {
+        tt.span().resolved_at(Span::call_site())
+    })
 }

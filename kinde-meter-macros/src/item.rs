@@ -9,8 +9,7 @@ use quote::{ToTokens, quote};
 use syn::visit_mut::{self, VisitMut};
 use syn::{
     AngleBracketedGenericArguments, AttrStyle, Attribute, Block, Expr, ExprAsync, ExprBreak, Item,
-    Lifetime, ReturnType, Signature, Stmt, Token, TraitItemFn, Type, TypeInfer, Visibility,
-    token,
+    Lifetime, ReturnType, Signature, Stmt, Token, TraitItemFn, Type, TypeInfer, Visibility, token,
 };
 
 /// A function `#[meter]` can meter.
@@ -40,10 +39,10 @@ pub(crate) enum Shape {
 
 /// What a function's body, or the future it builds, evaluates to.
 enum Output {
-    /// `()`: no return type (or no `Output = ..` binding on a returned future).
+    /// `()`: no return type.
     Unit,
     /// This type, as written.
-    Type(Type),
+    Type(Box<Type>),
     /// A returned future whose `Output` could not be read from the signature.
     Unknown,
 }
@@ -117,13 +116,23 @@ impl MeterFn {
         nested(self.body.clone())
     }
 
-    /// The user's block with every `return` that leaves this function turned into
-    /// `break #label`, so the value can be inspected before it is returned. `return`s
-    /// inside closures, `async` blocks and nested items belong to those and are kept.
+    /// The user's block as an expression whose value is what the function returns:
+    /// every `return` that leaves this function becomes `break #label`, and the block is
+    /// labeled `#label` (only if it has such a `return`). `return`s inside closures,
+    /// `async` blocks and nested items belong to those and are kept.
     pub(crate) fn block_with_returns_as_breaks(&self, label: &Lifetime) -> TokenStream {
         let mut block = self.body.clone();
-        ReturnsToBreaks { label }.visit_block_mut(&mut block);
-        nested(block)
+        let mut rewrite = ReturnsToBreaks {
+            label,
+            rewritten: false,
+        };
+        rewrite.visit_block_mut(&mut block);
+        if rewrite.rewritten {
+            // No lint asks to unwrap a labeled block.
+            quote!(#label: #block)
+        } else {
+            nested(block)
+        }
     }
 
     /// The type the body evaluates to (for a [`Shape::ReturnsFuture`], the future's
@@ -133,7 +142,7 @@ impl MeterFn {
     pub(crate) fn erased_output(&self) -> TokenStream {
         match &self.output {
             Output::Type(ty) => {
-                let mut ty = ty.clone();
+                let mut ty = (**ty).clone();
                 EraseImplTrait.visit_type_mut(&mut ty);
                 ty.to_token_stream()
             }
@@ -146,8 +155,8 @@ impl MeterFn {
     pub(crate) fn returns_unit(&self) -> bool {
         match &self.output {
             Output::Unit => true,
-            Output::Type(Type::Tuple(t)) => t.elems.is_empty(),
-            Output::Type(_) | Output::Unknown => false,
+            Output::Type(ty) => matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()),
+            Output::Unknown => false,
         }
     }
 
@@ -216,7 +225,11 @@ fn respan(tokens: TokenStream, at: Span) -> TokenStream {
 /// `unused_braces` lint must not ask the user to remove them (`fn f() -> u8 { 1 }` would
 /// otherwise warn), while everything inside keeps the user's spans.
 fn nested(block: Block) -> TokenStream {
-    let span = block.brace_token.span.join().resolved_at(Span::mixed_site());
+    let span = block
+        .brace_token
+        .span
+        .join()
+        .resolved_at(Span::mixed_site());
     let stmts = &block.stmts;
     let mut tokens = TokenStream::new();
     token::Brace(span).surround(&mut tokens, |tokens| tokens.extend(quote!(#(#stmts)*)));
@@ -257,9 +270,10 @@ pub(crate) fn classify(item: TokenStream) -> syn::Result<MeterFn> {
             // `-> Pin<Box<dyn Future<Output = T> + ..>>` or `-> impl Future<Output = T>`.
             let mut find = FindOutput(None);
             find.visit_type_mut(&mut ty.as_ref().clone());
-            find.0.map_or(Output::Unknown, Output::Type)
+            find.0
+                .map_or(Output::Unknown, |ty| Output::Type(Box::new(ty)))
         }
-        (ReturnType::Type(_, ty), _) => Output::Type((**ty).clone()),
+        (ReturnType::Type(_, ty), _) => Output::Type(ty.clone()),
     };
     Ok(MeterFn {
         outer_attrs,
@@ -354,6 +368,8 @@ fn not_a_function(item: &Item) -> syn::Error {
 /// else (closures, `async` blocks, `const` blocks, nested items).
 struct ReturnsToBreaks<'a> {
     label: &'a Lifetime,
+    /// Whether a `return` was turned into a `break`.
+    rewritten: bool,
 }
 
 impl VisitMut for ReturnsToBreaks<'_> {
@@ -364,6 +380,7 @@ impl VisitMut for ReturnsToBreaks<'_> {
                 if let Some(value) = &mut ret.expr {
                     self.visit_expr_mut(value);
                 }
+                self.rewritten = true;
                 *expr = Expr::Break(ExprBreak {
                     attrs: std::mem::take(&mut ret.attrs),
                     break_token: Token![break](ret.return_token.span),

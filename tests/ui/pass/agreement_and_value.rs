@@ -12,7 +12,7 @@ struct Request {
 
 #[meter(feature = "by_ref", agreement = &request.agreement, value = request.rows.len())]
 fn by_ref(request: Request) -> usize {
-    request.rows.into_iter().count()
+    request.rows.into_iter().filter(|&row| row > 0).count()
 }
 
 #[meter(feature = "by_value", agreement = id, value = 2u8)]

@@ -20,7 +20,11 @@ async fn upload(parts: Vec<u8>) -> usize {
 #[meter(feature = "parses", on = "ok")]
 async fn parse_all(inputs: &[&str]) -> Result<Vec<u32>, std::num::ParseIntError> {
     let first: u32 = inputs.first().copied().unwrap_or("0").parse()?;
-    let rest = inputs.iter().skip(1).map(|s| s.parse()).collect::<Result<Vec<u32>, _>>()?;
+    let rest = inputs
+        .iter()
+        .skip(1)
+        .map(|s| s.parse())
+        .collect::<Result<Vec<u32>, _>>()?;
     Ok(std::iter::once(first).chain(rest).collect())
 }
 

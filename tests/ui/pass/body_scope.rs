@@ -29,7 +29,7 @@ async fn shadows_async(n: u32) -> u32 {
     #[allow(dead_code)]
     struct Pending;
     let __kinde_meter_fake_return = n;
-    __kinde_meter_fake_return
+    __kinde_meter_fake_return * 2
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -37,7 +37,7 @@ async fn main() {
     let capture = testing::capture();
     let _scope = enter_agreement("agreement_acme".parse().expect("valid id"));
     assert_eq!(shadows(1), Option::Some(2));
-    assert_eq!(shadows_async(3).await, 3);
+    assert_eq!(shadows_async(3).await, 6);
     assert_eq!(capture.total("agreement_acme", "shadows"), 1);
     assert_eq!(capture.total("agreement_acme", "shadows_async"), 1);
 }

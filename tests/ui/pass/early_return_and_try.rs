@@ -13,7 +13,10 @@ fn ok_mode(input: &str) -> Result<u32, String> {
         s.parse().map_err(|_| "nan".to_owned())
     };
     fn double(n: u32) -> u32 {
-        return n * 2;
+        if n == 0 {
+            return 0;
+        }
+        n * 2
     }
     for word in input.split(',') {
         if word == "stop" {
@@ -50,6 +53,7 @@ fn unit_return(flag: bool) {
     if flag {
         return;
     }
+    std::hint::black_box(flag);
 }
 
 #[meter(feature = "async_ok", on = "ok")]

@@ -13,8 +13,8 @@ fn legacy() -> u32 {
 #[meter(feature = "legacy_async", on = "return")]
 async fn legacy_async() -> u32 {
     #![allow(unused_mut)]
-    let mut value = 2;
-    value
+    let mut value = 1;
+    value + 1
 }
 
 #[meter(feature = "legacy_ok", on = "ok")]

@@ -25,7 +25,11 @@ fn reply(n: u32) -> Reply {
 
 #[meter(feature = "async_replies", on = "ok")]
 async fn reply_async(n: u32) -> Reply {
-    if n == 0 { Reply::Failed } else { Reply::Done(n) }
+    if n == 0 {
+        Reply::Failed
+    } else {
+        Reply::Done(n)
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

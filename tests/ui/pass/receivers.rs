@@ -27,6 +27,7 @@ impl Counter {
     }
 
     #[meter(feature = "boxed", on = "return", value = self.n)]
+    #[allow(clippy::boxed_local)]
     fn boxed(self: Box<Self>) -> u64 {
         self.n
     }

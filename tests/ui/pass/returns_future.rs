@@ -25,7 +25,9 @@ fn boxed_return(n: u32) -> Pin<Box<dyn Future<Output = u32> + Send>> {
 }
 
 #[meter(feature = "boxed_ok", on = "ok")]
-fn boxed_ok(n: u32) -> std::pin::Pin<std::boxed::Box<dyn Future<Output = Result<u32, String>> + Send>> {
+fn boxed_ok(
+    n: u32,
+) -> std::pin::Pin<std::boxed::Box<dyn Future<Output = Result<u32, String>> + Send>> {
     std::boxed::Box::pin(async move {
         if n == 0 {
             return Err("zero".to_owned());

@@ -51,6 +51,16 @@ fn boxed_ok_todo() -> Pin<Box<dyn Future<Output = Option<u32>>>> {
     Box::pin(async move { todo!() })
 }
 
+#[meter(feature = "t11", on = "ok")]
+fn ok_panic() -> Option<u32> {
+    panic!("not here")
+}
+
+#[meter(feature = "t12", on = "return")]
+async fn async_unreachable() -> u32 {
+    unreachable!()
+}
+
 #[meter(feature = "t9")]
 fn never() -> ! {
     panic!("never returns")
