@@ -58,6 +58,16 @@ impl Counter {
         self.n
     }
 
+    #[meter(feature = "async_borrowed", on = "return")]
+    async fn async_borrowed(&self) -> &u64 {
+        &self.n
+    }
+
+    #[meter(feature = "async_borrowed_ok", on = "ok")]
+    async fn async_borrowed_ok<'a>(&'a self, names: &'a [String]) -> Option<&'a str> {
+        names.get(usize::try_from(self.n).ok()?).map(String::as_str)
+    }
+
     #[meter(feature = "async_pinned", on = "ok", value = self.n)]
     async fn async_pinned(self: Pin<&mut Self>) -> Option<u64> {
         Some(self.n)
@@ -80,6 +90,12 @@ async fn main() {
     assert_eq!(Box::new(Counter { n: 10 }).async_boxed().await, 10);
     let mut pinned = Counter { n: 11 };
     assert_eq!(Pin::new(&mut pinned).async_pinned().await, Some(11));
+    assert_eq!(Counter { n: 0 }.async_borrowed().await, &0);
+    let names = ["a".to_owned(), "b".to_owned()];
+    assert_eq!(Counter { n: 1 }.async_borrowed_ok(&names).await, Some("b"));
+    assert_eq!(Counter { n: 5 }.async_borrowed_ok(&names).await, None);
+    assert_eq!(capture.total("agreement_acme", "async_borrowed"), 1);
+    assert_eq!(capture.total("agreement_acme", "async_borrowed_ok"), 1);
     for (feature, value) in [
         ("by_value", 2),
         ("by_ref", 3),
