@@ -126,18 +126,16 @@ pub(crate) fn expand(args: &MeterArgs, func: &MeterFn) -> TokenStream {
             }
         }
         (Shape::ReturnsFuture, on) => {
-            // With `on = "ok"`, errors about the output are moved to its type.
-            let at = (on == On::Ok).then(|| first_token(&func.erased_output()));
-            let block = func.block_with_future(at, |inner| match on {
+            let block = func.block_with_future(|inner| match on {
                 On::Call => inner.with_prelude(quote!(#pending.finish();)),
                 On::Return => {
                     let inner = inner.tokens();
                     quote!(#pending.on_return_future(#inner))
                 }
                 On::Ok => {
-                    // The bound `Output: Outcome` is reported at the argument, and the
-                    // `Box::pin` coercion at the call: both on the output type, so that
-                    // rustc shows one error (see `on_ok_future_at`).
+                    // The bound `Output: Outcome` is reported at the argument: on the
+                    // output type (see `on_ok_future_at`). When the future is boxed, the
+                    // coercion to the declared `dyn Future` fails too, on the `Box::pin`.
                     let at = first_token(&func.erased_output());
                     let inner = inner.respanned(at);
                     quote!(#pending.on_ok_future(#inner))
@@ -185,30 +183,27 @@ fn fake_return(output: &TokenStream) -> TokenStream {
     }
 }
 
-/// `#pending.on_ok_future(async move { #stmts })`, awaited, located on the first token of
-/// `output` (the user's return type).
+/// `#pending.on_ok_future(async move { #stmts })`, awaited, with the keywords and
+/// delimiters (no identifiers) located on the first token of `output`, the user's return
+/// type.
 ///
 /// If the output does not implement `Outcome`, rustc reports the bound of `on_ok_future`
-/// at its argument, and the bound of `OnOk: Future` at the `await`. With both at the same
-/// place rustc shows one error, on the return type. (One token, not the whole type: the
-/// span of an `await` is that of its keyword, and a proc macro on stable cannot join
-/// spans.) The statements keep their own spans.
+/// at its argument (the `async` block), and the bound of `OnOk: Future` at the `await`.
+/// With both at the same place, rustc shows one error, on the return type. (One token,
+/// not the whole type: the span of an `await` is that of its keyword, and a proc macro on
+/// stable cannot join spans.) Identifiers keep generated spans, so that an IDE does not
+/// take them for the type; the statements keep their own spans.
 fn on_ok_future_at(output: &TokenStream, pending: &Ident, stmts: TokenStream) -> TokenStream {
     let at = first_token(output);
-    let pending = Ident::new(&pending.to_string(), at.resolved_at(Span::mixed_site()));
-    let fut = Ident::new("__kinde_meter_future", at.resolved_at(Span::mixed_site()));
-    let method = Ident::new("on_ok_future", at);
+    let fut = Ident::new("__kinde_meter_future", Span::mixed_site());
     let mut block = Group::new(Delimiter::Brace, stmts);
     block.set_span(at);
-    let mut args = Group::new(
-        Delimiter::Parenthesis,
-        quote_spanned!(at=> async move #block),
-    );
-    args.set_span(at);
-    quote_spanned! {at=>
-        let #fut = #pending.#method #args;
+    let async_block = quote_spanned!(at=> async move #block);
+    let dot_await = quote_spanned!(at=> .await);
+    quote! {
+        let #fut = #pending.on_ok_future(#async_block);
         #[allow(clippy::implicit_return)]
-        #fut.await
+        #fut #dot_await
     }
 }
 

@@ -4,7 +4,7 @@
 //! Every dependency on the shape of syn's syntax tree lives here; the expansion only sees
 //! token streams.
 
-use proc_macro2::{Delimiter, Group, Span, TokenStream, TokenTree};
+use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
 use syn::visit_mut::{self, VisitMut};
 use syn::{
@@ -75,7 +75,8 @@ impl InnerFuture<'_> {
     }
 
     /// The block as written, except that its `async` keyword and braces sit at `at`, so
-    /// an error about its output is reported there. The statements keep their spans.
+    /// an error about its output is reported there. The statements keep their spans, and
+    /// there is no identifier to move.
     pub(crate) fn respanned(&self, at: Span) -> TokenStream {
         let mut block = self.0.clone();
         block.async_token.span = at;
@@ -167,13 +168,8 @@ impl MeterFn {
 
     /// The user's block with its last expression, which builds the future, replaced by
     /// `wrap(inner)` (for `Box::pin(async ..)`, only the argument of `Box::pin`).
-    ///
-    /// With `box_at`, the `Box::pin(..)` call itself is moved to that span: an error about
-    /// the boxed future (it no longer coerces to the declared `dyn Future`) is then
-    /// reported there instead of on the call.
     pub(crate) fn block_with_future(
         &self,
-        box_at: Option<Span>,
         wrap: impl FnOnce(InnerFuture<'_>) -> TokenStream,
     ) -> TokenStream {
         let mut block = self.body.clone();
@@ -182,42 +178,15 @@ impl MeterFn {
             // Classified as `ReturnsFuture` only when the tail is one.
             None => return nested(block),
         };
-        let replacement = wrap(InnerFuture(inner));
+        let replacement = Expr::Verbatim(wrap(InnerFuture(inner)));
         if let Some(Stmt::Expr(tail, None)) = block.stmts.last_mut() {
-            match (tail, box_at) {
-                (Expr::Call(call), Some(at)) => {
-                    let func = respan(call.func.to_token_stream(), at);
-                    let mut args = Group::new(Delimiter::Parenthesis, replacement);
-                    args.set_span(at);
-                    *call.func = Expr::Verbatim(func);
-                    call.paren_token = token::Paren(at);
-                    call.args = std::iter::once(Expr::Verbatim(args.stream())).collect();
-                }
-                (Expr::Call(call), None) => {
-                    call.args = std::iter::once(Expr::Verbatim(replacement)).collect();
-                }
-                (other, _) => *other = Expr::Verbatim(replacement),
+            match tail {
+                Expr::Call(call) => call.args = std::iter::once(replacement).collect(),
+                other => *other = replacement,
             }
         }
         nested(block)
     }
-}
-
-/// `tokens`, every one of them moved to `at`.
-fn respan(tokens: TokenStream, at: Span) -> TokenStream {
-    tokens
-        .into_iter()
-        .map(|mut tt| {
-            if let TokenTree::Group(g) = &tt {
-                let mut group = Group::new(g.delimiter(), respan(g.stream(), at));
-                group.set_span(at);
-                tt = TokenTree::Group(group);
-            } else {
-                tt.set_span(at);
-            }
-            tt
-        })
-        .collect()
 }
 
 /// The user's block, to nest as the last expression of the new body. Its braces are at
