@@ -29,8 +29,8 @@ mod item;
 ///
 /// Each call adds one unit (or `value` units) of the feature to the current customer's
 /// billing agreement, in memory; the reporter started with `kinde_meter::init` delivers
-/// the totals to Kinde in the background. The call itself never blocks, allocates or
-/// fails because of metering.
+/// the totals to Kinde in the background. The call itself never blocks, waits on the
+/// network or fails because of metering.
 ///
 /// # Arguments
 ///
@@ -58,8 +58,9 @@ mod item;
 ///   an agreement id (validated when recorded; a literal is checked at compile time).
 ///   Without it, the call bills the *current* agreement: the task scope set with
 ///   `kinde_meter::with_agreement`, else the thread scope set with
-///   `kinde_meter::enter_agreement`. A call with no agreement at all is never billed to
-///   a guessed one: it is counted as *unattributed* and reported.
+///   `kinde_meter::enter_agreement`, as they are when the call is counted (with
+///   `on = "return"` or `"ok"`, when it completes). A call with no agreement at all is
+///   never billed to a guessed one: it is counted as *unattributed* and reported.
 /// - **`on`**: when a call counts; see below.
 /// - **`meter_type`**: `"delta"` adds the value to the current usage; `"absolute"`
 ///   replaces it (last write wins, for values such as a number of seats).
@@ -196,8 +197,9 @@ mod item;
 /// - With `on = "ok"` on a sync function, a `return` that a macro expands to (such as
 ///   `anyhow::bail!`) leaves the function without being seen; that is right for error
 ///   returns, which do not count, but a macro that returns a success is not counted.
-/// - Each call site keeps its feature code in a `static`; a call costs a few atomic
-///   operations and no allocation once its key exists.
+/// - Each call site keeps its feature code in a `static`, built at compile time: a call
+///   adds its value to the in-memory total of its key and does no formatting, I/O or
+///   locking of its own.
 ///
 /// [`async-trait`]: https://docs.rs/async-trait
 #[proc_macro_attribute]
