@@ -166,7 +166,9 @@ mod item;
 /// ```
 ///
 /// (`async-trait` renames arguments written as patterns, such as `(a, b): (u32, u32)`, so
-/// `value` and `agreement` can only name plain arguments and `self` there.)
+/// `value` and `agreement` can only name plain arguments and `self` there. A function
+/// that returns a future it did not build in its last expression is metered like any
+/// other function: when it is called.)
 ///
 /// The function is otherwise unchanged: its signature, visibility, documentation and
 /// attributes (`#[must_use]`, `#[track_caller]`, `#[inline]`, lint levels, inner

@@ -1,5 +1,4 @@
-//! Arguments are `key = value`: a bare string, a key without a value and a `crate` that
-//! is not a path are errors on the token at fault.
+//! A bare string, a key without a value and a non-path `crate` are errors on those tokens.
 use kinde_meter::meter;
 
 #[meter("api_calls")]

@@ -1,5 +1,4 @@
-//! Type errors in a metered body point at the user's own lines, in every mode, sync and
-//! async, including a `?` whose error type does not convert.
+//! Type errors in a metered body point at the user's lines, in every mode.
 use kinde_meter::meter;
 
 #[meter(feature = "a")]

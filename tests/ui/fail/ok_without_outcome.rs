@@ -1,5 +1,4 @@
-//! `on = "ok"` on a function whose return type does not implement `Outcome` is an error
-//! on that return type, for sync and async functions alike.
+//! `on = "ok"` with a return type lacking `Outcome` is an error on that type, sync and async.
 use kinde_meter::meter;
 
 struct Receipt;

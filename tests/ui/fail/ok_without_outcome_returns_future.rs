@@ -1,6 +1,4 @@
-//! `on = "ok"` on a function returning a future (`#[async_trait]`, boxed or `impl Future`)
-//! whose output does not implement `Outcome` is an error on that output type, repeated
-//! where the wrapped future meets the declared return type.
+//! `on = "ok"` on a returned future whose output lacks `Outcome` errs on the output.
 use async_trait::async_trait;
 use kinde_meter::meter;
 use std::future::Future;

@@ -1,5 +1,4 @@
-//! `#[meter]` on a trait method without a body is an error that says to meter the method
-//! in the impl.
+//! `#[meter]` on a trait method without a body says to meter the method in the impl.
 use kinde_meter::meter;
 
 trait Api {

@@ -1,5 +1,4 @@
-//! A `value` literal that is not a number (a string, a bool) is an error on it, and one
-//! too large for a `u64` is too.
+//! A `value` literal that is not an integer, or is above `u64::MAX`, is an error on it.
 use kinde_meter::meter;
 
 #[meter(feature = "rows", value = "3")]

@@ -1,5 +1,4 @@
-//! `agreement` accepts `&AgreementId`, `AgreementId`, `&str`, `String` and `&String`;
-//! `value` accepts any integer expression, evaluated before the body moves the arguments.
+//! `agreement` takes ids and strings, owned or borrowed; `value` reads args the body moves.
 #![deny(warnings)]
 
 use kinde_meter::{AgreementId, meter, testing};

@@ -1,5 +1,4 @@
-//! An `async fn` in each `on` mode: recorded at the first poll (`call`) or when the body
-//! completes (`return`, `ok`), with `?`, `return` and `.collect()` typed as declared.
+//! An `async fn` in each `on` mode, with `?`, `return` and `.collect()` typed as declared.
 #![deny(warnings)]
 
 use kinde_meter::{AgreementId, meter, testing, with_agreement};

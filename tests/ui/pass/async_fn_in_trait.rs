@@ -1,5 +1,4 @@
-//! Native `async fn` in traits, metered on the impl side, including a trait that requires
-//! a `Send` future: the metered future is `Send` when the body's future is.
+//! Native `async fn` in trait impls, including a trait that requires a `Send` future.
 #![deny(warnings)]
 
 use std::future::Future;

@@ -1,5 +1,4 @@
-//! `#[async_trait]` methods (a function returning `Box::pin(async move { .. })`): the
-//! inner future is metered, not its boxing, and `value` may read `self` and the arguments.
+//! `#[async_trait]` methods: the inner future is metered; `value` may read `self` and args.
 #![deny(warnings)]
 
 use async_trait::async_trait;

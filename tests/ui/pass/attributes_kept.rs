@@ -1,5 +1,4 @@
-//! Outer attributes, docs, visibility and `#[must_use]` are kept; `#[meter]` also works
-//! through `cfg_attr` and next to other attributes, in any order.
+//! Docs, attributes and visibility are kept; `#[meter]` works through `cfg_attr`, in any order.
 #![deny(warnings)]
 
 mod api {

@@ -1,5 +1,4 @@
-//! The body's own `use`s, items and locals cannot reach the generated code, and the
-//! generated code's names cannot reach the body: the body keeps its own scope.
+//! The body's own `use`s, items and locals and the generated names cannot reach each other.
 #![deny(warnings)]
 
 use kinde_meter::{enter_agreement, meter, testing};

@@ -1,5 +1,4 @@
-//! The generated code raises none of clippy's pedantic or nursery lints, in any mode
-//! (only the user's own code can).
+//! The generated code raises none of clippy's pedantic or nursery lints, in any mode.
 #![deny(warnings)]
 #![warn(clippy::pedantic, clippy::nursery)]
 

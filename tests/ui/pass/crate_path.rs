@@ -1,5 +1,4 @@
-//! `crate = path` points the expansion at a re-export of the runtime crate, and the
-//! default absolute `::kinde_meter` path is immune to a local module of that name.
+//! `crate = path` reaches a re-export; a local module named `kinde_meter` changes nothing.
 #![deny(warnings)]
 
 mod reexports {

@@ -1,5 +1,4 @@
-//! Bodies with `?`, early `return` (also inside loops, closures and nested functions,
-//! whose `return`s stay theirs) in every mode.
+//! `?` and early `return`s (also in loops, closures and nested fns) in every mode.
 #![deny(warnings)]
 
 use kinde_meter::{enter_agreement, meter, testing};

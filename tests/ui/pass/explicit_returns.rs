@@ -1,6 +1,4 @@
-//! Code written with explicit `return`s (under clippy's `implicit_return`) stays lint-free
-//! in every mode: the generated tails do not count as the user's, and a body that is only
-//! `return x;` is not a "diverging sub-expression".
+//! Explicit-`return` code under clippy's `implicit_return` stays lint-free in every mode.
 #![deny(warnings, clippy::implicit_return)]
 #![allow(clippy::needless_return)]
 

@@ -1,5 +1,4 @@
-//! `impl Trait` in argument and return position, nested in generic arguments too, in
-//! every mode (the return type must never reach a `let` with `impl` in it).
+//! `impl Trait` in argument and return position, nested in generic arguments, in every mode.
 #![deny(warnings)]
 
 use std::fmt::Display;

@@ -1,5 +1,4 @@
-//! One-line bodies raise no `unused_braces` (or other) warning in any mode (kept on one
-//! line with `rustfmt::skip`).
+//! One-line bodies (kept by `rustfmt::skip`) raise no `unused_braces` warning in any mode.
 #![deny(warnings)]
 
 use kinde_meter::meter;

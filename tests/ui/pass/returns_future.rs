@@ -1,6 +1,4 @@
-//! Functions that return a future they build in their last expression, boxed or not: the
-//! inner future is metered (when it runs, not when it is built), and the boxed one still
-//! coerces to `Pin<Box<dyn Future + Send>>`.
+//! Functions returning a future built in their last expression meter that future.
 #![deny(warnings)]
 
 use std::future::Future;

@@ -1,5 +1,4 @@
-//! Metered futures are `Send` exactly when the body's future is: `Send` bodies can be
-//! spawned on a multi-thread runtime, and a `!Send` body still compiles.
+//! Metered futures are `Send` exactly when the body's future is; `!Send` bodies compile.
 #![deny(warnings)]
 
 use std::rc::Rc;

@@ -1,5 +1,4 @@
-//! `todo!()` and other diverging bodies compile warning-free in every mode (no
-//! `unreachable_code` from the generated code).
+//! `todo!()` and other diverging bodies compile warning-free in every mode.
 #![deny(warnings)]
 #![allow(clippy::todo, clippy::unimplemented, dead_code)]
 

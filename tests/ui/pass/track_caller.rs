@@ -1,5 +1,4 @@
-//! `#[track_caller]` keeps working: `Location::caller()` inside a metered function is the
-//! caller's location, in every sync mode.
+//! Under `#[track_caller]`, `Location::caller()` in a metered fn is still the caller's.
 #![deny(warnings)]
 
 use std::panic::Location;

@@ -1,5 +1,4 @@
-//! Trait impl methods, methods of generic impls (the generated `static` must not mention
-//! `Self` or the impl's generics) and default methods with a body in a trait.
+//! Trait impl methods, methods of generic impls and default trait methods with a body.
 #![deny(warnings)]
 
 use std::marker::PhantomData;

@@ -1,5 +1,4 @@
-//! `unsafe fn`, `extern "C" fn`, `unsafe extern "C" fn` and `async unsafe fn` keep their
-//! qualifiers in the order written.
+//! `unsafe fn`, `extern "C" fn` and `async unsafe fn` keep their qualifiers as written.
 #![deny(warnings)]
 
 use kinde_meter::{enter_agreement, meter, testing};
