@@ -12,8 +12,69 @@ use syn::{Expr, ExprLit, Ident, Lit, LitStr, Path, Token, UnOp};
 /// The longest feature code Kinde accepts, in bytes.
 const MAX_CODE_LEN: usize = 255;
 
-/// The keys `#[meter]` accepts, in the order the docs list them.
-const KEYS: &[&str] = &["feature", "value", "agreement", "on", "meter_type", "crate"];
+/// One key `#[meter]` accepts.
+struct Key {
+    name: &'static str,
+    /// An example value, for messages.
+    example: &'static str,
+    /// Validates the value and stores it.
+    apply: fn(&mut Fields, Expr) -> syn::Result<()>,
+}
+
+/// The keys `#[meter]` accepts, in the order the docs list them. Parsing is driven by this
+/// table: duplicates, unknown keys and suggestions are handled once for all keys.
+const KEYS: &[Key] = &[
+    Key {
+        name: "feature",
+        example: "\"api_calls\"",
+        apply: |fields, value| {
+            fields.feature = Some(feature(value)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "value",
+        example: "items.len()",
+        apply: |fields, value| {
+            fields.value = Some(meter_value(value)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "agreement",
+        example: "&request.agreement",
+        apply: |fields, value| {
+            fields.agreement = Some(agreement(value)?);
+            Ok(())
+        },
+    },
+    Key {
+        name: "on",
+        example: "\"return\"",
+        apply: |fields, value| {
+            let on = choice("on", On::NAMES, &value)?;
+            fields.on = Some((on, value_span(&value)));
+            Ok(())
+        },
+    },
+    Key {
+        name: "meter_type",
+        example: "\"absolute\"",
+        apply: |fields, value| {
+            let kind = choice("meter_type", MeterKind::NAMES, &value)?;
+            fields.meter_type = Some(kind);
+            Ok(())
+        },
+    },
+    Key {
+        name: "crate",
+        example: "::kinde_meter",
+        apply: |fields, value| {
+            fields.krate = Some(crate_path(value)?);
+            Ok(())
+        },
+    },
+];
 
 /// When a call counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,41 +247,35 @@ fn parse_entry(
         ));
     }
     if !input.peek(Ident::peek_any) {
-        return Err(input.error(
-            "expected an argument such as `feature = \"api_calls\"` \
-             (keys: `feature`, `value`, `agreement`, `on`, `meter_type`, `crate`)",
-        ));
+        return Err(input.error(format!(
+            "expected an argument such as `feature = \"api_calls\"` (valid keys: {})",
+            key_list()
+        )));
     }
     let key = input.call(Ident::parse_any)?;
     let name = key.to_string();
-    let known = KEYS.contains(&name.as_str());
+    let known = KEYS.iter().find(|k| k.name == name);
 
     if input.is_empty() || input.peek(Token![,]) {
-        if known {
-            // Reported here; not "missing" as well.
-            seen.push(name.clone());
-        } else if nearest_key(&name) == Some("feature") {
-            fields.misspelt_feature = true;
-        }
-        return Err(if known {
-            syn::Error::new(
-                key.span(),
-                format!("`{name}` needs a value: `{name} = {}`", example(&name)),
-            )
-        } else {
-            unknown_key(&key, &name)
+        return Err(match known {
+            Some(known) => {
+                // Reported here; not "missing" as well.
+                seen.push(name.clone());
+                syn::Error::new(
+                    key.span(),
+                    format!("`{name}` needs a value: `{name} = {}`", known.example),
+                )
+            }
+            None => unknown_key(&key, &name, fields),
         });
     }
     input.parse::<Token![=]>()?;
     let value: Expr = input.parse()?;
 
-    if !known {
-        if nearest_key(&name) == Some("feature") {
-            fields.misspelt_feature = true;
-        }
-        errors.push(unknown_key(&key, &name));
+    let Some(known) = known else {
+        errors.push(unknown_key(&key, &name, fields));
         return Ok(());
-    }
+    };
     let duplicate = seen.contains(&name);
     if duplicate {
         errors.push(syn::Error::new(
@@ -228,52 +283,26 @@ fn parse_entry(
             format!("duplicate `{name}` argument: give each key once"),
         ));
     } else {
-        seen.push(name.clone());
+        seen.push(name);
     }
     // The value of a duplicate is still checked, so every mistake shows at once; it is
     // not kept.
     let mut scratch = Fields::default();
     let target = if duplicate { &mut scratch } else { fields };
-    match name.as_str() {
-        "feature" => target.feature = feature(value).map_err(|e| errors.push(e)).ok(),
-        "value" => target.value = meter_value(value).map_err(|e| errors.push(e)).ok(),
-        "agreement" => target.agreement = agreement(value).map_err(|e| errors.push(e)).ok(),
-        "on" => {
-            target.on = choice("on", On::NAMES, &value)
-                .map(|on| (on, value_span(&value)))
-                .map_err(|e| errors.push(e))
-                .ok();
-        }
-        "meter_type" => {
-            target.meter_type = choice("meter_type", MeterKind::NAMES, &value)
-                .map_err(|e| errors.push(e))
-                .ok();
-        }
-        "crate" => target.krate = crate_path(value).map_err(|e| errors.push(e)).ok(),
-        _ => unreachable!("every key of KEYS has a branch"),
+    if let Err(e) = (known.apply)(target, value) {
+        errors.push(e);
     }
     Ok(())
 }
 
-/// An example value for `key`, for messages.
-fn example(key: &str) -> &'static str {
-    match key {
-        "feature" => "\"api_calls\"",
-        "value" => "items.len()",
-        "agreement" => "&request.agreement",
-        "on" => "\"return\"",
-        "meter_type" => "\"absolute\"",
-        _ => "::kinde_meter",
+/// An unknown key, with the closest valid one when there is a likely one.
+fn unknown_key(key: &Ident, name: &str, fields: &mut Fields) -> syn::Error {
+    let nearest = nearest_key(name);
+    if nearest == Some("feature") {
+        fields.misspelt_feature = true;
     }
-}
-
-fn unknown_key(key: &Ident, name: &str) -> syn::Error {
-    let valid = KEYS
-        .iter()
-        .map(|k| format!("`{k}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let message = match nearest_key(name) {
+    let valid = key_list();
+    let message = match nearest {
         Some(best) => {
             format!("unknown argument `{name}`: did you mean `{best}`? (valid keys: {valid})")
         }
@@ -282,11 +311,20 @@ fn unknown_key(key: &Ident, name: &str) -> syn::Error {
     syn::Error::new(key.span(), message)
 }
 
+/// The valid keys, for messages.
+fn key_list() -> String {
+    KEYS.iter()
+        .map(|k| format!("`{}`", k.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The valid key closest to `name`, if it is close enough to be a likely typo.
 fn nearest_key(name: &str) -> Option<&'static str> {
     let lower = name.to_ascii_lowercase();
     KEYS.iter()
-        .map(|&k| {
+        .map(|k| k.name)
+        .map(|k| {
             let distance = edit_distance(&lower, k);
             // A key that contains the unknown word (`type` in `meter_type`) or the other
             // way round is a likely match too.
@@ -564,6 +602,32 @@ mod tests {
         let all = messages(quote!(value = 2));
         assert_eq!(all.len(), 1);
         assert!(all[0].starts_with("missing `feature`"));
+    }
+
+    /// Every pair of keys parses together, in either order, and every key given twice is
+    /// one duplicate error on its second occurrence (the copy-paste bug class where one
+    /// key's check looks at another key cannot hide here).
+    #[test]
+    fn every_pair_of_keys() {
+        let valid: Vec<(&str, TokenStream)> = vec![
+            ("value", quote!(value = rows.len())),
+            ("agreement", quote!(agreement = &self.agreement)),
+            ("on", quote!(on = "return")),
+            ("meter_type", quote!(meter_type = "absolute")),
+            ("crate", quote!(crate = ::kinde_meter)),
+        ];
+        assert_eq!(valid.len() + 1, KEYS.len());
+        for (a, first) in &valid {
+            for (b, second) in &valid {
+                let all = messages(quote!(feature = "f", #first, #second));
+                if a == b {
+                    assert_eq!(all.len(), 1, "{a} twice: {all:?}");
+                    assert!(all[0].starts_with(&format!("duplicate `{a}`")), "{all:?}");
+                } else {
+                    assert!(all.is_empty(), "{a} then {b}: {all:?}");
+                }
+            }
+        }
     }
 
     #[test]
