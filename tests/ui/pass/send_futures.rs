@@ -30,6 +30,27 @@ async fn local_only(n: u32) -> u32 {
     *shared
 }
 
+struct Queue {
+    rows: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Queue {
+    // The `MutexGuard` in `value` is a temporary of the statement that evaluates it: it is
+    // released before the body runs, so the future stays `Send` (and nothing deadlocks).
+    #[meter(feature = "drains", on = "return", value = self.rows.lock().expect("lock").len())]
+    async fn drain(&self) -> usize {
+        tokio::task::yield_now().await;
+        let mut rows = self.rows.lock().expect("lock");
+        rows.drain(..).count()
+    }
+
+    #[meter(feature = "peeks", value = self.rows.lock().expect("lock").len())]
+    async fn peek(&self) -> usize {
+        tokio::task::yield_now().await;
+        self.rows.lock().expect("lock").len()
+    }
+}
+
 fn assert_send<T: Send>(value: T) -> T {
     value
 }
@@ -48,6 +69,16 @@ fn main() {
     let ok = runtime.spawn(capture.scope(send_ok(acme, 4)));
     assert_eq!(runtime.block_on(ok).ok(), Some(Some(4)));
     assert_eq!(runtime.block_on(capture.scope(local_only(5))), 5);
+    let queue = std::sync::Arc::new(Queue {
+        rows: std::sync::Mutex::new(vec![1, 2, 3]),
+    });
+    let task =
+        runtime.spawn(capture.scope(async move {
+            assert_send(queue.peek()).await + assert_send(queue.drain()).await
+        }));
+    assert_eq!(runtime.block_on(task).ok(), Some(6));
+    assert_eq!(capture.unattributed("peeks"), 3);
+    assert_eq!(capture.unattributed("drains"), 3);
     assert_eq!(capture.total("agreement_acme", "send_call"), 1);
     assert_eq!(capture.total("agreement_acme", "send_return"), 2);
     assert_eq!(capture.total("agreement_acme", "send_ok"), 1);
