@@ -50,6 +50,11 @@ pub enum Deferred {
 }
 
 /// What `agreement = <expr>` may evaluate to.
+#[diagnostic::on_unimplemented(
+    message = "`#[meter(agreement = ...)]` must be an agreement id; `{Self}` is not",
+    label = "expected `AgreementId`, `&AgreementId`, `&str` or `String`",
+    note = "parse the agreement once (`let id: kinde_meter::AgreementId = s.parse()?`) and pass `&id`"
+)]
 pub trait AgreementArg {
     /// Records `value` now (for `on = "call"`).
     fn record(self, site: &'static CallSite, value: u64);
@@ -133,6 +138,11 @@ impl AgreementArg for &String {
 
 /// What `value = <expr>` may evaluate to: any integer. Negative values and values above
 /// `u64::MAX` are refused at run time (counted and reported), never truncated.
+#[diagnostic::on_unimplemented(
+    message = "`#[meter(value = ...)]` must be an integer; `{Self}` is not",
+    label = "expected an integer type such as `u64`, `u32` or `usize`",
+    note = "decimal values cannot be aggregated in memory; send them with `kinde_meter::api::Client`"
+)]
 pub trait MeterValueArg {
     /// The value as a `u64`, or why it is not one.
     fn into_value(self) -> Result<u64, InvalidValue>;
@@ -163,13 +173,6 @@ macro_rules! signed {
 }
 unsigned!(u8, u16, u32, u64, u128, usize);
 signed!(i8, i16, i32, i64, i128, isize);
-
-impl<T: MeterValueArg + Copy> MeterValueArg for &T {
-    #[inline]
-    fn into_value(self) -> Result<u64, InvalidValue> {
-        (*self).into_value()
-    }
-}
 
 /// `on = "call"`: records now.
 #[inline]
@@ -223,14 +226,6 @@ impl Pending {
         }
     }
 
-    /// Records if `ret` is a success (`on = "ok"`, sync functions).
-    #[inline]
-    pub fn finish_if_ok<T: Outcome + ?Sized>(self, ret: &T) {
-        if ret.is_success() {
-            self.finish();
-        }
-    }
-
     /// `on = "return"`, sync functions: records when the guard drops, unless the call is
     /// unwinding from a panic.
     pub fn on_return(self) -> ReturnGuard {
@@ -264,6 +259,7 @@ impl Pending {
 
 /// Records on drop unless unwinding. See [`Pending::on_return`].
 #[derive(Debug)]
+#[must_use = "the usage is recorded when this guard drops"]
 pub struct ReturnGuard {
     pending: Option<Pending>,
     panicking_at_start: bool,
@@ -285,6 +281,7 @@ impl Drop for ReturnGuard {
 pin_project! {
     /// See [`Pending::on_return_future`].
     #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
     pub struct OnReturn<F> {
         #[pin]
         fut: F,
@@ -308,6 +305,7 @@ impl<F: Future> Future for OnReturn<F> {
 pin_project! {
     /// See [`Pending::on_ok_future`].
     #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
     pub struct OnOk<F> {
         #[pin]
         fut: F,
@@ -325,8 +323,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let out = std::task::ready!(this.fut.poll(cx));
-        if let Some(pending) = this.pending.take() {
-            pending.finish_if_ok(&out);
+        if let Some(pending) = this.pending.take()
+            && out.is_success()
+        {
+            pending.finish();
         }
         Poll::Ready(out)
     }

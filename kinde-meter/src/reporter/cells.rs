@@ -150,6 +150,13 @@ struct Slot {
     cells: Vec<Arc<Cell>>,
 }
 
+#[derive(Debug, Default)]
+struct Shard {
+    slots: HashMap<Key, Slot>,
+    /// Delta usage drains took out of this shard's cells, in total.
+    taken: u128,
+}
+
 /// Why a call's usage could not be added.
 #[derive(Debug)]
 pub(crate) enum Refusal {
@@ -174,7 +181,7 @@ pub(crate) struct Drained {
 pub(crate) struct Registry {
     id: u64,
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<Key, Slot>>]>,
+    shards: Box<[Mutex<Shard>]>,
     keys: AtomicUsize,
     /// Records the worker holds (waiting or in flight); they count toward the bound.
     waiting: AtomicUsize,
@@ -213,7 +220,7 @@ impl Registry {
         Self {
             id,
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             keys: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             max_keys: AtomicUsize::new(max_keys),
@@ -253,7 +260,7 @@ impl Registry {
         self.max_keys() / 2
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, Slot>> {
+    fn shard(&self, key: &Key) -> &Mutex<Shard> {
         let h = self.hasher.hash_one(key) as usize;
         &self.shards[h % self.shards.len()]
     }
@@ -319,7 +326,7 @@ impl Registry {
             _ => None,
         };
         let mut shard = lock(self.shard(&key));
-        let slot = match shard.entry(key) {
+        let slot = match shard.slots.entry(key) {
             MapEntry::Occupied(slot) => slot.into_mut(),
             MapEntry::Vacant(vacant) => {
                 let keys = self.occupancy();
@@ -350,7 +357,8 @@ impl Registry {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            shard.retain(|key, slot| {
+            let Shard { slots, taken } = &mut *shard;
+            slots.retain(|key, slot| {
                 let pending = match key.meter_type {
                     MeterType::Delta => slot.cells.iter().any(|c| c.pending_delta() != 0),
                     MeterType::Absolute => slot
@@ -377,8 +385,11 @@ impl Registry {
                     }
                     !orphan
                 });
-                if let Some(v) = absolute {
-                    sum = u128::from(v);
+                match absolute {
+                    Some(v) => sum = u128::from(v),
+                    // Counted under this shard's lock with the watermarks it moved, so a
+                    // concurrent `recorded_delta` sees the usage either here or in cells.
+                    None => *taken += sum,
                 }
                 if sum != 0 || absolute.is_some() {
                     out.push(Drained {
@@ -401,11 +412,14 @@ impl Registry {
         out
     }
 
-    /// Delta usage in cells not yet drained, and the number of keys.
-    pub(crate) fn pending_delta(&self) -> u128 {
+    /// All delta usage ever added: what drains took plus what waits in cells. Exact at
+    /// any moment, since each shard's part is read under its lock.
+    pub(crate) fn recorded_delta(&self) -> u128 {
         let mut sum = 0u128;
         for shard in self.shards.iter() {
-            for (key, slot) in lock(shard).iter() {
+            let shard = lock(shard);
+            sum += shard.taken;
+            for (key, slot) in &shard.slots {
                 if key.meter_type == MeterType::Delta {
                     sum += slot
                         .cells
@@ -803,7 +817,7 @@ mod tests {
         r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 5)
             .expect("added");
         assert!(r.drain(|_| false).is_empty());
-        assert_eq!(r.pending_delta(), 5);
+        assert_eq!(r.recorded_delta(), 5);
         assert_eq!(
             drain_all(&r),
             vec![("agreement_a/pro_gym/delta".to_owned(), 5)]

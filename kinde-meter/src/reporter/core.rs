@@ -12,8 +12,6 @@ use crate::config::{ErrorHook, UnsentHook};
 
 #[derive(Default)]
 pub(crate) struct Counters {
-    /// Delta usage moved from cells into records.
-    pub(crate) flushed: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) records_delivered: AtomicU64,
     pub(crate) requests: AtomicU64,
@@ -247,9 +245,8 @@ impl Core {
     pub(crate) fn stats(&self) -> Stats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Relaxed);
-        let in_cells = self.registry.pending_delta();
         Stats {
-            recorded: u64::try_from(u128::from(get(&c.flushed)) + in_cells).unwrap_or(u64::MAX),
+            recorded: u64::try_from(self.registry.recorded_delta()).unwrap_or(u64::MAX),
             delivered: get(&c.delivered),
             records_delivered: get(&c.records_delivered),
             requests: get(&c.requests),

@@ -153,12 +153,6 @@ impl Worker {
             loop {
                 // A delta sum beyond u64 (many threads, one window) goes out in parts.
                 let part = u64::try_from(left).unwrap_or(u64::MAX);
-                if d.key.meter_type == crate::MeterType::Delta {
-                    self.core
-                        .counters
-                        .flushed
-                        .fetch_add(part, std::sync::atomic::Ordering::Relaxed);
-                }
                 self.outbox.push(d.key.clone(), part, timestamp, now);
                 left -= u128::from(part);
                 if left == 0 {
