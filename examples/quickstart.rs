@@ -139,6 +139,8 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             }
             note(&mut tally, "video_minutes", u64::from(minutes));
         }
+        // Spread the rounds over a few flush windows, as traffic would be.
+        std::thread::sleep(Duration::from_millis(20));
     }
     println!(
         "Ran {} rounds for {} customers in {:?}",
