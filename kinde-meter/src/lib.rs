@@ -1,6 +1,47 @@
 //! Usage-based billing for Rust services on [Kinde](https://kinde.com).
 //!
-//! (Crate documentation is written in the README; see below.)
+//! Put [`#[meter]`](macro@meter) on a billable function and every call becomes usage on the
+//! current customer's Kinde billing agreement: added to an in-memory cell in a few
+//! nanoseconds, aggregated per (agreement, feature) and window, and delivered in the
+//! background through Kinde's `POST /api/v1/billing/meter_usage`, through throttling,
+//! outages and shutdown, without losing or inventing usage without saying so.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use kinde_meter::{meter, with_agreement, AgreementId, Config};
+//!
+//! #[meter(feature = "api_calls")]
+//! async fn search(query: &str) -> Vec<String> {
+//!     vec![query.to_owned()]
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Once, at startup: reads KINDE_DOMAIN and credentials from the environment.
+//!     let guard = kinde_meter::init(Config::from_env()?)?;
+//!     let customer: AgreementId = "agreement_0195ac80a14c2ca2cec97d026d864de0".parse()?;
+//!     with_agreement(customer, search("gyms near me")).await;
+//!     // Delivers what is pending (dropping the guard does the same).
+//!     let report = guard.shutdown(Duration::from_secs(10)).await;
+//!     println!("{report}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Where things are
+//!
+//! - Recording: [`macro@meter`], [`record`], [`record_for`]; whom they bill:
+//!   [`with_agreement`], [`enter_agreement`], [`AgreementFutureExt`].
+//! - The reporter: [`init`] and its [`Guard`], [`Config`], [`stats`], the hooks' [`MeterError`]
+//!   and [`UnsentRecord`], and [`Reporter`] for instances of your own.
+//! - [`api`]: the typed client for Kinde's meter usage endpoint, usable on its own.
+//! - [`testing`] (feature `testing`): [`testing::capture`] for unit tests, and
+//!   [`testing::Emulator`], a local Kinde on 127.0.0.1.
+//! - [`tower`] (feature `tower`): a layer that sets each request's agreement.
+//!
+//! The README covers the concepts (agreement scope, aggregation window, delivery
+//! guarantees against Kinde's missing idempotency), every configuration option and
+//! variable, and the benchmarks.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
