@@ -1,6 +1,9 @@
-//! Random interleavings of recording (from several threads), flushes, pauses and
-//! server-side faults, end to end against the emulator: the ledger always ends equal to
-//! what was recorded (faults here are ones Kinde does not apply, so nothing may differ).
+//! Random interleavings of recording (from several threads), flushes, pauses,
+//! server-side faults and outages, end to end against the emulator. The faults are ones
+//! the emulator answers without applying; an outage, though, can cut a connection after
+//! the request was applied, which the client rightly counts as ambiguous and resends. So
+//! the ledger ends holding everything recorded, plus at most what was counted ambiguous
+//! (DESIGN's bound for at-least-once), and exactly what was recorded when nothing was.
 //! The outbox's own property test covers far more interleavings without HTTP.
 
 use std::time::Duration;
@@ -104,7 +107,7 @@ proptest! {
         prop_assert!(kinde_meter_workspace::reporter::wait_until(Duration::from_secs(5), || emulator.is_up()));
         let report = reporter.shutdown_blocking(Duration::from_secs(20));
         prop_assert!(report.is_complete(), "{}", report);
-        expected.assert_ledger(&emulator);
+        expected.assert_ledger_within(&emulator, report.stats.ambiguous);
         prop_assert_eq!(u128::from(report.stats.delivered), expected.sum());
     }
 }

@@ -71,6 +71,38 @@ impl Expected {
     }
 }
 
+impl Expected {
+    /// Asserts what DESIGN allows under at-least-once delivery when some attempts were
+    /// ambiguous (a connection reset after the request was sent, which an outage causes):
+    /// every key holds at least what was recorded, and the total excess is at most the
+    /// delta the reporter counted as ambiguous. With no ambiguous attempt, that is
+    /// equality.
+    #[track_caller]
+    pub fn assert_ledger_within(&self, emulator: &Emulator, ambiguous: u64) {
+        let ledger = emulator.ledger();
+        let mut excess = 0u128;
+        for ((agreement, feature), recorded) in &self.0 {
+            let held = ledger
+                .get(&(agreement.clone(), feature.clone()))
+                .map_or(0, |a| a.whole().expect("whole units"));
+            assert!(
+                held >= *recorded,
+                "{agreement}/{feature}: Kinde holds {held}, {recorded} were recorded"
+            );
+            excess += held - recorded;
+        }
+        let unexpected: Vec<_> = ledger.keys().filter(|k| !self.0.contains_key(*k)).collect();
+        assert!(
+            unexpected.is_empty(),
+            "billed to keys nobody recorded: {unexpected:?}"
+        );
+        assert!(
+            excess <= u128::from(ambiguous),
+            "Kinde holds {excess} more than recorded, beyond the {ambiguous} counted as ambiguous"
+        );
+    }
+}
+
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
