@@ -291,31 +291,25 @@ impl Registry {
         lookup: Lookup,
     ) -> Result<(), Refusal> {
         let cache = lookup != Lookup::NoCache;
-        let cell = self.cell_for(agreement, feature, meter_type, cache)?;
+        let (cell, agreement) = self.cell_for(agreement, feature, meter_type, cache)?;
         cell.apply(meter_type, value);
         if cache {
-            let id = match agreement {
-                AgreementRef::Id(id) => Some(id.clone()),
-                AgreementRef::Str(s) => AgreementId::new(s).ok(),
-            };
-            if let Some(id) = id {
-                let entry = CacheEntry::new(self.id, id, feature.clone(), meter_type, cell);
-                // The cache may be gone already during thread teardown.
-                let _ = with_cache(|cache| cache.insert(entry));
-            }
+            let entry = CacheEntry::new(self.id, agreement, feature.clone(), meter_type, cell);
+            // The cache may be gone already during thread teardown.
+            let _ = with_cache(|cache| cache.insert(entry));
         }
         Ok(())
     }
 
     /// Finds or creates this thread's cell for a key (a shared cell when `per_thread` is
-    /// false or the key is absolute).
+    /// false or the key is absolute), with the validated agreement.
     fn cell_for(
         &self,
         agreement: AgreementRef<'_>,
         feature: &FeatureCode,
         meter_type: MeterType,
         per_thread: bool,
-    ) -> Result<Arc<Cell>, Refusal> {
+    ) -> Result<(Arc<Cell>, AgreementId), Refusal> {
         let key = Key {
             agreement: agreement.to_id().map_err(Refusal::InvalidAgreement)?,
             feature: FeatureCode::new_checked(feature).map_err(Refusal::InvalidFeature)?,
@@ -325,6 +319,7 @@ impl Registry {
             MeterType::Delta if per_thread => Some(std::thread::current().id()),
             _ => None,
         };
+        let agreement = key.agreement.clone();
         let mut shard = lock(self.shard(&key));
         let slot = match shard.slots.entry(key) {
             MapEntry::Occupied(slot) => slot.into_mut(),
@@ -343,11 +338,11 @@ impl Registry {
             }
         };
         if let Some(cell) = slot.cells.iter().find(|c| c.owner == owner) {
-            return Ok(Arc::clone(cell));
+            return Ok((Arc::clone(cell), agreement));
         }
         let cell = Arc::new(Cell::new(owner));
         slot.cells.push(Arc::clone(&cell));
-        Ok(cell)
+        Ok((cell, agreement))
     }
 
     /// Takes everything recorded since the last drain, one entry per key with something

@@ -142,8 +142,7 @@ pub fn stats() -> Stats {
     GLOBAL.stats()
 }
 
-/// The path of `record` and `#[meter]` without an explicit agreement. A cache hit
-/// touches only thread-locals; the global table is reached on a miss.
+/// The path of `record` and `#[meter]` without an explicit agreement.
 #[inline]
 pub(crate) fn record_current(feature: &FeatureCode, meter_type: MeterType, value: u64) {
     #[cfg(feature = "testing")]
@@ -151,13 +150,7 @@ pub(crate) fn record_current(feature: &FeatureCode, meter_type: MeterType, value
         return;
     }
     with_current(|agreement| match agreement {
-        Some(id) => {
-            let agreement = AgreementRef::Id(id);
-            match cells::add_cached(cells::GLOBAL_ID, agreement, feature, meter_type, value) {
-                cells::Lookup::Hit => {}
-                miss => GLOBAL.add_uncached(agreement, feature, meter_type, value, miss),
-            }
-        }
+        Some(id) => add_global(AgreementRef::Id(id), feature, meter_type, value),
         None => GLOBAL.unattributed(feature, meter_type, value),
     });
 }
@@ -174,6 +167,18 @@ pub(crate) fn record_explicit(
     if crate::testing::capture::intercept(agreement, feature, meter_type, value) {
         return;
     }
+    add_global(agreement, feature, meter_type, value);
+}
+
+/// Adds to the global cells. A cache hit touches only this thread's cache (not the
+/// `GLOBAL` lazy static); the table is reached on a miss.
+#[inline]
+fn add_global(
+    agreement: AgreementRef<'_>,
+    feature: &FeatureCode,
+    meter_type: MeterType,
+    value: u64,
+) {
     match cells::add_cached(cells::GLOBAL_ID, agreement, feature, meter_type, value) {
         cells::Lookup::Hit => {}
         miss => GLOBAL.add_uncached(agreement, feature, meter_type, value, miss),
@@ -302,7 +307,7 @@ impl Guard {
         let reporter = self.reporter.take();
         let report = match reporter {
             Some(r) => r.shutdown(timeout).await,
-            None => unreachable_report(),
+            None => already_shut_down(),
         };
         release_global();
         report
@@ -313,14 +318,14 @@ impl Guard {
     pub fn shutdown_blocking(mut self, timeout: Duration) -> ShutdownReport {
         let report = match self.reporter.take() {
             Some(r) => r.shutdown_blocking(timeout),
-            None => unreachable_report(),
+            None => already_shut_down(),
         };
         release_global();
         report
     }
 }
 
-fn unreachable_report() -> ShutdownReport {
+fn already_shut_down() -> ShutdownReport {
     ShutdownReport {
         stats: stats(),
         left: Vec::new(),
