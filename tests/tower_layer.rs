@@ -1,0 +1,123 @@
+//! `AgreementLayer` over real HTTP: an async resolver (a lookup in the app's own store),
+//! requests it cannot resolve passed through unmetered or rejected, and the usage of each
+//! request billed to its own customer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::routing::get;
+use kinde_meter::testing::Emulator;
+use kinde_meter::tower::{AgreementLayer, MissingAgreement};
+use kinde_meter::{AgreementId, meter};
+use kinde_meter_workspace::reporter::fast_config;
+
+#[meter(feature = "tower_searches")]
+async fn search() -> &'static str {
+    tokio::task::yield_now().await;
+    "results"
+}
+
+#[meter(feature = "tower_admin")]
+async fn admin() -> &'static str {
+    "admin"
+}
+
+/// Users and their agreements, as an application keeps them.
+fn store() -> Arc<HashMap<String, AgreementId>> {
+    Arc::new(HashMap::from([
+        ("ada".to_owned(), "agreement_ada".parse().expect("id")),
+        ("grace".to_owned(), "agreement_grace".parse().expect("id")),
+    ]))
+}
+
+fn app() -> Router {
+    let lookup = |store: Arc<HashMap<String, AgreementId>>| {
+        move |head: &Parts| {
+            let user = head
+                .headers
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let store = Arc::clone(&store);
+            async move {
+                // A lookup that really suspends, like a database query.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                store.get(&user?).cloned()
+            }
+        }
+    };
+    Router::new()
+        .route("/search", get(search))
+        .layer(AgreementLayer::from_async(lookup(store())))
+        .merge(
+            Router::new().route("/admin", get(admin)).layer(
+                AgreementLayer::from_async(lookup(store()))
+                    .on_missing(MissingAgreement::Reject(StatusCode::FORBIDDEN)),
+            ),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_resolver_scopes_each_request_and_the_missing_policy_applies() {
+    let emulator = Emulator::start().expect("emulator");
+    let guard = kinde_meter::init(fast_config(&emulator)).expect("init");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app()).await });
+    let client = reqwest::Client::new();
+    let get = |path: &str, user: Option<&str>| {
+        let mut request = client.get(format!("{base}{path}"));
+        if let Some(user) = user {
+            request = request.header("x-user", user);
+        }
+        request.send()
+    };
+
+    // Concurrent requests for two customers.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..30 {
+        let user = if i % 3 == 0 { "grace" } else { "ada" };
+        let request = client.get(format!("{base}/search")).header("x-user", user);
+        calls.spawn(async move { request.send().await.expect("request").status() });
+    }
+    for status in calls.join_all().await {
+        assert_eq!(status, 200);
+    }
+    let unattributed_before = kinde_meter::stats().unattributed;
+    // Unknown user on a pass-through route: served, counted as unattributed, not billed.
+    assert_eq!(
+        get("/search", Some("mallory"))
+            .await
+            .expect("request")
+            .status(),
+        200
+    );
+    assert_eq!(get("/search", None).await.expect("request").status(), 200);
+    assert_eq!(kinde_meter::stats().unattributed - unattributed_before, 2);
+    // Unknown user on a rejecting route: 403, the handler never runs.
+    assert_eq!(
+        get("/admin", Some("mallory"))
+            .await
+            .expect("request")
+            .status(),
+        403
+    );
+    assert_eq!(
+        get("/admin", Some("ada")).await.expect("request").status(),
+        200
+    );
+
+    let report = guard.shutdown(Duration::from_secs(10)).await;
+    assert!(report.is_complete(), "{report}");
+    server.abort();
+    assert_eq!(emulator.total("agreement_ada", "tower_searches"), 20u64);
+    assert_eq!(emulator.total("agreement_grace", "tower_searches"), 10u64);
+    assert_eq!(emulator.total("agreement_ada", "tower_admin"), 1u64);
+    assert_eq!(emulator.ledger().len(), 3, "{:?}", emulator.ledger());
+}
