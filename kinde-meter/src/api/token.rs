@@ -222,15 +222,8 @@ impl Minter {
                 reason: "`access_token` is empty".to_owned(),
             });
         }
-        let lifetime = parsed.expires_in.map_or(DEFAULT_LIFETIME, |secs| {
-            Duration::from_secs(secs).min(MAX_LIFETIME)
-        });
-        // Renew 60 s early; for tokens shorter than two minutes, at half their life.
-        let refresh_after = if lifetime > 2 * REFRESH_MARGIN {
-            lifetime - REFRESH_MARGIN
-        } else {
-            lifetime / 2
-        };
+        let lifetime = lifetime(parsed.expires_in);
+        let refresh_after = refresh_after(lifetime);
         let token = Token {
             secret: Arc::new(Secret::new(parsed.access_token)),
             generation: self.generation.fetch_add(1, Relaxed) + 1,
@@ -241,5 +234,42 @@ impl Minter {
         });
         tracing::debug!(target: "kinde_meter", lifetime_secs = lifetime.as_secs(), "minted a Kinde access token");
         Ok(token)
+    }
+}
+
+/// The lifetime to trust: `expires_in` (at most a day), or an hour when absent.
+fn lifetime(expires_in: Option<u64>) -> Duration {
+    expires_in.map_or(DEFAULT_LIFETIME, |secs| {
+        Duration::from_secs(secs).min(MAX_LIFETIME)
+    })
+}
+
+/// When to renew: 60 s before expiry, as Kinde's SDKs do; tokens shorter than two
+/// minutes at half their life.
+fn refresh_after(lifetime: Duration) -> Duration {
+    if lifetime > 2 * REFRESH_MARGIN {
+        lifetime - REFRESH_MARGIN
+    } else {
+        lifetime / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_renewed_a_minute_early_and_an_hour_is_assumed() {
+        let secs = |s| Duration::from_secs(s);
+        assert_eq!(refresh_after(lifetime(Some(3600))), secs(3540));
+        assert_eq!(refresh_after(lifetime(None)), secs(3540));
+        assert_eq!(
+            refresh_after(lifetime(Some(86_400 * 7))),
+            secs(86_340),
+            "a week is trusted for a day"
+        );
+        assert_eq!(refresh_after(lifetime(Some(100))), secs(50));
+        assert_eq!(refresh_after(lifetime(Some(0))), secs(0));
+        assert_eq!(refresh_after(lifetime(Some(u64::MAX))), secs(86_340));
     }
 }

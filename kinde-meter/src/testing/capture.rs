@@ -286,3 +286,51 @@ impl<F: Future> Future for CaptureScope<F> {
         this.future.poll(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{enter_agreement, record};
+
+    #[test]
+    fn captures_on_parallel_threads_see_only_their_own_usage() {
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = [3u64, 5]
+                .into_iter()
+                .map(|value| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        let usage = capture();
+                        let _scope =
+                            enter_agreement(AgreementId::new("agreement_same").expect("id"));
+                        barrier.wait();
+                        for _ in 0..1_000 {
+                            record("isolated", value);
+                        }
+                        usage.total("agreement_same", "isolated")
+                    })
+                })
+                .collect();
+            let totals: Vec<u64> = workers
+                .into_iter()
+                .map(|w| w.join().expect("thread"))
+                .collect();
+            assert_eq!(totals, [3_000, 5_000]);
+        });
+    }
+
+    #[test]
+    fn captures_nest_and_the_innermost_wins() {
+        let _scope = enter_agreement(AgreementId::new("agreement_nest").expect("id"));
+        let outer = capture();
+        record("nested", 1);
+        {
+            let inner = capture();
+            record("nested", 10);
+            assert_eq!(inner.total("agreement_nest", "nested"), 10);
+        }
+        record("nested", 100);
+        assert_eq!(outer.total("agreement_nest", "nested"), 101);
+    }
+}
