@@ -10,8 +10,9 @@
 //! `total - watermark`, so what it reads is exactly what it removes and a concurrent add is
 //! either in this flush or the next, never lost. A cell only its slot still holds (no
 //! thread cache has it) can take no more adds: the flusher drains it one last time and
-//! frees it, and a slot without cells is freed too. That keeps memory bounded by the
-//! number of live keys, which is itself bounded (`max_pending_keys`).
+//! frees it, and a slot without cells is freed too. A thread cache holds at most 32
+//! cells, and once the table is half full every drain asks all threads to drop their
+//! caches, so memory stays bounded by `max_pending_keys` keys plus 32 cells per thread.
 
 use std::cell::Cell as StdCell;
 use std::collections::HashMap;
