@@ -389,7 +389,7 @@ fn reporter_starts_at_the_limits_of_every_option() {
     let config = base_config()
         .flush_interval(Duration::from_millis(100))
         .max_in_flight(1)
-        .requests_per_second(0.001)
+        .requests_per_second(kinde_meter::config::limits::REQUESTS_PER_SECOND.0)
         .max_pending_keys(1)
         .coalesce_window(Duration::from_secs(1))
         .backoff(Duration::from_millis(1), Duration::from_millis(1));

@@ -147,14 +147,41 @@ pub struct Config {
     pub(crate) on_unsent: Option<UnsentHook>,
 }
 
+/// The range each option must lie in (inclusive): `init` refuses anything outside,
+/// naming the option. Wide enough for any real use, narrow enough that no arithmetic on
+/// them can overflow.
+pub mod limits {
+    use std::time::Duration;
+
+    const MS: Duration = Duration::from_millis(1);
+    const SEC: Duration = Duration::from_secs(1);
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// `flush_interval`: 100 ms to 1 h.
+    pub const FLUSH_INTERVAL: (Duration, Duration) = (Duration::from_millis(100), HOUR);
+    /// `connect_timeout` and `request_timeout`: 1 ms to 1 h.
+    pub const TIMEOUT: (Duration, Duration) = (MS, HOUR);
+    /// `shutdown_timeout`: zero (hand everything back at once) to 1 day.
+    pub const SHUTDOWN_TIMEOUT: (Duration, Duration) = (Duration::ZERO, DAY);
+    /// `coalesce_window`: 1 s to 31 days.
+    pub const COALESCE_WINDOW: (Duration, Duration) = (SEC, Duration::from_secs(31 * 86_400));
+    /// Both `backoff` delays: 1 ms to 1 h.
+    pub const BACKOFF: (Duration, Duration) = (MS, HOUR);
+    /// `max_pending_keys`: 1 to 10 million.
+    pub const MAX_PENDING_KEYS: (usize, usize) = (1, 10_000_000);
+    /// `max_in_flight`: 1 to 1,024.
+    pub const MAX_IN_FLIGHT: (usize, usize) = (1, 1024);
+    /// `requests_per_second`: one per 100 s to 100,000.
+    pub const REQUESTS_PER_SECOND: (f64, f64) = (0.01, 100_000.0);
+}
+
 /// Defaults, also listed in the README's configuration table.
 pub mod defaults {
     use std::time::Duration;
 
     /// How often usage is flushed.
     pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
-    /// The shortest flush interval accepted.
-    pub const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
     /// Distinct keys (agreement, feature, meter type) pending at once.
     pub const MAX_PENDING_KEYS: usize = 10_000;
     /// Requests in flight at once.
@@ -395,31 +422,59 @@ impl Config {
         &self.domain
     }
 
-    /// Checks every option; `init` calls this.
+    /// Checks every option against the range in [`limits`]; `init` calls this.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |option, reason: &str| {
-            Err(ConfigError::InvalidOption {
-                option,
-                reason: reason.to_owned(),
-            })
+        use limits::*;
+        let invalid = |option, reason: String| Err(ConfigError::InvalidOption { option, reason });
+        let within = |option, value: Duration, (min, max): (Duration, Duration)| {
+            if value < min || value > max {
+                return invalid(
+                    option,
+                    format!("must be between {min:?} and {max:?} (got {value:?})"),
+                );
+            }
+            Ok(())
         };
-        if self.flush_interval < defaults::MIN_FLUSH_INTERVAL {
-            return invalid("flush_interval", "must be at least 100 ms");
+        within("flush_interval", self.flush_interval, FLUSH_INTERVAL)?;
+        within("connect_timeout", self.connect_timeout, TIMEOUT)?;
+        within("request_timeout", self.request_timeout, TIMEOUT)?;
+        within("shutdown_timeout", self.shutdown_timeout, SHUTDOWN_TIMEOUT)?;
+        within("coalesce_window", self.coalesce_window, COALESCE_WINDOW)?;
+        within("backoff", self.backoff_initial, BACKOFF)?;
+        within("backoff", self.backoff_max, BACKOFF)?;
+        if self.backoff_max < self.backoff_initial {
+            return invalid("backoff", "needs initial <= max".to_owned());
         }
-        if self.max_pending_keys == 0 {
-            return invalid("max_pending_keys", "must be at least 1");
+        let (min, max) = MAX_PENDING_KEYS;
+        if !(min..=max).contains(&self.max_pending_keys) {
+            return invalid(
+                "max_pending_keys",
+                format!(
+                    "must be between {min} and {max} (got {})",
+                    self.max_pending_keys
+                ),
+            );
         }
-        if self.max_in_flight == 0 {
-            return invalid("max_in_flight", "must be at least 1");
+        let (min, max) = MAX_IN_FLIGHT;
+        if !(min..=max).contains(&self.max_in_flight) {
+            return invalid(
+                "max_in_flight",
+                format!(
+                    "must be between {min} and {max} (got {})",
+                    self.max_in_flight
+                ),
+            );
         }
-        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
-            return invalid("requests_per_second", "must be a number greater than zero");
-        }
-        if self.coalesce_window < Duration::from_secs(1) {
-            return invalid("coalesce_window", "must be at least 1 s");
-        }
-        if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
-            return invalid("backoff", "needs 0 < initial <= max");
+        let (min, max) = REQUESTS_PER_SECOND;
+        // Written so that NaN fails too.
+        if !(self.requests_per_second >= min && self.requests_per_second <= max) {
+            return invalid(
+                "requests_per_second",
+                format!(
+                    "must be between {min} and {max} (got {})",
+                    self.requests_per_second
+                ),
+            );
         }
         Ok(())
     }

@@ -4,34 +4,280 @@
 //! 1. the *task* scope, set for a future with [`with_agreement`] while it is polled (so it
 //!    follows the future across the threads of a multi-thread runtime, under any executor),
 //!    and
-//! 2. the *thread* scope, set for sync code with [`enter_agreement`] (a thread-local that
-//!    nests and is restored when the guard drops).
+//! 2. the *thread* scope, set for sync code with [`enter_agreement`] or [`in_agreement`].
+//!    It is seen only by the code that entered it: the same tokio task, or code outside
+//!    any task. A guard held across an `.await` is therefore not seen by the other tasks
+//!    that thread polls meanwhile (they would otherwise bill the wrong customer).
 //!
 //! A `#[meter]` with an explicit `agreement = ...` ignores both. A call with no agreement
 //! in scope is never sent to a guessed agreement: it is counted as `unattributed`.
+//!
+//! Both scopes live in one per-thread [`Scopes`] record. Every entry owns its agreement
+//! and carries a token, and each guard removes exactly its own entry, so guards may drop
+//! in any order and an executor that suspends a poll half-way (a stackful coroutine)
+//! cannot leave a dangling reference behind.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
 use crate::api::AgreementId;
 
-thread_local! {
-    // The agreement of the innermost `WithAgreement` being polled on this thread, or null.
-    // A raw pointer in a `const`, destructor-free thread-local: reading it is one load,
-    // which matters because every metered call reads it.
-    static TASK_AGREEMENT: Cell<*const AgreementId> = const { Cell::new(ptr::null()) };
+/// Which tokio task entered a thread scope (`None`: outside any task).
+type TaskId = Option<tokio::task::Id>;
+
+/// This thread's scopes. Innermost entries are last.
+#[derive(Default)]
+struct Scopes {
+    next_token: u64,
+    /// `WithAgreement` polls in progress.
+    polls: Vec<(u64, AgreementId)>,
+    /// `enter_agreement` guards alive, with the task that entered each.
+    entered: Vec<(u64, AgreementId, TaskId)>,
 }
 
+impl Scopes {
+    fn token(&mut self) -> u64 {
+        self.next_token = self.next_token.wrapping_add(1);
+        self.next_token
+    }
+
+    fn is_empty(&self) -> bool {
+        self.polls.is_empty() && self.entered.is_empty()
+    }
+}
+
+/// Marks this thread's scopes as freed (thread teardown).
+const GONE: *mut Scopes = ptr::without_provenance_mut(1);
+
 thread_local! {
-    // A `Cell`, not a `RefCell`: readers take the value out and put it back, so a hook
-    // that enters another scope while a read is under way cannot hit a borrow panic.
-    static THREAD_AGREEMENT: Cell<Option<AgreementId>> = const { Cell::new(None) };
+    // A raw pointer in a `const`, destructor-free thread-local: reading it is one load
+    // on every metered call, and it stays usable from other thread-locals' destructors
+    // (a thread-local with a destructor panics there, which aborts the process).
+    static SCOPES: Cell<*mut Scopes> = const { Cell::new(ptr::null_mut()) };
+    // Frees the scopes when the thread exits.
+    static SCOPES_OWNER: ScopesOwner = const { ScopesOwner };
+}
+
+struct ScopesOwner;
+
+impl Drop for ScopesOwner {
+    fn drop(&mut self) {
+        let scopes = SCOPES.with(|slot| slot.replace(GONE));
+        if scopes.is_null() || scopes == GONE {
+            return;
+        }
+        // SAFETY: the pointer came from `Box::into_raw` in `scopes_mut` on this thread and
+        // no reference to it is live (destructors run outside `scopes_mut`/`scopes_ref`).
+        let boxed = unsafe { Box::from_raw(scopes) };
+        if boxed.is_empty() {
+            drop(boxed);
+        } else {
+            // A guard kept in another thread-local still points here by token; keep the
+            // scopes for it rather than free them under it (a small leak at thread exit).
+            SCOPES.with(|slot| slot.set(Box::into_raw(boxed)));
+        }
+    }
+}
+
+/// Runs `f` on this thread's scopes, creating them if needed.
+fn scopes_mut<R>(f: impl FnOnce(&mut Scopes) -> R) -> R {
+    let mut scopes = SCOPES.with(Cell::get);
+    if scopes.is_null() || scopes == GONE {
+        // Register the owner so the scopes are freed at thread exit; during teardown
+        // (`GONE`, or the owner already destroyed) they are leaked instead, which only
+        // happens when a thread-local destructor enters a scope.
+        let _ = SCOPES_OWNER.try_with(|_| ());
+        scopes = Box::into_raw(Box::default());
+        SCOPES.with(|slot| slot.set(scopes));
+    }
+    // SAFETY: `scopes` came from `Box::into_raw` for this thread and is freed only by
+    // `ScopesOwner::drop`, which swaps it out first. `f` is our own code that runs no
+    // user code (it pushes, removes and drops entries), so no other reference to the
+    // scopes exists while it runs.
+    f(unsafe { &mut *scopes })
+}
+
+/// Runs `f` on this thread's scopes, if there are any.
+#[inline]
+fn scopes_ref<R>(f: impl FnOnce(Option<&Scopes>) -> R) -> R {
+    let scopes = SCOPES.with(Cell::get);
+    if scopes.is_null() || scopes == GONE {
+        return f(None);
+    }
+    // SAFETY: as in `scopes_mut`; the callers of `with_current` run no user code while
+    // they hold the reference (hooks and logs run after it ends).
+    f(Some(unsafe { &*scopes }))
+}
+
+/// What a metered call found in scope.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found<'a> {
+    /// The agreement to bill.
+    pub(crate) agreement: Option<&'a AgreementId>,
+    /// A thread scope entered by another task was passed over: a guard of
+    /// [`enter_agreement`] is held across an `.await` somewhere on this thread.
+    pub(crate) hidden: bool,
+}
+
+/// The agreement metered calls made here would bill: the task scope, else the thread
+/// scope entered by this same task (or outside any task), else `None`.
+pub fn current_agreement() -> Option<AgreementId> {
+    let (agreement, hidden) = with_current(|found| (found.agreement.cloned(), found.hidden));
+    if hidden {
+        warn_hidden();
+    }
+    agreement
+}
+
+/// Calls `f` with what is in scope, without cloning it: the hot path of every metered
+/// call. `f` must not run user code (hooks, logs): report after it returns.
+#[inline]
+pub(crate) fn with_current<R>(f: impl FnOnce(Found<'_>) -> R) -> R {
+    scopes_ref(|scopes| {
+        let Some(scopes) = scopes else {
+            return f(Found {
+                agreement: None,
+                hidden: false,
+            });
+        };
+        if let Some((_, agreement)) = scopes.polls.last() {
+            return f(Found {
+                agreement: Some(agreement),
+                hidden: false,
+            });
+        }
+        f(thread_scope(scopes))
+    })
+}
+
+#[inline(never)]
+fn thread_scope(scopes: &Scopes) -> Found<'_> {
+    if scopes.entered.is_empty() {
+        return Found {
+            agreement: None,
+            hidden: false,
+        };
+    }
+    let task = tokio::task::try_id();
+    let mut hidden = false;
+    for (_, agreement, entered_by) in scopes.entered.iter().rev() {
+        if *entered_by == task {
+            return Found {
+                agreement: Some(agreement),
+                hidden,
+            };
+        }
+        hidden = true;
+    }
+    Found {
+        agreement: None,
+        hidden,
+    }
+}
+
+/// Logs (once per process) that a lookup passed over another task's thread scope. Called
+/// after the lookup, never inside it: a `tracing` subscriber is user code.
+#[cold]
+pub(crate) fn warn_hidden() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Relaxed) {
+        tracing::warn!(
+            target: "kinde_meter",
+            "an `enter_agreement` guard is held across an `.await`: other tasks polled on its thread do not \
+             see it (warned once); use `with_agreement` in async code"
+        );
+    }
+}
+
+/// Makes `agreement` the current agreement of this thread until the guard drops (the
+/// thread scope, for sync code). Scopes nest, and guards may drop in any order: each
+/// removes exactly its own scope.
+///
+/// The scope is seen only by the code that entered it: if it is entered inside a tokio
+/// task, by that task; otherwise by code outside any task (not by tasks the thread runs
+/// later, say inside a `block_on`). The guard is `!Send`; in async code use
+/// [`with_agreement`], which follows the future and wins over this scope when both are set.
+///
+/// ```
+/// use kinde_meter::{current_agreement, enter_agreement, AgreementId};
+///
+/// let acme: AgreementId = "agreement_acme".parse()?;
+/// let globex: AgreementId = "agreement_globex".parse()?;
+/// {
+///     let _acme = enter_agreement(acme.clone());
+///     {
+///         let _globex = enter_agreement(globex.clone());
+///         assert_eq!(current_agreement(), Some(globex));
+///     }
+///     assert_eq!(current_agreement(), Some(acme));
+/// }
+/// assert_eq!(current_agreement(), None);
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+pub fn enter_agreement(agreement: AgreementId) -> AgreementGuard {
+    let task = tokio::task::try_id();
+    let token = scopes_mut(|scopes| {
+        let token = scopes.token();
+        scopes.entered.push((token, agreement, task));
+        token
+    });
+    AgreementGuard {
+        token,
+        _not_send: PhantomData,
+    }
+}
+
+/// Runs `f` with `agreement` as this thread's current agreement: [`enter_agreement`]
+/// for a closure, so the scope cannot outlive the call.
+///
+/// ```
+/// use kinde_meter::{current_agreement, in_agreement, AgreementId};
+///
+/// let acme: AgreementId = "agreement_acme".parse()?;
+/// let seen = in_agreement(acme.clone(), current_agreement);
+/// assert_eq!(seen, Some(acme));
+/// assert_eq!(current_agreement(), None);
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+pub fn in_agreement<R>(agreement: AgreementId, f: impl FnOnce() -> R) -> R {
+    let _scope = enter_agreement(agreement);
+    f()
+}
+
+/// Ends the thread scope it was returned for when dropped. Returned by
+/// [`enter_agreement`].
+#[must_use = "the agreement is current only while this guard is alive"]
+pub struct AgreementGuard {
+    token: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for AgreementGuard {
+    fn drop(&mut self) {
+        let token = self.token;
+        let removed = scopes_mut(|scopes| {
+            let i = scopes.entered.iter().rposition(|(t, ..)| *t == token)?;
+            Some(scopes.entered.remove(i))
+        });
+        // Dropped here, outside `scopes_mut`: dropping an id runs no user code, but this
+        // keeps the rule simple.
+        drop(removed);
+    }
+}
+
+impl std::fmt::Debug for AgreementGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgreementGuard")
+            .field("token", &self.token)
+            .finish()
+    }
 }
 
 /// Runs `future` with `agreement` as the current agreement (the task scope).
@@ -57,96 +303,6 @@ pub fn with_agreement<F: Future>(agreement: AgreementId, future: F) -> WithAgree
     }
 }
 
-/// Makes `agreement` the current agreement of this thread until the guard drops (the
-/// thread scope, for sync code). Scopes nest: dropping a guard restores the previous one.
-///
-/// The guard is `!Send`, so it cannot be held across an `.await` of a `Send` future; in
-/// async code use [`with_agreement`], which also wins over this scope when both are set.
-///
-/// ```
-/// use kinde_meter::{current_agreement, enter_agreement, AgreementId};
-///
-/// let acme: AgreementId = "agreement_acme".parse()?;
-/// let globex: AgreementId = "agreement_globex".parse()?;
-/// {
-///     let _acme = enter_agreement(acme.clone());
-///     {
-///         let _globex = enter_agreement(globex.clone());
-///         assert_eq!(current_agreement(), Some(globex));
-///     }
-///     assert_eq!(current_agreement(), Some(acme));
-/// }
-/// assert_eq!(current_agreement(), None);
-/// # Ok::<(), kinde_meter::api::InvalidInput>(())
-/// ```
-pub fn enter_agreement(agreement: AgreementId) -> AgreementGuard {
-    let previous = THREAD_AGREEMENT.with(|cell| cell.replace(Some(agreement)));
-    AgreementGuard {
-        previous,
-        _not_send: PhantomData,
-    }
-}
-
-/// The agreement metered calls made here would bill: the task scope, else the thread
-/// scope, else `None`.
-pub fn current_agreement() -> Option<AgreementId> {
-    with_current(|agreement| agreement.cloned())
-}
-
-/// Calls `f` with the current agreement without cloning it: the hot path of every
-/// metered call.
-#[inline]
-pub(crate) fn with_current<R>(f: impl FnOnce(Option<&AgreementId>) -> R) -> R {
-    let task = TASK_AGREEMENT.with(Cell::get);
-    if task.is_null() {
-        return with_thread_scope(f);
-    }
-    // SAFETY: a non-null pointer was stored by `WithAgreement::poll`, on this thread,
-    // pointing at the agreement inside that pinned future; it is reset before that poll
-    // returns (or unwinds). So we are inside that poll, the future cannot move or drop
-    // while it is being polled, and the reference does not outlive `f`.
-    f(Some(unsafe { &*task }))
-}
-
-#[inline(never)]
-fn with_thread_scope<R>(f: impl FnOnce(Option<&AgreementId>) -> R) -> R {
-    // Take the value out for the duration of `f` (so `f` may enter and leave scopes of
-    // its own) and put it back afterwards, also if `f` unwinds.
-    struct PutBack(Option<AgreementId>);
-    impl Drop for PutBack {
-        fn drop(&mut self) {
-            let value = self.0.take();
-            // During thread teardown the slot may be gone; nothing to restore then.
-            let _ = THREAD_AGREEMENT.try_with(|slot| slot.set(value));
-        }
-    }
-    let held = PutBack(THREAD_AGREEMENT.try_with(Cell::take).ok().flatten());
-    f(held.0.as_ref())
-}
-
-/// Restores the previous thread scope when dropped. Returned by [`enter_agreement`].
-#[must_use = "the agreement is current only while this guard is alive"]
-pub struct AgreementGuard {
-    previous: Option<AgreementId>,
-    _not_send: PhantomData<*const ()>,
-}
-
-impl Drop for AgreementGuard {
-    fn drop(&mut self) {
-        let previous = self.previous.take();
-        // During thread teardown the slot may be gone already; nothing to restore then.
-        let _ = THREAD_AGREEMENT.try_with(|cell| cell.set(previous));
-    }
-}
-
-impl std::fmt::Debug for AgreementGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgreementGuard")
-            .field("previous", &self.previous)
-            .finish()
-    }
-}
-
 pin_project! {
     /// A future run with an agreement scope. Returned by [`with_agreement`] and
     /// [`AgreementFutureExt`].
@@ -158,13 +314,30 @@ pin_project! {
     }
 }
 
-/// Puts back the previous task scope, also when the inner poll unwinds.
-struct Restore(*const AgreementId);
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        TASK_AGREEMENT.with(|slot| slot.set(self.0));
+/// Makes `agreement` the task scope for the duration of `f` (one poll).
+pub(crate) fn in_poll<R>(agreement: &AgreementId, f: impl FnOnce() -> R) -> R {
+    // An owned clone, not a pointer into the future: a poll that never returns on this
+    // thread (a coroutine suspended mid-poll, then dropped or moved) leaves nothing
+    // dangling.
+    let token = scopes_mut(|scopes| {
+        let token = scopes.token();
+        scopes.polls.push((token, agreement.clone()));
+        token
+    });
+    /// Removes the poll's scope, also when the poll unwinds.
+    struct EndPoll(u64);
+    impl Drop for EndPoll {
+        fn drop(&mut self) {
+            let token = self.0;
+            let removed = scopes_mut(|scopes| {
+                let i = scopes.polls.iter().rposition(|(t, _)| *t == token)?;
+                Some(scopes.polls.remove(i))
+            });
+            drop(removed);
+        }
     }
+    let _end = EndPoll(token);
+    f()
 }
 
 impl<F: Future> Future for WithAgreement<F> {
@@ -172,13 +345,10 @@ impl<F: Future> Future for WithAgreement<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let Some(agreement) = this.agreement.as_ref() else {
-            return this.future.poll(cx);
-        };
-        // The pointer stays valid while this poll runs: `self` is pinned and borrowed.
-        let previous = TASK_AGREEMENT.with(|slot| slot.replace(ptr::from_ref(agreement)));
-        let _restore = Restore(previous);
-        this.future.poll(cx)
+        match this.agreement.as_ref() {
+            Some(agreement) => in_poll(agreement, || this.future.poll(cx)),
+            None => this.future.poll(cx),
+        }
     }
 }
 
@@ -231,11 +401,15 @@ mod tests {
         AgreementId::new(s).expect("valid id")
     }
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    }
+
     #[test]
     fn task_scope_wins_over_thread_scope() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let _thread = enter_agreement(id("agreement_thread"));
         let seen = rt.block_on(with_agreement(id("agreement_task"), async {
             current_agreement()
@@ -245,18 +419,8 @@ mod tests {
     }
 
     #[test]
-    fn thread_scope_survives_a_read_that_unwinds() {
-        let _g = enter_agreement(id("agreement_a"));
-        let r = std::panic::catch_unwind(|| with_current(|_| panic!("boom")));
-        assert!(r.is_err());
-        assert_eq!(current_agreement(), Some(id("agreement_a")));
-    }
-
-    #[test]
     fn task_scopes_nest_and_are_restored_after_each_poll() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         rt.block_on(with_agreement(id("agreement_outer"), async {
             let inner = with_agreement(id("agreement_inner"), async {
                 tokio::task::yield_now().await;
@@ -270,9 +434,7 @@ mod tests {
 
     #[test]
     fn a_panicking_poll_restores_the_scope() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             rt.block_on(with_agreement(id("agreement_p"), async {
                 panic!("inside the scope")
@@ -284,9 +446,7 @@ mod tests {
 
     #[test]
     fn in_current_agreement_without_a_scope_runs_unscoped() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let rt = runtime();
         let seen = rt.block_on(async { current_agreement() }.in_current_agreement());
         assert_eq!(seen, None);
     }
@@ -298,5 +458,68 @@ mod tests {
             .join()
             .expect("thread");
         assert_eq!(other, None);
+    }
+
+    #[test]
+    fn guards_dropped_out_of_order_remove_only_their_own_scope() {
+        let a = enter_agreement(id("agreement_a"));
+        let b = enter_agreement(id("agreement_b"));
+        drop(a);
+        assert_eq!(current_agreement(), Some(id("agreement_b")));
+        drop(b);
+        assert_eq!(current_agreement(), None, "no stale scope is restored");
+    }
+
+    #[test]
+    fn a_guard_held_across_an_await_is_not_seen_by_other_local_tasks() {
+        let rt = runtime();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let holder = tokio::task::spawn_local(async {
+                let _g = enter_agreement(id("agreement_holder"));
+                tokio::task::yield_now().await;
+                current_agreement()
+            });
+            let other = tokio::task::spawn_local(async { current_agreement() });
+            assert_eq!(other.await.expect("task"), None);
+            assert_eq!(holder.await.expect("task"), Some(id("agreement_holder")));
+        });
+    }
+
+    #[test]
+    fn a_sync_scope_is_not_seen_by_tasks_run_inside_its_block_on() {
+        let rt = runtime();
+        let early = rt.spawn(async { current_agreement() });
+        let _g = enter_agreement(id("agreement_sync"));
+        let (early, inside) = rt.block_on(async {
+            let inside = current_agreement();
+            (early.await.expect("task"), inside)
+        });
+        assert_eq!(early, None, "a task spawned earlier bills no one");
+        assert_eq!(
+            inside,
+            Some(id("agreement_sync")),
+            "block_on's own future does"
+        );
+    }
+
+    #[test]
+    fn scopes_work_from_a_thread_local_destructor() {
+        struct OnExit;
+        impl Drop for OnExit {
+            fn drop(&mut self) {
+                let seen = in_agreement(id("agreement_tls"), current_agreement);
+                assert_eq!(seen, Some(id("agreement_tls")));
+            }
+        }
+        thread_local! { static ON_EXIT: OnExit = const { OnExit }; }
+        std::thread::spawn(|| {
+            // Enter and leave once so our own thread-locals exist and are destroyed
+            // in whatever order the platform picks.
+            in_agreement(id("agreement_first"), || ());
+            ON_EXIT.with(|_| ());
+        })
+        .join()
+        .expect("thread exits cleanly");
     }
 }

@@ -31,7 +31,7 @@
 //! # Where things are
 //!
 //! - Recording: [`macro@meter`], [`record`], [`record_for`]; whom they bill:
-//!   [`with_agreement`], [`enter_agreement`], [`AgreementFutureExt`].
+//!   [`with_agreement`], [`enter_agreement`], [`in_agreement`], [`AgreementFutureExt`].
 //! - The reporter: [`init`] and its [`Guard`], [`Config`], [`stats`], the hooks' [`MeterError`]
 //!   and [`UnsentRecord`], and [`Reporter`] for instances of your own.
 //! - [`api`]: the typed client for Kinde's meter usage endpoint, usable on its own.
@@ -63,7 +63,7 @@ pub use api::{AgreementId, FeatureCode, MeterType};
 pub use config::{Config, ConfigError, Delivery};
 pub use context::{
     AgreementFutureExt, AgreementGuard, WithAgreement, current_agreement, enter_agreement,
-    with_agreement,
+    in_agreement, with_agreement,
 };
 pub use kinde_meter_macros::meter;
 pub use reporter::{

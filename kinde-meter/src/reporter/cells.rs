@@ -8,15 +8,19 @@
 //!
 //! Delta cells hold a monotonic total; the flusher keeps a watermark per cell and takes
 //! `total - watermark`, so what it reads is exactly what it removes and a concurrent add is
-//! either in this flush or the next, never lost. A cell only its slot still holds (no
-//! thread cache has it) can take no more adds: the flusher drains it one last time and
-//! frees it, and a slot without cells is freed too. A thread cache holds at most 32
-//! cells, and once the table is half full every drain asks all threads to drop their
-//! caches, so memory stays bounded by `max_pending_keys` keys plus 32 cells per thread.
-
+//! either in this flush or the next, never lost. A drain takes every key: usage is stamped
+//! with the window it was recorded in, never held back for a later one.
+//!
+//! The pending-key bound counts slots that took usage through the table since the last
+//! drain (a drain leaves every slot with nothing pending, so it uncounts them all), plus
+//! the records the worker holds. A slot that a thread cache still holds stays in the table
+//! after a drain, uncounted, and is freed once no cache holds it. A thread cache holds at
+//! most 32 cells, and once the table is crowded every drain asks all threads to drop their
+//! caches, so memory stays bounded by `max_pending_keys` keys plus 32 cells per thread, and
+//! an idle thread pins memory but never the bound.
 use std::cell::Cell as StdCell;
 use std::collections::HashMap;
-use std::collections::hash_map::{Entry as MapEntry, RandomState};
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
@@ -149,6 +153,9 @@ impl Cell {
 #[derive(Debug, Default)]
 struct Slot {
     cells: Vec<Arc<Cell>>,
+    /// Whether this slot counts toward the bound: it took usage through the table since
+    /// the last drain.
+    counted: bool,
 }
 
 #[derive(Debug, Default)]
@@ -156,17 +163,26 @@ struct Shard {
     slots: HashMap<Key, Slot>,
     /// Delta usage drains took out of this shard's cells, in total.
     taken: u128,
+    /// Set by the final drain of a shutdown: usage added through the table afterwards is
+    /// kept for the next start but reported, since no report accounts for it.
+    stopped: bool,
 }
 
-/// Why a call's usage could not be added.
+/// What went wrong with a call's usage. Owns what the report needs, so the caller can
+/// report it after the scope lookup has ended.
 #[derive(Debug)]
-pub(crate) enum Refusal {
-    /// The table holds `max_pending_keys` keys and this one is new.
+pub(crate) enum Problem {
+    /// Refused: the bound is reached and this key is not pending.
     Overflow {
+        agreement: AgreementId,
         max_keys: usize,
     },
+    /// Refused: the feature code is invalid.
     InvalidFeature(InvalidInput),
+    /// Refused: the agreement id is invalid.
     InvalidAgreement(InvalidInput),
+    /// Added, but after the reporter's final drain: it waits for the next start.
+    AfterShutdown { agreement: AgreementId },
 }
 
 /// What one drain found for a key.
@@ -237,7 +253,7 @@ impl Registry {
         self.max_keys.load(Relaxed)
     }
 
-    /// Keys currently in the table.
+    /// Slots that count toward the bound.
     pub(crate) fn keys(&self) -> usize {
         self.keys.load(Relaxed)
     }
@@ -266,7 +282,7 @@ impl Registry {
         &self.shards[h % self.shards.len()]
     }
 
-    /// Adds `value` for a key. `Err` says why nothing was added.
+    /// Adds `value` for a key. `Err` says what to report.
     #[inline]
     pub(crate) fn add(
         &self,
@@ -274,7 +290,7 @@ impl Registry {
         feature: &FeatureCode,
         meter_type: MeterType,
         value: u64,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Problem> {
         match add_cached(self.id, agreement, feature, meter_type, value) {
             Lookup::Hit => Ok(()),
             miss => self.add_slow(agreement, feature, meter_type, value, miss),
@@ -290,10 +306,14 @@ impl Registry {
         meter_type: MeterType,
         value: u64,
         lookup: Lookup,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Problem> {
         let cache = lookup != Lookup::NoCache;
-        let (cell, agreement) = self.cell_for(agreement, feature, meter_type, cache)?;
+        let (cell, agreement, stopped) = self.cell_for(agreement, feature, meter_type, cache)?;
         cell.apply(meter_type, value);
+        if stopped {
+            // Not cached, so every later call comes here and is reported too.
+            return Err(Problem::AfterShutdown { agreement });
+        }
         if cache {
             let entry = CacheEntry::new(self.id, agreement, feature.clone(), meter_type, cell);
             // The cache may be gone already during thread teardown.
@@ -303,17 +323,18 @@ impl Registry {
     }
 
     /// Finds or creates this thread's cell for a key (a shared cell when `per_thread` is
-    /// false or the key is absolute), with the validated agreement.
+    /// false or the key is absolute), with the validated agreement and whether the
+    /// reporter has stopped. Counts the slot toward the bound.
     fn cell_for(
         &self,
         agreement: AgreementRef<'_>,
         feature: &FeatureCode,
         meter_type: MeterType,
         per_thread: bool,
-    ) -> Result<(Arc<Cell>, AgreementId), Refusal> {
+    ) -> Result<(Arc<Cell>, AgreementId, bool), Problem> {
         let key = Key {
-            agreement: agreement.to_id().map_err(Refusal::InvalidAgreement)?,
-            feature: FeatureCode::new_checked(feature).map_err(Refusal::InvalidFeature)?,
+            agreement: agreement.to_id().map_err(Problem::InvalidAgreement)?,
+            feature: FeatureCode::new_checked(feature).map_err(Problem::InvalidFeature)?,
             meter_type,
         };
         let owner = match meter_type {
@@ -322,49 +343,63 @@ impl Registry {
         };
         let agreement = key.agreement.clone();
         let mut shard = lock(self.shard(&key));
-        let slot = match shard.slots.entry(key) {
-            MapEntry::Occupied(slot) => slot.into_mut(),
-            MapEntry::Vacant(vacant) => {
-                let keys = self.occupancy();
-                let max_keys = self.max_keys();
-                if keys >= max_keys {
-                    self.wants_flush.notify_one();
-                    return Err(Refusal::Overflow { max_keys });
-                }
-                if keys + 1 >= self.high_water() {
-                    self.wants_flush.notify_one();
-                }
-                self.keys.fetch_add(1, Relaxed);
-                vacant.insert(Slot::default())
+        let stopped = shard.stopped;
+        let counted = shard.slots.get(&key).is_some_and(|slot| slot.counted);
+        if !counted {
+            // New to the bound: a new key, or one whose usage a drain took.
+            let keys = self.occupancy();
+            let max_keys = self.max_keys();
+            if keys >= max_keys {
+                self.wants_flush.notify_one();
+                return Err(Problem::Overflow {
+                    agreement,
+                    max_keys,
+                });
             }
-        };
+            if keys + 1 >= self.high_water() {
+                self.wants_flush.notify_one();
+            }
+            self.keys.fetch_add(1, Relaxed);
+        }
+        let slot = shard.slots.entry(key).or_default();
+        slot.counted = true;
         if let Some(cell) = slot.cells.iter().find(|c| c.owner == owner) {
-            return Ok((Arc::clone(cell), agreement));
+            return Ok((Arc::clone(cell), agreement, stopped));
         }
         let cell = Arc::new(Cell::new(owner));
         slot.cells.push(Arc::clone(&cell));
-        Ok((cell, agreement))
+        Ok((cell, agreement, stopped))
     }
 
     /// Takes everything recorded since the last drain, one entry per key with something
-    /// new. Keys for which `admit` says no are left untouched (their usage stays in the
-    /// cells for a later drain). Frees cells and keys nobody can add to any more.
-    pub(crate) fn drain(&self, mut admit: impl FnMut(&Key) -> bool) -> Vec<Drained> {
+    /// new, and uncounts every slot. Frees cells and keys nobody can add to any more.
+    pub(crate) fn drain(&self) -> Vec<Drained> {
+        self.drain_shards(false)
+    }
+
+    /// The last drain of a shutdown: like [`Registry::drain`], and marks every shard
+    /// stopped under its lock, so usage added through the table afterwards is reported as
+    /// [`Problem::AfterShutdown`]. Thread caches are dropped first (a new generation), so
+    /// later calls reach the table.
+    pub(crate) fn drain_final(&self) -> Vec<Drained> {
+        GENERATION.fetch_add(1, Relaxed);
+        self.drain_shards(true)
+    }
+
+    /// Lets usage added through the table be delivered again (a new start).
+    pub(crate) fn restart(&self) {
+        for shard in self.shards.iter() {
+            lock(shard).stopped = false;
+        }
+    }
+
+    fn drain_shards(&self, stop: bool) -> Vec<Drained> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            let Shard { slots, taken } = &mut *shard;
+            shard.stopped |= stop;
+            let Shard { slots, taken, .. } = &mut *shard;
             slots.retain(|key, slot| {
-                let pending = match key.meter_type {
-                    MeterType::Delta => slot.cells.iter().any(|c| c.pending_delta() != 0),
-                    MeterType::Absolute => slot
-                        .cells
-                        .iter()
-                        .any(|c| c.version.load(Acquire) != c.taken.load(Relaxed)),
-                };
-                if pending && !admit(key) {
-                    return true;
-                }
                 let mut sum: u128 = 0;
                 let mut absolute = None;
                 slot.cells.retain_mut(|cell| {
@@ -393,19 +428,29 @@ impl Registry {
                         value: sum,
                     });
                 }
-                let keep = !slot.cells.is_empty();
-                if !keep {
+                // Nothing is pending in this slot any more: it leaves the bound.
+                if std::mem::take(&mut slot.counted) {
                     self.keys.fetch_sub(1, Relaxed);
                 }
-                keep
+                !slot.cells.is_empty()
             });
         }
-        if self.occupancy() >= self.high_water() {
+        if self.occupancy() >= self.high_water() || self.slots() >= self.max_keys() {
             // Crowded: ask every thread to let go of its cached cells so that idle keys
             // can be freed by the next drain.
             GENERATION.fetch_add(1, Relaxed);
         }
         out
+    }
+
+    /// Slots in the table, counted or not (what memory holds).
+    pub(crate) fn slots(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).slots.len()).sum()
+    }
+
+    /// Delta usage all drains took, in total: what records were made of.
+    pub(crate) fn taken_delta(&self) -> u128 {
+        self.shards.iter().map(|s| lock(s).taken).sum()
     }
 
     /// All delta usage ever added: what drains took plus what waits in cells. Exact at
@@ -680,7 +725,7 @@ mod tests {
 
     fn drain_all(r: &Registry) -> Vec<(String, u128)> {
         let mut v: Vec<_> = r
-            .drain(|_| true)
+            .drain()
             .into_iter()
             .map(|d| {
                 (
@@ -733,10 +778,10 @@ mod tests {
             .collect();
         let mut drained = 0u128;
         for t in threads {
-            drained += r.drain(|_| true).iter().map(|d| d.value).sum::<u128>();
+            drained += r.drain().iter().map(|d| d.value).sum::<u128>();
             t.join().expect("thread");
         }
-        drained += r.drain(|_| true).iter().map(|d| d.value).sum::<u128>();
+        drained += r.drain().iter().map(|d| d.value).sum::<u128>();
         assert_eq!(drained, 40_000);
         // The threads are gone, so their cells and the key were freed.
         assert_eq!(r.keys(), 0);
@@ -782,12 +827,12 @@ mod tests {
             .expect("added");
         let refused = r.add(AgreementRef::Id(&c), &F, MeterType::Delta, 1);
         assert!(
-            matches!(refused, Err(Refusal::Overflow { max_keys: 2 })),
+            matches!(refused, Err(Problem::Overflow { max_keys: 2, .. })),
             "{refused:?}"
         );
         r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
             .expect("existing key");
-        assert_eq!(r.drain(|_| true).iter().map(|d| d.value).sum::<u128>(), 3);
+        assert_eq!(r.drain().iter().map(|d| d.value).sum::<u128>(), 3);
     }
 
     #[test]
@@ -797,26 +842,69 @@ mod tests {
         let a = id("agreement_a");
         assert!(matches!(
             r.add(AgreementRef::Id(&a), &bad, MeterType::Delta, 1),
-            Err(Refusal::InvalidFeature(_))
+            Err(Problem::InvalidFeature(_))
         ));
         assert!(matches!(
             r.add(AgreementRef::Str("not valid!"), &F, MeterType::Delta, 1),
-            Err(Refusal::InvalidAgreement(_))
+            Err(Problem::InvalidAgreement(_))
         ));
         assert_eq!(r.keys(), 0);
     }
 
     #[test]
-    fn admit_false_leaves_usage_in_place() {
+    fn delivered_keys_held_by_idle_thread_caches_do_not_count_toward_the_bound() {
+        let r = Arc::new(Registry::new(4));
+        // Four threads each record one key and then stay idle, caches full.
+        let (parked_tx, parked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let idle: Vec<_> = (0..4)
+            .map(|i| {
+                let (r, parked, release) =
+                    (Arc::clone(&r), parked_tx.clone(), Arc::clone(&release_rx));
+                std::thread::spawn(move || {
+                    let a = id(&format!("agreement_idle_{i}"));
+                    r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+                        .expect("added");
+                    parked.send(()).expect("parked");
+                    let _ = lock(&release).recv();
+                })
+            })
+            .collect();
+        for _ in 0..4 {
+            parked_rx.recv().expect("parked");
+        }
+        assert_eq!(r.drain().iter().map(|d| d.value).sum::<u128>(), 4);
+        assert_eq!(r.keys(), 0, "drained keys are not pending");
+        // New customers still get in, though the idle caches keep their slots alive.
+        for i in 0..4 {
+            let a = id(&format!("agreement_new_{i}"));
+            r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+                .expect("a new key fits: nothing is pending");
+        }
+        drop(release_tx);
+        for t in idle {
+            t.join().expect("thread");
+        }
+    }
+
+    #[test]
+    fn usage_added_after_the_final_drain_is_kept_and_reported() {
         let r = Registry::new(10);
         let a = id("agreement_a");
-        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 5)
+        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
             .expect("added");
-        assert!(r.drain(|_| false).is_empty());
-        assert_eq!(r.recorded_delta(), 5);
-        assert_eq!(
-            drain_all(&r),
-            vec![("agreement_a/pro_gym/delta".to_owned(), 5)]
-        );
+        assert_eq!(r.drain_final().iter().map(|d| d.value).sum::<u128>(), 2);
+        for _ in 0..3 {
+            assert!(matches!(
+                r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 5),
+                Err(Problem::AfterShutdown { .. })
+            ));
+        }
+        assert_eq!(r.recorded_delta(), 17, "kept in the cells");
+        r.restart();
+        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+            .expect("accepted again after a restart");
+        assert_eq!(r.drain().iter().map(|d| d.value).sum::<u128>(), 16);
     }
 }

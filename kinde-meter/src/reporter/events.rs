@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::api::{AgreementId, ApiError, FeatureCode, InvalidInput, MeterType, Timestamp};
+use crate::api::{AgreementId, ApiError, FeatureCode, MeterType, Timestamp};
 
 /// A value given to `#[meter(value = ...)]` that cannot be billed: negative, or larger
 /// than `u64::MAX`. It is refused (counted in [`Stats::invalid`] and passed to the error
@@ -93,6 +93,16 @@ pub enum MeterError {
         /// What was wrong.
         reason: String,
     },
+    /// Usage was recorded after the reporter shut down. It is kept in memory and
+    /// delivered by the next [`init`](crate::init), but no report covers it until then.
+    AfterShutdown {
+        /// The agreement.
+        agreement: AgreementId,
+        /// The feature.
+        feature: FeatureCode,
+        /// The value.
+        value: u64,
+    },
     /// Kinde rejected a record (400, 401/403 after a fresh token, other 4xx): it is not
     /// retried.
     Rejected {
@@ -101,15 +111,6 @@ pub enum MeterError {
         /// Kinde's answer.
         error: ApiError,
     },
-}
-
-impl MeterError {
-    pub(crate) fn invalid_input(feature: &str, e: &InvalidInput) -> Self {
-        MeterError::Invalid {
-            feature: feature.to_owned(),
-            reason: e.to_string(),
-        }
-    }
 }
 
 impl fmt::Display for MeterError {
@@ -133,6 +134,15 @@ impl fmt::Display for MeterError {
             MeterError::Invalid { feature, reason } => {
                 write!(f, "usage of `{feature}` was refused: {reason}")
             }
+            MeterError::AfterShutdown {
+                agreement,
+                feature,
+                value,
+            } => write!(
+                f,
+                "usage of `{feature}` for {agreement} (value {value}) was recorded after the reporter shut down; it \
+                 waits in memory for the next `init`: shut the reporter down after the work that records usage"
+            ),
             MeterError::Rejected { record, error } => write!(
                 f,
                 "Kinde rejected usage of `{}` for {} (value {}), which will not be retried: {error}",
@@ -160,6 +170,9 @@ pub enum UnsentReason {
     /// Under [`Delivery::AtMostOnce`](crate::Delivery::AtMostOnce), an attempt may have
     /// been applied, so it is not resent.
     Ambiguous,
+    /// The reporter's worker failed (a bug: it panicked) while it held the record. The
+    /// worker restarts; the record is handed back rather than trusted to its state.
+    WorkerFailed,
 }
 
 impl fmt::Display for UnsentReason {
@@ -169,6 +182,7 @@ impl fmt::Display for UnsentReason {
             UnsentReason::Ambiguous => {
                 "an attempt may have been applied and at-most-once delivery forbids resending"
             }
+            UnsentReason::WorkerFailed => "the reporter's worker failed while holding it",
         })
     }
 }
@@ -221,8 +235,13 @@ pub struct Stats {
     pub invalid: u64,
     /// Delta usage handed to `on_unsent`.
     pub unsent: u64,
-    /// What counts toward `max_pending_keys`: keys in the aggregation table plus
-    /// records waiting for delivery.
+    /// Delta usage recorded after the reporter shut down, which waits in memory for the
+    /// next start (see [`MeterError::AfterShutdown`]).
+    pub after_shutdown: u64,
+    /// Panics of the `on_error` and `on_unsent` hooks, contained.
+    pub hook_panics: u64,
+    /// What counts toward `max_pending_keys`: keys that took usage since the last flush
+    /// plus records waiting for delivery.
     pub pending_keys: u64,
     /// The last delivery error.
     pub last_error: Option<String>,
@@ -232,13 +251,19 @@ pub struct Stats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FlushReport {
-    /// Records still waiting when the flush returned (0 when everything was delivered).
+    /// Records still waiting for delivery when the flush returned (0 when everything it
+    /// closed was delivered).
     pub waiting: usize,
     /// Whether the time allowed ran out first.
     pub timed_out: bool,
 }
 
 /// What shutting the reporter down achieved.
+///
+/// Exact: `stats.recorded` counts the delta usage the shutdown's last drain took (usage
+/// recorded by other threads while it ran included), and equals `stats.delivered +
+/// stats.rejected + stats.unsent`, where `unsent` includes [`ShutdownReport::left`]. Usage
+/// recorded after that drain is reported as [`MeterError::AfterShutdown`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ShutdownReport {

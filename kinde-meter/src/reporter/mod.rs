@@ -8,23 +8,24 @@
 //!   [`Reporter::record_for`], for libraries and tests that must not touch the global one.
 
 mod cells;
-mod core;
 mod events;
 mod outbox;
+mod shared;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use self::cells::AgreementRef;
-use self::core::Core;
 pub use self::events::{
     FlushReport, InvalidValue, MeterError, ShutdownReport, Stats, UnsentReason, UnsentRecord,
     UsageRecord,
 };
+use self::shared::{CallProblem, Shared};
 use self::worker::{Command, Reply, Settings, Worker};
 use crate::api::{AgreementId, FeatureCode, MeterType, deadline_after};
 use crate::config::{Config, ConfigError, defaults};
@@ -32,10 +33,16 @@ use crate::context::with_current;
 
 /// The global reporter's cells and counters. They exist from the first recorded call, so
 /// usage recorded before [`init`] is kept.
-static GLOBAL: LazyLock<Arc<Core>> =
-    LazyLock::new(|| Arc::new(Core::global(defaults::MAX_PENDING_KEYS)));
-/// Whether a global reporter is running.
-static GLOBAL_RUNNING: Mutex<bool> = Mutex::new(false);
+static GLOBAL: LazyLock<Arc<Shared>> =
+    LazyLock::new(|| Arc::new(Shared::global(defaults::MAX_PENDING_KEYS)));
+
+/// The global reporter's state: [`IDLE`], [`RUNNING`] or [`STOPPING`]. Set back to idle by
+/// the worker itself once it has shut down, so a caller that stops waiting for
+/// `shutdown` (a `select!`, a timeout) does not keep it taken.
+static GLOBAL_STATE: AtomicU8 = AtomicU8::new(IDLE);
+const IDLE: u8 = 0;
+const RUNNING: u8 = 1;
+const STOPPING: u8 = 2;
 
 /// Whether a call succeeded, for `#[meter(on = "ok")]`.
 ///
@@ -149,10 +156,16 @@ pub(crate) fn record_current(feature: &FeatureCode, meter_type: MeterType, value
     if crate::testing::capture::intercept_current(feature, meter_type, value) {
         return;
     }
-    with_current(|agreement| match agreement {
+    let added = with_current(|found| match found.agreement {
         Some(id) => add_global(AgreementRef::Id(id), feature, meter_type, value),
-        None => GLOBAL.unattributed(feature, meter_type, value),
+        None => Err(CallProblem::Unattributed {
+            hidden: found.hidden,
+        }),
     });
+    // Reported after the lookup: hooks and logs are user code, and see the scopes whole.
+    if let Err(problem) = added {
+        GLOBAL.report(problem, feature, meter_type, value);
+    }
 }
 
 /// The path of `record_for` and `#[meter(agreement = ...)]`.
@@ -167,7 +180,9 @@ pub(crate) fn record_explicit(
     if crate::testing::capture::intercept(agreement, feature, meter_type, value) {
         return;
     }
-    add_global(agreement, feature, meter_type, value);
+    if let Err(problem) = add_global(agreement, feature, meter_type, value) {
+        GLOBAL.report(problem, feature, meter_type, value);
+    }
 }
 
 /// Adds to the global cells. A cache hit touches only this thread's cache (not the
@@ -178,10 +193,10 @@ fn add_global(
     feature: &FeatureCode,
     meter_type: MeterType,
     value: u64,
-) {
+) -> Result<(), CallProblem> {
     match cells::add_cached(cells::GLOBAL_ID, agreement, feature, meter_type, value) {
-        cells::Lookup::Hit => {}
-        miss => GLOBAL.add_uncached(agreement, feature, meter_type, value, miss),
+        cells::Lookup::Hit => Ok(()),
+        miss => Ok(GLOBAL.add_uncached(agreement, feature, meter_type, value, miss)?),
     }
 }
 
@@ -201,6 +216,9 @@ pub(crate) fn record_invalid(feature: &FeatureCode, invalid: InvalidValue) {
 pub enum InitError {
     /// The global reporter is already running.
     AlreadyInitialized,
+    /// The global reporter is still shutting down (a `shutdown` whose caller stopped
+    /// waiting goes on until its deadline).
+    ShuttingDown,
     /// The configuration is invalid.
     Config(ConfigError),
     /// The worker thread or its runtime could not be started.
@@ -214,6 +232,10 @@ impl std::fmt::Display for InitError {
                 "the global kinde-meter reporter is already running; keep the guard the first `init` returned, or \
                  shut it down before calling `init` again",
             ),
+            InitError::ShuttingDown => f.write_str(
+                "the global kinde-meter reporter is still shutting down (within its shutdown deadline); call \
+                 `init` again once it has finished",
+            ),
             InitError::Config(e) => write!(f, "invalid kinde-meter configuration: {e}"),
             InitError::Spawn(e) => write!(f, "could not start the kinde-meter worker thread: {e}"),
         }
@@ -223,7 +245,7 @@ impl std::fmt::Display for InitError {
 impl std::error::Error for InitError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            InitError::AlreadyInitialized => None,
+            InitError::AlreadyInitialized | InitError::ShuttingDown => None,
             InitError::Config(e) => Some(e),
             InitError::Spawn(e) => Some(e),
         }
@@ -250,15 +272,21 @@ impl From<ConfigError> for InitError {
 /// # Ok(()) }
 /// ```
 pub fn init(config: Config) -> Result<Guard, InitError> {
-    let mut running = GLOBAL_RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    if *running {
-        return Err(InitError::AlreadyInitialized);
+    match GLOBAL_STATE.compare_exchange(IDLE, RUNNING, Relaxed, Relaxed) {
+        Ok(_) => {}
+        Err(STOPPING) => return Err(InitError::ShuttingDown),
+        Err(_) => return Err(InitError::AlreadyInitialized),
     }
-    let reporter = Reporter::start_with(config, Arc::clone(&GLOBAL))?;
-    *running = true;
-    Ok(Guard {
-        reporter: Some(reporter),
-    })
+    let release = || GLOBAL_STATE.store(IDLE, Relaxed);
+    match Reporter::start_with(config, Arc::clone(&GLOBAL), Some(Box::new(release))) {
+        Ok(reporter) => Ok(Guard {
+            reporter: Some(reporter),
+        }),
+        Err(e) => {
+            release();
+            Err(e)
+        }
+    }
 }
 
 /// The running global reporter. Dropping it shuts the reporter down (blocking for at most
@@ -303,25 +331,23 @@ impl Guard {
     }
 
     /// Delivers what is pending within `timeout` and stops the reporter.
+    ///
+    /// Cancel-safe: if the caller stops waiting, the reporter still shuts down within
+    /// `timeout` (handing what is left to `on_unsent`), and `init` works again after.
     pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
-        let reporter = self.reporter.take();
-        let report = match reporter {
+        match self.reporter.take() {
             Some(r) => r.shutdown(timeout).await,
             None => already_shut_down(),
-        };
-        release_global();
-        report
+        }
     }
 
     /// [`Guard::shutdown`] for sync code. Safe to call on any thread, inside or outside a
     /// runtime: it waits on the reporter's own thread.
     pub fn shutdown_blocking(mut self, timeout: Duration) -> ShutdownReport {
-        let report = match self.reporter.take() {
+        match self.reporter.take() {
             Some(r) => r.shutdown_blocking(timeout),
             None => already_shut_down(),
-        };
-        release_global();
-        report
+        }
     }
 }
 
@@ -334,16 +360,10 @@ fn already_shut_down() -> ShutdownReport {
     }
 }
 
-fn release_global() {
-    *GLOBAL_RUNNING.lock().unwrap_or_else(|e| e.into_inner()) = false;
-}
-
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(reporter) = self.reporter.take() {
-            drop(reporter);
-            release_global();
-        }
+        // Dropping the reporter shuts it down; its worker marks the global one idle.
+        drop(self.reporter.take());
     }
 }
 
@@ -353,7 +373,9 @@ impl Drop for Guard {
 /// global reporter. Dropping it shuts it down like [`Guard`].
 #[must_use = "dropping the reporter shuts it down at once"]
 pub struct Reporter {
-    core: Arc<Core>,
+    shared: Arc<Shared>,
+    /// Whether this is the global reporter (its shutdown moves `GLOBAL_STATE`).
+    global: bool,
     commands: mpsc::UnboundedSender<Command>,
     thread: Option<std::thread::JoinHandle<()>>,
     shutdown_timeout: Duration,
@@ -363,7 +385,7 @@ pub struct Reporter {
 impl std::fmt::Debug for Reporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reporter")
-            .field("core", &self.core)
+            .field("shared", &self.shared)
             .field("stopped", &self.stopped.load(Relaxed))
             .finish_non_exhaustive()
     }
@@ -372,15 +394,21 @@ impl std::fmt::Debug for Reporter {
 impl Reporter {
     /// Starts a reporter that is not the global one.
     pub fn start(config: Config) -> Result<Self, InitError> {
-        let core = Arc::new(Core::new(config.max_pending_keys));
-        Self::start_with(config, core)
+        let shared = Arc::new(Shared::new(config.max_pending_keys));
+        Self::start_with(config, shared, None)
     }
 
-    fn start_with(config: Config, core: Arc<Core>) -> Result<Self, InitError> {
+    /// `on_stop` runs once the worker has shut down (the global reporter's release).
+    fn start_with(
+        config: Config,
+        shared: Arc<Shared>,
+        on_stop: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<Self, InitError> {
         config.validate()?;
         let client = config.client()?;
-        core.registry.set_max_keys(config.max_pending_keys);
-        core.set_hooks(config.on_error.clone(), config.on_unsent.clone());
+        shared.registry.set_max_keys(config.max_pending_keys);
+        shared.registry.restart();
+        shared.set_hooks(config.on_error.clone(), config.on_unsent.clone());
         let settings = Settings {
             flush_interval: config.flush_interval,
             request_timeout: config.request_timeout,
@@ -391,11 +419,14 @@ impl Reporter {
                 backoff_initial: config.backoff_initial,
                 backoff_max: config.backoff_max,
                 coalesce_secs: config.coalesce_window.as_secs().max(1),
-                max_records: config.max_pending_keys,
             },
         };
         let (commands, receiver) = mpsc::unbounded_channel();
-        let worker = Worker::new(Arc::clone(&core), client, settings, receiver);
+        let global = on_stop.is_some();
+        let mut worker = Worker::new(Arc::clone(&shared), client, settings, receiver);
+        if let Some(on_stop) = on_stop {
+            worker.on_stop(on_stop);
+        }
         let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("kinde-meter".to_owned())
@@ -408,12 +439,17 @@ impl Reporter {
                 match runtime {
                     Ok(runtime) => {
                         let _ = started_tx.send(Ok(()));
-                        runtime.block_on(worker.run());
+                        serve(&runtime, &mut worker);
+                        // Not a plain drop, which waits for blocking tasks (a DNS lookup
+                        // in `getaddrinfo`) without bound and would hold a
+                        // `shutdown_blocking` past its deadline.
+                        runtime.shutdown_background();
                     }
                     Err(e) => {
                         let _ = started_tx.send(Err(e));
                     }
                 }
+                drop(worker);
             })
             .map_err(InitError::Spawn)?;
         match started_rx.recv() {
@@ -426,7 +462,8 @@ impl Reporter {
             }
         }
         Ok(Self {
-            core,
+            shared,
+            global,
             commands,
             thread: Some(thread),
             shutdown_timeout: config.shutdown_timeout,
@@ -443,13 +480,13 @@ impl Reporter {
         usage: impl Into<Usage>,
     ) {
         let (meter_type, value) = usage.into().parts();
-        self.core
+        self.shared
             .add(AgreementRef::Id(agreement), feature, meter_type, value);
     }
 
     /// This reporter's counters.
     pub fn stats(&self) -> Stats {
-        self.core.stats()
+        self.shared.stats()
     }
 
     /// Closes the current window and delivers everything pending, waiting at most `timeout`.
@@ -489,14 +526,14 @@ impl Reporter {
 
     fn flush_failed(&self) -> FlushReport {
         FlushReport {
-            waiting: self.core.registry.occupancy(),
+            waiting: self.shared.registry.occupancy(),
             timed_out: true,
         }
     }
 
     /// Delivers what is pending within `timeout` and stops the reporter.
     pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
-        self.stopped.store(true, Relaxed);
+        self.stopping();
         let (tx, rx) = oneshot::channel();
         let deadline = deadline_after(timeout);
         if self
@@ -522,8 +559,17 @@ impl Reporter {
         self.stop_blocking(timeout)
     }
 
-    fn stop_blocking(&mut self, timeout: Duration) -> ShutdownReport {
+    /// Marks this reporter as shutting down (its worker finishes the job even if the
+    /// caller stops waiting).
+    fn stopping(&self) {
         self.stopped.store(true, Relaxed);
+        if self.global {
+            let _ = GLOBAL_STATE.compare_exchange(RUNNING, STOPPING, Relaxed, Relaxed);
+        }
+    }
+
+    fn stop_blocking(&mut self, timeout: Duration) -> ShutdownReport {
+        self.stopping();
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let deadline = deadline_after(timeout);
         if self
@@ -552,10 +598,21 @@ impl Reporter {
     fn failed_report(&self, why: &str) -> ShutdownReport {
         tracing::error!(target: "kinde_meter", "shutdown failed: {why}; pending usage is unaccounted for");
         ShutdownReport {
-            stats: self.core.stats(),
+            stats: self.shared.stats(),
             left: Vec::new(),
             deadline_reached: true,
             failure: Some(why.to_owned()),
+        }
+    }
+}
+
+/// Runs the worker on its thread until it shuts down. A panic in it (a bug) is
+/// contained: what it held is handed back, and it serves on.
+fn serve(runtime: &tokio::runtime::Runtime, worker: &mut Worker) {
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| runtime.block_on(worker.run()))) {
+            Ok(()) => return,
+            Err(_) => worker.salvage(),
         }
     }
 }

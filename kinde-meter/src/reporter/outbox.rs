@@ -11,7 +11,7 @@
 //!   pause); ambiguous → retry (at-least-once) or hand back (at-most-once); rejected →
 //!   dropped and reported.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,7 +34,6 @@ pub(crate) struct Policy {
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) coalesce_secs: u64,
-    pub(crate) max_records: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -135,7 +134,10 @@ impl TokenBucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(now + Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            // `rate` is validated to at least 0.01/s, so this is at most 100 s.
+            let wait =
+                Duration::try_from_secs_f64((1.0 - self.tokens) / self.rate).unwrap_or(MAX_PAUSE);
+            Err(now + wait)
         }
     }
 }
@@ -191,12 +193,6 @@ impl Outbox {
                 && r.bucket == bucket
                 && (!r.maybe_applied || key.meter_type == MeterType::Absolute)
         })
-    }
-
-    /// Whether a new record for `key` stamped `timestamp` would merge into a waiting one
-    /// (and so not grow the list).
-    pub(crate) fn can_merge(&self, key: &Key, timestamp: Timestamp) -> bool {
-        self.mergeable(key, self.bucket_of(timestamp)).is_some()
     }
 
     fn idempotency_key(&mut self) -> String {
@@ -255,8 +251,21 @@ impl Outbox {
         if self.in_flight >= self.concurrency {
             return Err(Wait::InFlight);
         }
+        // Absolute values of a key reach Kinde in the order they were recorded: one at a
+        // time, oldest first (a retried older value must not land after a newer one).
+        let mut oldest_absolute: HashMap<&Key, Timestamp> = HashMap::new();
+        for r in &self.waiting {
+            if r.key.meter_type == MeterType::Absolute {
+                oldest_absolute
+                    .entry(&r.key)
+                    .and_modify(|t| *t = (*t).min(r.timestamp))
+                    .or_insert(r.timestamp);
+            }
+        }
         let sendable = |r: &Record| {
-            !(r.key.meter_type == MeterType::Absolute && self.absolute_in_flight.contains(&r.key))
+            r.key.meter_type == MeterType::Delta
+                || (!self.absolute_in_flight.contains(&r.key)
+                    && oldest_absolute.get(&r.key) == Some(&r.timestamp))
         };
         // Oldest due record first (the list is in arrival order).
         let Some(i) = self
@@ -390,7 +399,6 @@ mod tests {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             coalesce_secs: 3600,
-            max_records: 100,
         }
     }
 
@@ -538,21 +546,26 @@ mod tests {
     }
 
     #[test]
-    fn merges_are_told_apart_from_new_records() {
+    fn absolute_values_of_a_key_are_sent_oldest_first_across_buckets() {
         let now = Instant::now();
         let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(6));
-        let (a, b) = (
-            key("agreement_a", MeterType::Delta),
-            key("agreement_b", MeterType::Delta),
-        );
-        assert!(!o.can_merge(&a, ts(1)));
-        o.push(a.clone(), 1, ts(1), now);
-        assert!(o.can_merge(&a, ts(2)), "merges into the waiting record");
-        assert!(
-            !o.can_merge(&a, ts(3600)),
-            "another bucket would be a new record"
-        );
-        assert!(!o.can_merge(&b, ts(1)));
+        let k = key("agreement_a", MeterType::Absolute);
+        o.push(k.clone(), 10, ts(3599), now);
+        let older = o.next(now).expect("due");
+        // A newer value, in the next coalescing bucket, arrives while the older is out.
+        o.push(k.clone(), 20, ts(3600), now);
+        assert!(o.next(now).is_err(), "one value of a key at a time");
+        // The older one fails and must be retried before the newer one is sent.
+        o.complete(older, Err(server(503)), now);
+        let later = now + Duration::from_secs(60);
+        let first = o.next(later).expect("due after backoff");
+        assert_eq!(first.value, 10, "the older value goes first");
+        assert!(o.next(later).is_err(), "the newer waits for it");
+        assert!(matches!(
+            o.complete(first, Ok(()), later),
+            Event::Delivered(_)
+        ));
+        assert_eq!(o.next(later).expect("then the newer").value, 20);
     }
 
     #[test]
@@ -688,7 +701,6 @@ mod properties {
                 backoff_initial: Duration::from_millis(50),
                 backoff_max: Duration::from_secs(2),
                 coalesce_secs: 3600,
-                max_records: 1_000,
             };
             let mut now = Instant::now();
             let mut o = Outbox::new(policy, now, fastrand::Rng::with_seed(42));

@@ -11,9 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::core::Core;
 use super::events::{FlushReport, MeterError, ShutdownReport, UnsentReason, UnsentRecord};
 use super::outbox::{Event, Outbox, Policy, Record, Wait};
+use super::shared::Shared;
 use crate::api::{
     ApiError, Client, CreateMeterUsageRecordRequest, RequestOptions, Timestamp, deadline_after,
 };
@@ -55,7 +55,7 @@ pub(crate) enum Command {
 }
 
 pub(crate) struct Worker {
-    core: Arc<Core>,
+    shared: Arc<Shared>,
     client: Client,
     settings: Settings,
     outbox: Outbox,
@@ -64,13 +64,15 @@ pub(crate) struct Worker {
     commands: mpsc::UnboundedReceiver<Command>,
     /// In a failure episode: warned once, quiet until a success.
     failing: bool,
+    /// Dropped when this worker stops taking commands (see [`Worker::on_stop`]).
+    on_stop: Option<Box<dyn FnOnce() + Send>>,
     /// (feature, status) pairs already logged as rejected.
     rejections_logged: HashSet<(String, Option<u16>)>,
 }
 
 impl Worker {
     pub(crate) fn new(
-        core: Arc<Core>,
+        shared: Arc<Shared>,
         client: Client,
         settings: Settings,
         commands: mpsc::UnboundedReceiver<Command>,
@@ -81,7 +83,7 @@ impl Worker {
             fastrand::Rng::new(),
         );
         Self {
-            core,
+            shared,
             client,
             settings,
             outbox,
@@ -89,11 +91,27 @@ impl Worker {
             tasks: JoinSet::new(),
             commands,
             failing: false,
+            on_stop: None,
             rejections_logged: HashSet::new(),
         }
     }
 
-    pub(crate) async fn run(mut self) {
+    /// Runs `f` once this worker has shut down, before it answers the shutdown (or when
+    /// it is dropped): the global reporter marks itself free to start again there, so a
+    /// caller that stopped waiting (a cancelled `shutdown`) does not keep it taken.
+    pub(crate) fn on_stop(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.on_stop = Some(Box::new(f));
+    }
+
+    fn stopped(&mut self) {
+        if let Some(f) = self.on_stop.take() {
+            f();
+        }
+    }
+
+    /// Serves commands until a shutdown. Callable again after it unwinds (see
+    /// [`Worker::salvage`]).
+    pub(crate) async fn run(&mut self) {
         let interval = self.settings.flush_interval;
         let mut next_flush = deadline_after(interval);
         loop {
@@ -104,50 +122,48 @@ impl Worker {
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(Command::Flush { deadline, reply }) => {
-                        let report = self.drain_until(deadline, false).await;
+                        let report = self.drain_until(deadline).await;
                         reply.send(report);
                     }
                     Some(Command::Shutdown { deadline, reply }) => {
                         let report = self.shutdown(deadline).await;
+                        self.stopped();
                         reply.send(report);
                         return;
                     }
-                    // Every handle is gone without a shutdown: nobody can ask any more.
-                    None => return,
+                    // Every handle is gone without a shutdown (the thread that held the
+                    // last one failed): hand everything back, nobody can wait for it.
+                    None => {
+                        self.shutdown(Instant::now()).await;
+                        self.stopped();
+                        return;
+                    }
                 },
                 Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finished(joined),
-                () = self.core.registry.flush_wanted() => {
-                    self.flush(false);
+                () = self.shared.registry.flush_wanted() => {
+                    self.flush();
                     next_flush = deadline_after(interval);
                 }
                 () = tokio::time::sleep_until(wake) => {}
             }
             if Instant::now() >= next_flush {
-                self.flush(false);
+                self.flush();
                 next_flush = deadline_after(interval);
             }
         }
     }
 
     /// Closes the window: every cell with new usage becomes a record stamped now.
-    /// `all` ignores the bound (at shutdown, everything must be accounted for).
-    fn flush(&mut self, all: bool) {
+    /// Returns whether it found any.
+    fn flush(&mut self) -> bool {
+        let drained = self.shared.registry.drain();
+        self.push_drained(drained)
+    }
+
+    fn push_drained(&mut self, drained: Vec<super::cells::Drained>) -> bool {
         let timestamp = Timestamp::now();
         let now = Instant::now();
-        let outbox = &self.outbox;
-        let mut room = self
-            .settings
-            .policy
-            .max_records
-            .saturating_sub(outbox.len());
-        let drained = self.core.registry.drain(|key| {
-            if all || outbox.can_merge(key, timestamp) {
-                return true;
-            }
-            let admitted = room > 0;
-            room = room.saturating_sub(1);
-            admitted
-        });
+        let found = !drained.is_empty();
         for d in drained {
             let mut left = d.value;
             loop {
@@ -161,10 +177,11 @@ impl Worker {
             }
         }
         self.publish_waiting();
+        found
     }
 
     fn publish_waiting(&self) {
-        self.core.registry.set_waiting(self.outbox.len());
+        self.shared.registry.set_waiting(self.outbox.len());
     }
 
     /// Starts every request the policy allows now; says what to wait for next.
@@ -202,7 +219,7 @@ impl Worker {
                     .await
                     .map(drop)
             });
-            self.core
+            self.shared
                 .counters
                 .requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -232,7 +249,7 @@ impl Worker {
 
     fn account(&mut self, event: Event) {
         use std::sync::atomic::Ordering::Relaxed;
-        let c = &self.core.counters;
+        let c = &self.shared.counters;
         match event {
             Event::Delivered(record) => {
                 c.delivered.fetch_add(record.delta(), Relaxed);
@@ -259,7 +276,7 @@ impl Worker {
             Event::Rejected(record, error) => {
                 c.rejected.fetch_add(record.delta(), Relaxed);
                 let message = error.to_string();
-                self.core.set_last_error(message.clone());
+                self.shared.set_last_error(message.clone());
                 let first = self.rejections_logged.len() < 1000
                     && self.rejections_logged.insert((
                         record.key.feature.to_string(),
@@ -275,7 +292,7 @@ impl Worker {
                          status; see `Stats::rejected`)"
                     );
                 }
-                self.core.error(MeterError::Rejected {
+                self.shared.error(MeterError::Rejected {
                     record: record.usage(),
                     error,
                 });
@@ -289,7 +306,7 @@ impl Worker {
                 c.ambiguous.fetch_add(delta, Relaxed);
                 c.unsent.fetch_add(delta, Relaxed);
                 self.episode_failure(unsent.last_error.clone().unwrap_or_default());
-                self.core.unsent(&[unsent]);
+                self.shared.unsent(&[unsent]);
             }
             Event::Superseded => {}
         }
@@ -303,24 +320,24 @@ impl Worker {
                 "delivery to Kinde is failing; retrying with backoff (warned once until it recovers): {error}"
             );
         }
-        self.core.set_last_error(error);
+        self.shared.set_last_error(error);
     }
 
     /// Closes the window, then sends until nothing waits or `deadline` passes.
-    async fn drain_until(&mut self, deadline: Instant, all: bool) -> FlushReport {
-        self.flush(all);
+    async fn drain_until(&mut self, deadline: Instant) -> FlushReport {
+        self.flush();
+        self.send_until(deadline).await;
+        FlushReport {
+            waiting: self.outbox.len(),
+            timed_out: !self.outbox.is_empty(),
+        }
+    }
+
+    /// Sends until nothing waits or `deadline` passes.
+    async fn send_until(&mut self, deadline: Instant) {
         loop {
-            if self.outbox.is_empty() {
-                return FlushReport {
-                    waiting: 0,
-                    timed_out: false,
-                };
-            }
-            if Instant::now() >= deadline {
-                return FlushReport {
-                    waiting: self.outbox.len(),
-                    timed_out: true,
-                };
+            if self.outbox.is_empty() || Instant::now() >= deadline {
+                return;
             }
             let wake = match self.dispatch(Some(deadline)) {
                 Wait::Until(t) => t.min(deadline),
@@ -333,8 +350,19 @@ impl Worker {
         }
     }
 
+    /// Delivers until `deadline`, usage recorded meanwhile included, then hands back what
+    /// is left. Accounts for every unit its last drain took.
     async fn shutdown(&mut self, deadline: Instant) -> ShutdownReport {
-        let drained = self.drain_until(deadline, true).await;
+        // Drain again each time the outbox empties, so usage other threads record while
+        // the shutdown runs is delivered too; under a steady load this runs to the deadline.
+        loop {
+            let found = self.flush();
+            self.send_until(deadline).await;
+            if !found || Instant::now() >= deadline {
+                break;
+            }
+        }
+        let deadline_reached = !self.outbox.is_empty();
         // Requests still out at the deadline are abandoned; they may have been applied.
         self.tasks.abort_all();
         let mut left: Vec<UnsentRecord> = Vec::new();
@@ -353,6 +381,11 @@ impl Worker {
                 }
             }
         }
+        // The last drain: what other threads recorded up to here is in the report, and
+        // what they record after it is reported as `MeterError::AfterShutdown`.
+        let last = self.shared.registry.drain_final();
+        let recorded = self.shared.registry.taken_delta();
+        self.push_drained(last);
         left.extend(
             self.outbox
                 .take_all()
@@ -365,7 +398,7 @@ impl Worker {
             .filter(|u| u.record.meter_type == crate::MeterType::Delta)
             .map(|u| u.record.value)
             .fold(0, u64::saturating_add);
-        self.core
+        self.shared
             .counters
             .unsent
             .fetch_add(left_delta, std::sync::atomic::Ordering::Relaxed);
@@ -377,12 +410,62 @@ impl Worker {
                 "shutdown deadline reached with usage undelivered; it is passed to `on_unsent` and the report"
             );
         }
-        self.core.unsent(&left);
+        self.shared.unsent(&left);
         ShutdownReport {
-            stats: self.core.stats(),
+            stats: self.shared.stats_with(recorded),
             left,
-            deadline_reached: drained.timed_out,
+            deadline_reached: deadline_reached || !self.outbox.is_empty(),
             failure: None,
         }
+    }
+
+    /// After a panic inside [`Worker::run`]: hands every record this worker held to
+    /// `on_unsent` (its state may be inconsistent, so it is not trusted to send them),
+    /// and starts afresh. Usage still in the cells is not affected.
+    pub(crate) fn salvage(&mut self) {
+        let mut held: Vec<UnsentRecord> = self
+            .sending
+            .drain()
+            .map(|(_, mut r)| {
+                // Its request may still complete: treat it as possibly applied.
+                r.maybe_applied = true;
+                r.unsent(UnsentReason::WorkerFailed)
+            })
+            .collect();
+        held.extend(
+            self.outbox
+                .take_all()
+                .iter()
+                .map(|r| r.unsent(UnsentReason::WorkerFailed)),
+        );
+        self.outbox = Outbox::new(
+            self.settings.policy.clone(),
+            Instant::now(),
+            fastrand::Rng::new(),
+        );
+        let delta: u64 = held
+            .iter()
+            .filter(|u| u.record.meter_type == crate::MeterType::Delta)
+            .map(|u| u.record.value)
+            .fold(0, u64::saturating_add);
+        self.shared
+            .counters
+            .unsent
+            .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(
+            target: "kinde_meter",
+            records = held.len(),
+            value = delta,
+            "the kinde-meter worker panicked (a bug; please report it); the records it held are passed to \
+             `on_unsent` and it restarts"
+        );
+        self.publish_waiting();
+        self.shared.unsent(&held);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stopped();
     }
 }

@@ -100,7 +100,14 @@ pub(crate) fn intercept_invalid(feature: &FeatureCode, invalid: InvalidValue) ->
 #[inline]
 pub(crate) fn intercept_current(feature: &FeatureCode, meter_type: MeterType, value: u64) -> bool {
     let Some(sink) = top() else { return false };
-    with_current(|agreement| sink.add(agreement.map(AgreementRef::Id), feature, meter_type, value));
+    with_current(|found| {
+        sink.add(
+            found.agreement.map(AgreementRef::Id),
+            feature,
+            meter_type,
+            value,
+        );
+    });
     true
 }
 

@@ -1,11 +1,13 @@
 //! The state one reporter shares between the threads that record and its worker:
 //! cells, counters, hooks.
 
+use std::cell::Cell;
 use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 
-use super::cells::{AgreementRef, Lookup, Refusal, Registry};
+use super::cells::{AgreementRef, Lookup, Problem, Registry};
 use super::events::{InvalidValue, MeterError, Stats, UnsentRecord};
 use crate::api::{FeatureCode, MeterType};
 use crate::config::{ErrorHook, UnsentHook};
@@ -23,6 +25,8 @@ pub(crate) struct Counters {
     pub(crate) refused_overflow: AtomicU64,
     pub(crate) invalid: AtomicU64,
     pub(crate) unsent: AtomicU64,
+    pub(crate) after_shutdown: AtomicU64,
+    pub(crate) hook_panics: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
 }
 
@@ -32,8 +36,29 @@ struct Hooks {
     on_unsent: Option<UnsentHook>,
 }
 
+/// Why a metered call's usage needs reporting.
+#[derive(Debug)]
+pub(crate) enum CallProblem {
+    /// No agreement in scope. `hidden`: another task's thread scope was passed over.
+    Unattributed { hidden: bool },
+    /// The cells refused it, or took it after the reporter stopped.
+    Cells(Problem),
+}
+
+impl From<Problem> for CallProblem {
+    fn from(p: Problem) -> Self {
+        CallProblem::Cells(p)
+    }
+}
+
+thread_local! {
+    // Set while this thread runs a hook: what the hook's own metered calls raise is
+    // counted but not passed to the hook again, so a hook cannot recurse into itself.
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Cells, counters and hooks of one reporter (the global one, or a `Reporter::start`).
-pub(crate) struct Core {
+pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) counters: Counters,
     hooks: RwLock<Hooks>,
@@ -41,9 +66,9 @@ pub(crate) struct Core {
     warned: Mutex<HashSet<(&'static str, String)>>,
 }
 
-impl std::fmt::Debug for Core {
+impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core")
+        f.debug_struct("Shared")
             .field("registry", &self.registry)
             .finish_non_exhaustive()
     }
@@ -53,12 +78,19 @@ fn add(counter: &AtomicU64, value: u64) {
     counter.fetch_add(value, Relaxed);
 }
 
-impl Core {
+fn delta(meter_type: MeterType, value: u64) -> u64 {
+    match meter_type {
+        MeterType::Delta => value,
+        MeterType::Absolute => 0,
+    }
+}
+
+impl Shared {
     pub(crate) fn new(max_keys: usize) -> Self {
         Self::with_registry(Registry::new(max_keys))
     }
 
-    /// The core behind `record` and `#[meter]`.
+    /// The state behind `record` and `#[meter]`.
     pub(crate) fn global(max_keys: usize) -> Self {
         Self::with_registry(Registry::global(max_keys))
     }
@@ -83,7 +115,7 @@ impl Core {
         self.hooks.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Adds usage for an agreement: the hot path.
+    /// Adds usage for an explicit agreement, reporting what goes wrong.
     #[inline]
     pub(crate) fn add(
         &self,
@@ -92,12 +124,13 @@ impl Core {
         meter_type: MeterType,
         value: u64,
     ) {
-        if let Err(refusal) = self.registry.add(agreement, feature, meter_type, value) {
-            self.refused(refusal, agreement, feature, meter_type, value);
+        if let Err(problem) = self.registry.add(agreement, feature, meter_type, value) {
+            self.report(problem.into(), feature, meter_type, value);
         }
     }
 
-    /// The slow half of [`Core::add`], for a caller that already missed the cache.
+    /// The slow half of an add, for a caller that already missed the cache. Reporting is
+    /// the caller's: it may be inside a scope lookup, where no user code may run.
     #[cold]
     pub(crate) fn add_uncached(
         &self,
@@ -106,64 +139,51 @@ impl Core {
         meter_type: MeterType,
         value: u64,
         lookup: Lookup,
-    ) {
-        if let Err(refusal) = self
-            .registry
+    ) -> Result<(), Problem> {
+        self.registry
             .add_slow(agreement, feature, meter_type, value, lookup)
-        {
-            self.refused(refusal, agreement, feature, meter_type, value);
-        }
     }
 
     /// A value that cannot be billed (negative, too large).
     #[cold]
     pub(crate) fn invalid_value(&self, feature: &FeatureCode, invalid: InvalidValue) {
-        self.invalid(feature, &invalid.to_string());
+        self.invalid(feature.as_str(), &invalid.to_string());
     }
 
-    /// Usage with no agreement in scope.
+    /// Counts, logs (once per kind and feature) and passes to the error hook what went
+    /// wrong with a call.
     #[cold]
-    pub(crate) fn unattributed(&self, feature: &FeatureCode, meter_type: MeterType, value: u64) {
-        if meter_type == MeterType::Delta {
-            add(&self.counters.unattributed, value);
-        }
-        if self.first_time("unattributed", feature.as_str()) {
-            tracing::warn!(
-                target: "kinde_meter",
-                feature = feature.as_str(),
-                "usage recorded with no customer agreement in scope is not sent (warned once per feature; \
-                 see `Stats::unattributed`)"
-            );
-        }
-        self.error(MeterError::Unattributed {
-            feature: feature.clone(),
-            value,
-        });
-    }
-
-    #[cold]
-    fn refused(
+    pub(crate) fn report(
         &self,
-        refusal: Refusal,
-        agreement: AgreementRef<'_>,
+        problem: CallProblem,
         feature: &FeatureCode,
         meter_type: MeterType,
         value: u64,
     ) {
-        let delta = if meter_type == MeterType::Delta {
-            value
-        } else {
-            0
-        };
-        match refusal {
-            Refusal::Overflow { max_keys } => {
-                add(&self.counters.refused_overflow, delta);
-                let Ok(agreement) = (match agreement {
-                    AgreementRef::Id(id) => Ok(id.clone()),
-                    AgreementRef::Str(s) => crate::AgreementId::new(s),
-                }) else {
-                    return;
-                };
+        match problem {
+            CallProblem::Unattributed { hidden } => {
+                add(&self.counters.unattributed, delta(meter_type, value));
+                if hidden {
+                    crate::context::warn_hidden();
+                }
+                if self.first_time("unattributed", feature.as_str()) {
+                    tracing::warn!(
+                        target: "kinde_meter",
+                        feature = feature.as_str(),
+                        "usage recorded with no customer agreement in scope is not sent (warned once per feature; \
+                         see `Stats::unattributed`)"
+                    );
+                }
+                self.error(MeterError::Unattributed {
+                    feature: feature.clone(),
+                    value,
+                });
+            }
+            CallProblem::Cells(Problem::Overflow {
+                agreement,
+                max_keys,
+            }) => {
+                add(&self.counters.refused_overflow, delta(meter_type, value));
                 if self.first_time("overflow", "") {
                     tracing::warn!(
                         target: "kinde_meter",
@@ -179,25 +199,30 @@ impl Core {
                     max_pending_keys: max_keys,
                 });
             }
-            Refusal::InvalidFeature(e) | Refusal::InvalidAgreement(e) => {
-                add(&self.counters.invalid, 1);
-                self.warn_invalid(feature.as_str(), &e.to_string());
-                self.error(MeterError::invalid_input(feature.as_str(), &e));
+            CallProblem::Cells(Problem::InvalidFeature(e) | Problem::InvalidAgreement(e)) => {
+                self.invalid(feature.as_str(), &e.to_string());
+            }
+            CallProblem::Cells(Problem::AfterShutdown { agreement }) => {
+                add(&self.counters.after_shutdown, delta(meter_type, value));
+                if self.first_time("after_shutdown", "") {
+                    tracing::warn!(
+                        target: "kinde_meter",
+                        "usage recorded after the reporter shut down waits in memory for the next `init` \
+                         (warned once; see `Stats::after_shutdown`)"
+                    );
+                }
+                self.error(MeterError::AfterShutdown {
+                    agreement,
+                    feature: feature.clone(),
+                    value,
+                });
             }
         }
     }
 
     #[cold]
-    fn invalid(&self, feature: &FeatureCode, reason: &str) {
+    fn invalid(&self, feature: &str, reason: &str) {
         add(&self.counters.invalid, 1);
-        self.warn_invalid(feature.as_str(), reason);
-        self.error(MeterError::Invalid {
-            feature: feature.to_string(),
-            reason: reason.to_owned(),
-        });
-    }
-
-    fn warn_invalid(&self, feature: &str, reason: &str) {
         if self.first_time("invalid", feature) {
             tracing::warn!(
                 target: "kinde_meter",
@@ -206,6 +231,10 @@ impl Core {
                 "invalid usage is refused (warned once per feature; see `Stats::invalid`)"
             );
         }
+        self.error(MeterError::Invalid {
+            feature: feature.to_owned(),
+            reason: reason.to_owned(),
+        });
     }
 
     fn first_time(&self, kind: &'static str, what: &str) -> bool {
@@ -217,10 +246,30 @@ impl Core {
         warned.insert((kind, what.to_owned()))
     }
 
+    /// Runs a hook: never re-entered on one thread, and a panic in it is contained,
+    /// counted and logged (once), never passed on to the caller or the worker.
+    fn run_hook(&self, hook: impl FnOnce()) {
+        if IN_HOOK.replace(true) {
+            return;
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(hook));
+        IN_HOOK.set(false);
+        if outcome.is_err() {
+            add(&self.counters.hook_panics, 1);
+            if self.first_time("hook_panic", "") {
+                tracing::error!(
+                    target: "kinde_meter",
+                    "an `on_error`/`on_unsent` hook panicked; the panic was contained and metering goes on \
+                     (logged once; see `Stats::hook_panics`)"
+                );
+            }
+        }
+    }
+
     /// Passes an event to the error hook.
     pub(crate) fn error(&self, event: MeterError) {
         if let Some(hook) = self.hooks().on_error {
-            hook(&event);
+            self.run_hook(|| hook(&event));
         }
     }
 
@@ -230,7 +279,7 @@ impl Core {
             return;
         }
         if let Some(hook) = self.hooks().on_unsent {
-            hook(records);
+            self.run_hook(|| hook(records));
         }
     }
 
@@ -242,11 +291,13 @@ impl Core {
             .unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
 
-    pub(crate) fn stats(&self) -> Stats {
+    /// The counters, with `recorded` as given (the report of a shutdown counts only what
+    /// its final drain took).
+    pub(crate) fn stats_with(&self, recorded: u128) -> Stats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Relaxed);
         Stats {
-            recorded: u64::try_from(self.registry.recorded_delta()).unwrap_or(u64::MAX),
+            recorded: u64::try_from(recorded).unwrap_or(u64::MAX),
             delivered: get(&c.delivered),
             records_delivered: get(&c.records_delivered),
             requests: get(&c.requests),
@@ -258,6 +309,8 @@ impl Core {
             refused_overflow: get(&c.refused_overflow),
             invalid: get(&c.invalid),
             unsent: get(&c.unsent),
+            after_shutdown: get(&c.after_shutdown),
+            hook_panics: get(&c.hook_panics),
             pending_keys: self.registry.occupancy() as u64,
             last_error: c
                 .last_error
@@ -265,5 +318,9 @@ impl Core {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
         }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.stats_with(self.registry.recorded_delta())
     }
 }
