@@ -46,6 +46,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     .parse()?;
     let feature: FeatureCode = env_or("KINDE_FEATURE_CODE", "pro_gym").parse()?;
 
+    record(&client, agreement, feature).await
+}
+
+/// The example proper, against any client (the integration test runs it against the
+/// emulator and checks its ledger).
+pub(crate) async fn record(
+    client: &Client,
+    agreement: AgreementId,
+    feature: FeatureCode,
+) -> Result<(), Box<dyn std::error::Error>> {
     let request = CreateMeterUsageRecordRequest::new(agreement, feature, 1)
         .with_meter_type(MeterType::Delta)
         .with_timestamp(Timestamp::now());
@@ -63,7 +73,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // `_with_http_info` also returns the status and headers; options add an idempotency key.
     let options = RequestOptions::new().idempotency_key("example-0001");
-    let response = create_with_info(&client, &request, &options)
+    let response = create_with_info(client, &request, &options)
         .await
         .map_err(explain)?;
     println!("\nstatus: {}", response.status);
