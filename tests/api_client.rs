@@ -1227,3 +1227,31 @@ fn plain_http_is_refused_unless_loopback_or_allowed() {
         Client::new(domain, creds.clone()).expect(loopback);
     }
 }
+
+// ----- the example -----
+
+#[path = "../examples/create_meter_usage_record.rs"]
+#[allow(dead_code)] // `main` is the example's; this test runs `record()` itself.
+mod create_example;
+
+#[tokio::test]
+async fn the_create_meter_usage_record_example_records_one_record() {
+    let kinde = start(Emulator::builder());
+    create_example::record(
+        &client(&kinde),
+        AgreementId::new(AGREEMENT).expect("agreement id"),
+        FeatureCode::from_static(FEATURE),
+    )
+    .await
+    .expect("the example succeeds");
+    let requests = kinde.requests();
+    assert_eq!(requests.len(), 1, "meter requests sent");
+    assert!(
+        requests[0]
+            .header("idempotency-key")
+            .is_some_and(|k| k.starts_with("example-")),
+        "{:?}",
+        requests[0]
+    );
+    assert_eq!(kinde.total(AGREEMENT, FEATURE), 1);
+}
