@@ -83,6 +83,43 @@ fn malformed_domain_is_named_with_the_reason() {
     }
 }
 
+#[test]
+fn credentials_in_the_domain_are_refused_without_echoing_them() {
+    // Every error path of domain parsing: the userinfo alone, and with something else
+    // wrong (scheme, host, port, path, query), written with and without a scheme.
+    for raw in [
+        "https://user:hunter2-secret@acme.kinde.com",
+        "user:hunter2-secret@acme.kinde.com",
+        "https://:hunter2-secret@acme.kinde.com",
+        "https://hunter2-secret@acme.kinde.com",
+        "ftp://user:hunter2-secret@acme.kinde.com",
+        "https://user:hunter2-secret@acme kinde com",
+        "https://user:hunter2-secret@acme.kinde.com:99999",
+        "https://user:hunter2/secret@acme.kinde.com",
+        "https://user:hunter2?secret@acme.kinde.com",
+        "https://user:hunter2#secret@acme.kinde.com",
+        "https://user:hunter2-secret@acme.kinde.com/api?x=1",
+        "https://user:hunter2-secret@@acme.kinde.com",
+        "  https://user:hunter2-secret@acme.kinde.com  ",
+        "https://user:hunter2-secret\u{FF20}acme.kinde.com",
+    ] {
+        let e = error(&[("KINDE_DOMAIN", raw), ("KINDE_ACCESS_TOKEN", "tok")]);
+        assert_eq!(named(&e), "KINDE_DOMAIN", "{raw:?}: {e:?}");
+        for text in [e.to_string(), format!("{e:?}")] {
+            assert!(!text.contains("hunter2"), "{raw:?} leaked: {text}");
+            assert!(text.contains("KINDE_DOMAIN"), "{raw:?}: {text}");
+            assert!(
+                text.contains("remove the user name and password from the URL"),
+                "{raw:?}: {text}"
+            );
+        }
+        let direct = Domain::parse(raw).expect_err(raw);
+        for text in [direct.to_string(), format!("{direct:?}")] {
+            assert!(!text.contains("hunter2"), "{raw:?} leaked: {text}");
+        }
+    }
+}
+
 // ----- credentials -----
 
 const MANAGEMENT: [(&str, &str); 2] = [
