@@ -1255,3 +1255,109 @@ async fn the_create_meter_usage_record_example_records_one_record() {
     );
     assert_eq!(kinde.total(AGREEMENT, FEATURE), 1);
 }
+
+// ----- the token endpoint's body is capped -----
+
+/// A token endpoint that answers `200 OK` with a `declared`-byte body and streams it from
+/// one small buffer, counting the bytes it manages to write before the client hangs up.
+struct StreamingTokenEndpoint {
+    addr: std::net::SocketAddr,
+    written: Arc<std::sync::atomic::AtomicUsize>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl StreamingTokenEndpoint {
+    fn start(declared: usize) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let addr = listener.local_addr().expect("addr");
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (count, (finished, done)) = (Arc::clone(&written), std::sync::mpsc::channel());
+        std::thread::spawn(move || {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            // The request head; its small form body is left unread.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n{{\"access_token\":\""
+            );
+            if conn.write_all(head.as_bytes()).is_ok() {
+                // The body's first bytes went out with the head.
+                let mut sent = head.len() - head.find("\r\n\r\n").expect("head end") - 4;
+                let chunk = [b'x'; 64 * 1024];
+                while sent < declared {
+                    let n = chunk.len().min(declared - sent);
+                    // Stops when the client hangs up (EPIPE, reset).
+                    if conn.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    count.store(sent, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let _ = finished.send(());
+        });
+        Self {
+            addr,
+            written,
+            done,
+        }
+    }
+}
+
+#[tokio::test]
+async fn token_endpoint_streaming_a_huge_body_is_cut_off_at_the_cap() {
+    const DECLARED: usize = 64 << 20;
+    let server = StreamingTokenEndpoint::start(DECLARED);
+    let client = Client::builder(
+        Domain::parse(&format!("http://{}", server.addr)).expect("domain"),
+        Credentials::client_credentials("huge-client-id", "huge-client-secret-0123"),
+    )
+    .request_timeout(Duration::from_secs(5))
+    .build()
+    .expect("client");
+    let started = Instant::now();
+    let answer = send(&client, &usage(1)).await;
+    let elapsed = started.elapsed();
+    let e = failure(answer, &["huge-client-secret-0123".to_owned()]);
+    // The client hung up: the server stops writing once the socket buffers are full.
+    // (Waited for off the runtime, which must keep running to close the connection.)
+    let done = server.done;
+    tokio::task::spawn_blocking(move || done.recv_timeout(Duration::from_secs(5)))
+        .await
+        .expect("the waiting thread")
+        .expect("the server stops writing");
+    let written = server.written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        written < 16 << 20,
+        "the client read {written} of {DECLARED} bytes"
+    );
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(e.disposition(), Disposition::NotApplied, "{e:?}");
+    assert!(
+        matches!(&e, ApiError::Token(TokenError::TooLarge { status, limit: 65_536 }) if *status == StatusCode::OK),
+        "{e:?}"
+    );
+    let shown = e.to_string();
+    assert!(shown.contains("larger than"), "{shown}");
+}
+
+#[tokio::test]
+async fn raw_200_of_exactly_the_cap_is_read_whole_and_one_byte_more_is_cut() {
+    // The meter endpoint reads through the same cap as the token endpoint.
+    const CAP: usize = 64 * 1024;
+    let json = r#"{"message":"Success","code":"OK"}"#;
+    let whole = format!("{json}{}", " ".repeat(CAP - json.len()));
+    let (answer, _server) = raw_call(raw_response("200 OK", &[], &whole)).await;
+    assert_eq!(answer.expect("accepted").data.code.as_deref(), Some("OK"));
+    let e = raw_failure(raw_response("200 OK", &[], &format!("{whole} "))).await;
+    assert!(undecodable_reason(&e).contains("longer than 65536 bytes"), "{e}");
+}

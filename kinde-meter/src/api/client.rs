@@ -7,6 +7,7 @@ use http::StatusCode;
 use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
 use tokio::time::Instant;
 
+use super::body::{MAX_BODY, read_capped};
 use super::domain::{Credentials, Domain};
 use super::error::{ApiError, BoxError};
 use super::model::{CreateMeterUsageRecordRequest, CreateMeterUsageRecordResponse, ErrorBody};
@@ -15,8 +16,6 @@ use crate::config::ConfigError;
 
 const METER_USAGE_PATH: &str = "/api/v1/billing/meter_usage";
 const USER_AGENT: &str = concat!("kinde-meter/", env!("CARGO_PKG_VERSION"));
-/// Bodies longer than this are cut off: Kinde's answers are a few dozen bytes.
-const MAX_BODY: usize = 64 * 1024;
 
 /// Default time allowed to open a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -294,7 +293,14 @@ impl Client {
             let body = read_capped(response)
                 .await
                 .map_err(|e| transport_error(e, timeout))?;
-            return decode(status, headers, &body);
+            if body.cut && status.is_success() {
+                return Err(ApiError::Undecodable {
+                    status,
+                    reason: format!("the body is longer than {MAX_BODY} bytes (cut there)"),
+                    body: excerpt(&body.bytes),
+                });
+            }
+            return decode(status, headers, &body.bytes);
         }
     }
 }
@@ -316,18 +322,6 @@ fn transport_error(e: reqwest::Error, timeout: Duration) -> ApiError {
         (false, true) => ApiError::Timeout { after: timeout },
         (false, false) => ApiError::Transport { source },
     }
-}
-
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = MAX_BODY.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
-    Ok(body)
 }
 
 /// A short printable excerpt of a body, for error messages.

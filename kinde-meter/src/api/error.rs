@@ -320,6 +320,14 @@ pub enum TokenError {
         /// What failed.
         reason: String,
     },
+    /// A body longer than any token response (a proxy or a page answering in Kinde's
+    /// place, or a hostile server); it was cut off unread at `limit` bytes.
+    TooLarge {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The most the client reads of a body, in bytes.
+        limit: usize,
+    },
     /// A success status with a body that is not a token response.
     Undecodable {
         /// The HTTP status.
@@ -362,6 +370,12 @@ impl fmt::Display for TokenError {
             }
             TokenError::Timeout { after } => write!(f, "no token within {after:?}"),
             TokenError::Unavailable { reason } => write!(f, "{reason}; retry later"),
+            TokenError::TooLarge { status, limit } => write!(
+                f,
+                "the token endpoint answered {status} with a body larger than {limit} bytes, which no token \
+                 response is, so the rest was not read; check that KINDE_DOMAIN is your \
+                 `<subdomain>.kinde.com` domain and that no proxy answers in its place, then retry"
+            ),
             TokenError::Undecodable { status, reason } => {
                 write!(
                     f,

@@ -1,6 +1,7 @@
 //! Kinde's billing API: the wire model of `POST /api/v1/billing/meter_usage`, a typed
 //! client for it, and its errors. Usable on its own, without the reporter.
 
+mod body;
 mod client;
 mod domain;
 mod error;

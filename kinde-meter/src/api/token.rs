@@ -9,6 +9,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::body::{MAX_BODY, read_capped};
 use super::domain::{Credentials, Domain, Secret};
 use super::error::{BoxError, TokenError};
 
@@ -193,7 +194,7 @@ impl Minter {
             Err(e) => return Err(TokenError::Transport { source: boxed(e) }),
         };
         let status = response.status();
-        let body = match response.bytes().await {
+        let body = match read_capped(response).await {
             Ok(b) => b,
             Err(e) if e.is_timeout() => return Err(TokenError::Timeout { after: budget }),
             Err(e) => return Err(TokenError::Transport { source: boxed(e) }),
@@ -203,6 +204,13 @@ impl Minter {
                 reason: format!("the token endpoint answered {status}"),
             });
         }
+        if body.cut {
+            return Err(TokenError::TooLarge {
+                status,
+                limit: MAX_BODY,
+            });
+        }
+        let body = body.bytes;
         if status != StatusCode::OK {
             let oauth: Option<OAuthError> = serde_json::from_slice(&body).ok();
             return Err(TokenError::Refused {
