@@ -1228,34 +1228,6 @@ fn plain_http_is_refused_unless_loopback_or_allowed() {
     }
 }
 
-// ----- the example -----
-
-#[path = "../examples/create_meter_usage_record.rs"]
-#[allow(dead_code)] // `main` is the example's; this test runs `record()` itself.
-mod create_example;
-
-#[tokio::test]
-async fn the_create_meter_usage_record_example_records_one_record() {
-    let kinde = start(Emulator::builder());
-    create_example::record(
-        &client(&kinde),
-        AgreementId::new(AGREEMENT).expect("agreement id"),
-        FeatureCode::from_static(FEATURE),
-    )
-    .await
-    .expect("the example succeeds");
-    let requests = kinde.requests();
-    assert_eq!(requests.len(), 1, "meter requests sent");
-    assert!(
-        requests[0]
-            .header("idempotency-key")
-            .is_some_and(|k| k.starts_with("example-")),
-        "{:?}",
-        requests[0]
-    );
-    assert_eq!(kinde.total(AGREEMENT, FEATURE), 1);
-}
-
 // ----- the token endpoint's body is capped -----
 
 /// A token endpoint that answers `200 OK` with a `declared`-byte body and streams it from
@@ -1360,4 +1332,96 @@ async fn raw_200_of_exactly_the_cap_is_read_whole_and_one_byte_more_is_cut() {
     assert_eq!(answer.expect("accepted").data.code.as_deref(), Some("OK"));
     let e = raw_failure(raw_response("200 OK", &[], &format!("{whole} "))).await;
     assert!(undecodable_reason(&e).contains("longer than 65536 bytes"), "{e}");
+}
+
+// ----- requests never sent are never ambiguous -----
+
+#[tokio::test]
+async fn static_token_that_is_not_a_header_value_is_refused_before_anything_is_sent() {
+    let kinde = start(Emulator::builder());
+    for bad in [
+        "static-token\ninjected: header",
+        "static-token\r\n",
+        "static token",
+        "static-tökén",
+        "static-token\u{7f}",
+        "",
+    ] {
+        let built = Client::new(kinde.domain(), Credentials::access_token(bad));
+        let e = match built {
+            Ok(client) => {
+                let e = send(&client, &usage(1)).await.expect_err("not sent");
+                panic!(
+                    "{bad:?} was accepted; the call then failed as {:?}: {e}",
+                    e.disposition()
+                );
+            }
+            Err(e) => e,
+        };
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains("access token"), "{shown}");
+        assert!(shown.contains("KINDE_ACCESS_TOKEN"), "{shown}");
+        if bad.len() > 8 {
+            assert!(!shown.contains(bad.trim()), "the token leaked: {shown}");
+        }
+        Config::new(kinde.domain(), Credentials::access_token(bad))
+            .client()
+            .expect_err("refused through Config too");
+    }
+    assert!(kinde.requests().is_empty());
+}
+
+#[tokio::test]
+async fn minted_token_that_is_not_a_header_value_is_a_bad_token_response() {
+    // The same answer serves every request: only the token request may arrive.
+    let server = RawHttpServer::start(raw_response(
+        "200 OK",
+        &["Content-Type: application/json"],
+        r#"{"access_token":"raw-minted\ntoken-0123","expires_in":3600,"token_type":"bearer"}"#,
+    ))
+    .expect("raw server");
+    let answer = send(&raw_minting_client(&server), &usage(1)).await;
+    let e = failure(
+        answer,
+        &[
+            "raw-client-secret-0123".to_owned(),
+            "token-0123".to_owned(),
+        ],
+    );
+    assert_eq!(e.disposition(), Disposition::NotApplied, "{e:?}");
+    assert!(
+        matches!(&e, ApiError::Token(TokenError::Undecodable { status, .. }) if *status == StatusCode::OK),
+        "{e:?}"
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "no meter request with a broken token");
+    assert!(requests[0].starts_with("POST /oauth2/token "));
+}
+
+// ----- the example -----
+
+#[path = "../examples/create_meter_usage_record.rs"]
+#[allow(dead_code)] // `main` is the example's; this test runs `record()` itself.
+mod create_example;
+
+#[tokio::test]
+async fn the_create_meter_usage_record_example_records_one_record() {
+    let kinde = start(Emulator::builder());
+    create_example::record(
+        &client(&kinde),
+        AgreementId::new(AGREEMENT).expect("agreement id"),
+        FeatureCode::from_static(FEATURE),
+    )
+    .await
+    .expect("the example succeeds");
+    let requests = kinde.requests();
+    assert_eq!(requests.len(), 1, "meter requests sent");
+    assert!(
+        requests[0]
+            .header("idempotency-key")
+            .is_some_and(|k| k.starts_with("example-")),
+        "{:?}",
+        requests[0]
+    );
+    assert_eq!(kinde.total(AGREEMENT, FEATURE), 1);
 }

@@ -258,7 +258,14 @@ fn access_token_is_used_when_no_pair_is_set() {
 
 #[test]
 fn access_token_with_a_space_is_named_and_not_shown() {
-    for token in ["access-token-value and more", "access-token-value\tx"] {
+    for token in [
+        "access-token-value and more",
+        "access-token-value\tx",
+        "access-token-value\ninjected: header",
+        "access-token-value\r\nx",
+        "access-tökén-value",
+        "access-token-value\u{7f}",
+    ] {
         let e = error(&[DOMAIN, ("KINDE_ACCESS_TOKEN", token)]);
         assert!(matches!(e, ConfigError::Malformed { .. }), "{e:?}");
         assert_eq!(named(&e), "KINDE_ACCESS_TOKEN");
@@ -419,6 +426,20 @@ fn reporter_refuses_invalid_options_naming_them() {
         matches!(e, InitError::Config(ConfigError::InsecureHttp { .. })),
         "{e:?}"
     );
+    // A static token given in code that no request could carry: refused at start, not
+    // retried as "may have been applied" forever.
+    let broken = Config::new(
+        Domain::parse("acme.kinde.com").expect("domain"),
+        Credentials::access_token("access-token-value\nx"),
+    );
+    let e = Reporter::start(broken).expect_err("a broken token");
+    assert!(
+        matches!(e, InitError::Config(ConfigError::InvalidAccessToken { .. })),
+        "{e:?}"
+    );
+    let shown = format!("{e} {e:?}");
+    assert!(shown.contains("KINDE_ACCESS_TOKEN"), "{shown}");
+    assert!(!shown.contains("access-token-value"), "{shown}");
 }
 
 #[test]

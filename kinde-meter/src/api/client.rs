@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
 use tokio::time::Instant;
 
 use super::body::{MAX_BODY, read_capped};
@@ -119,6 +119,8 @@ impl ClientBuilder {
                 });
             }
         }
+        let tokens = TokenSource::new(&self.domain, &self.credentials)
+            .map_err(|reason| ConfigError::InvalidAccessToken { reason })?;
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
@@ -131,7 +133,7 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 meter_url: self.domain.url(METER_USAGE_PATH),
-                tokens: TokenSource::new(&self.domain, &self.credentials),
+                tokens,
                 domain: self.domain,
                 http,
                 request_timeout: self.request_timeout,
@@ -266,7 +268,7 @@ impl Client {
             let mut builder = inner
                 .http
                 .post(&inner.meter_url)
-                .bearer_auth(token.secret.expose())
+                .header(AUTHORIZATION, token.authorization.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .header(ACCEPT, "application/json")
                 .timeout(left)
@@ -313,7 +315,14 @@ pub(crate) fn deadline_after(timeout: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
 }
 
+/// Classifies a failed meter request by whether any of it may have reached Kinde.
 fn transport_error(e: reqwest::Error, timeout: Duration) -> ApiError {
+    if e.is_builder() {
+        // Nothing was sent, and the same request would fail the same way again.
+        return ApiError::InvalidRequest {
+            reason: super::error::chain(&e),
+        };
+    }
     let connect = e.is_connect();
     let timed_out = e.is_timeout();
     let source: BoxError = Box::new(e);
@@ -500,6 +509,21 @@ mod tests {
         );
         assert_eq!(wait(&[("ratelimit-reset", "-1")]), None);
         assert_eq!(wait(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_rejected_not_ambiguous() {
+        let http = reqwest::Client::new();
+        let e = http
+            .post("http://127.0.0.1:1/")
+            .header("x-broken", "a\nb")
+            .send()
+            .await
+            .expect_err("a builder error");
+        assert!(e.is_builder(), "{e:?}");
+        let e = transport_error(e, Duration::from_secs(1));
+        assert!(matches!(e, ApiError::InvalidRequest { .. }), "{e:?}");
+        assert_eq!(e.disposition(), Disposition::Rejected);
     }
 
     #[test]

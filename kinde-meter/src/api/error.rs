@@ -94,7 +94,7 @@ pub enum ApiError {
     /// No access token could be obtained; the meter request was not sent.
     Token(TokenError),
     /// The request could not be built (for example an idempotency key that is not a
-    /// valid header value); nothing was sent.
+    /// valid header value); nothing was sent, and resending would fail the same way.
     InvalidRequest {
         /// What was wrong.
         reason: String,
@@ -178,6 +178,11 @@ impl fmt::Display for Chain<'_> {
         }
         Ok(())
     }
+}
+
+/// [`Chain`] as a string.
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    Chain(e).to_string()
 }
 
 struct Errors<'a>(&'a [KindeError]);

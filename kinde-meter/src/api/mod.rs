@@ -9,6 +9,7 @@ mod model;
 mod token;
 
 pub(crate) use client::deadline_after;
+pub(crate) use token::authorization;
 pub use client::{
     ApiResponse, Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     RequestOptions,
