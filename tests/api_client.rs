@@ -959,6 +959,14 @@ async fn raw_request_carries_the_static_token() {
         request.contains(&format!("\r\nauthorization: bearer {RAW_TOKEN}\r\n")),
         "{request}"
     );
+    // The body is sent with its length, not chunked.
+    let (_, body) = request.split_once("\r\n\r\n").expect("a body");
+    assert!(body.starts_with('{'), "{request}");
+    assert!(
+        request.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+        "{request}"
+    );
+    assert!(!request.contains("transfer-encoding"), "{request}");
     assert_eq!(answer.expect("accepted").data.code.as_deref(), Some("OK"));
 }
 
@@ -1335,6 +1343,39 @@ async fn raw_200_of_exactly_the_cap_is_read_whole_and_one_byte_more_is_cut() {
 }
 
 // ----- requests never sent are never ambiguous -----
+
+#[tokio::test]
+async fn tls_handshake_that_never_completes_is_not_sent() {
+    // A listener that never accepts: the TCP handshake completes in the kernel's backlog,
+    // the TLS ClientHello is written, and no ServerHello ever comes. The request timeout
+    // (as clipped at shutdown) is shorter than the connect timeout, so it is the one that
+    // fires, during the handshake: no byte of the request can have reached Kinde.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let domain =
+        Domain::parse(&format!("https://{}", silent.local_addr().expect("addr"))).expect("domain");
+    assert!(domain.is_https());
+    let timeout = Duration::from_millis(300);
+    let fixed = Client::builder(domain.clone(), Credentials::access_token(RAW_TOKEN))
+        .request_timeout(timeout)
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let e = failure(send(&fixed, &usage(1)).await, &[RAW_TOKEN.to_owned()]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(e.disposition(), Disposition::NotApplied, "{e:?}");
+    assert!(matches!(e, ApiError::NotSent { .. }), "{e:?}");
+    assert!(e.to_string().contains("nothing was sent"), "{e}");
+    // A per-call timeout is clipped the same way.
+    let patient = Client::new(domain, Credentials::access_token(RAW_TOKEN)).expect("client");
+    let options = RequestOptions::new().timeout(Duration::from_millis(200));
+    let e = failure(
+        patient
+            .create_meter_usage_record_with_options(&usage(1), &options)
+            .await,
+        &[RAW_TOKEN.to_owned()],
+    );
+    assert_eq!(e.disposition(), Disposition::NotApplied, "{e:?}");
+}
 
 #[tokio::test]
 async fn static_token_that_is_not_a_header_value_is_refused_before_anything_is_sent() {

@@ -11,6 +11,7 @@ use super::body::{MAX_BODY, read_capped};
 use super::domain::{Credentials, Domain};
 use super::error::{ApiError, BoxError};
 use super::model::{CreateMeterUsageRecordRequest, CreateMeterUsageRecordResponse, ErrorBody};
+use super::sent::{Sent, watch};
 use super::token::TokenSource;
 use crate::config::ConfigError;
 
@@ -265,6 +266,7 @@ impl Client {
                     after: timeout,
                 }));
             }
+            let (watched, sent) = watch(body.clone());
             let mut builder = inner
                 .http
                 .post(&inner.meter_url)
@@ -272,14 +274,14 @@ impl Client {
                 .header(CONTENT_TYPE, "application/json")
                 .header(ACCEPT, "application/json")
                 .timeout(left)
-                .body(body.clone());
+                .body(watched);
             if let Some(key) = &idempotency_key {
                 builder = builder.header("Idempotency-Key", key.clone());
             }
             let response = builder
                 .send()
                 .await
-                .map_err(|e| transport_error(e, timeout))?;
+                .map_err(|e| transport_error(e, timeout, &sent))?;
             let status = response.status();
             if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
                 && !reminted
@@ -294,7 +296,7 @@ impl Client {
             let headers = response.headers().clone();
             let body = read_capped(response)
                 .await
-                .map_err(|e| transport_error(e, timeout))?;
+                .map_err(|e| transport_error(e, timeout, &sent))?;
             if body.cut && status.is_success() {
                 return Err(ApiError::Undecodable {
                     status,
@@ -316,20 +318,28 @@ pub(crate) fn deadline_after(timeout: Duration) -> Instant {
 }
 
 /// Classifies a failed meter request by whether any of it may have reached Kinde.
-fn transport_error(e: reqwest::Error, timeout: Duration) -> ApiError {
+///
+/// Only a request whose body hyper asked for can have been applied (see `sent.rs`): a
+/// failure before that, whatever reqwest calls it (a refused connection, a TLS failure, a
+/// timeout during either), is `NotSent`. reqwest's own "connect" flag is not enough: a
+/// request timeout that fires while connecting is reported as a plain timeout.
+fn transport_error(e: reqwest::Error, timeout: Duration, sent: &Sent) -> ApiError {
+    // Withholds the body if it was not sent: do this first, whatever the error.
+    let may_have_been_sent = sent.may_have_been_sent();
     if e.is_builder() {
         // Nothing was sent, and the same request would fail the same way again.
         return ApiError::InvalidRequest {
             reason: super::error::chain(&e),
         };
     }
-    let connect = e.is_connect();
     let timed_out = e.is_timeout();
     let source: BoxError = Box::new(e);
-    match (connect, timed_out) {
-        (true, _) => ApiError::NotSent { source },
-        (false, true) => ApiError::Timeout { after: timeout },
-        (false, false) => ApiError::Transport { source },
+    if !may_have_been_sent {
+        ApiError::NotSent { source }
+    } else if timed_out {
+        ApiError::Timeout { after: timeout }
+    } else {
+        ApiError::Transport { source }
     }
 }
 
@@ -521,9 +531,11 @@ mod tests {
             .await
             .expect_err("a builder error");
         assert!(e.is_builder(), "{e:?}");
-        let e = transport_error(e, Duration::from_secs(1));
+        let (_, sent) = watch(b"{}".to_vec());
+        let e = transport_error(e, Duration::from_secs(1), &sent);
         assert!(matches!(e, ApiError::InvalidRequest { .. }), "{e:?}");
         assert_eq!(e.disposition(), Disposition::Rejected);
+        assert!(!sent.may_have_been_sent());
     }
 
     #[test]

@@ -67,7 +67,8 @@ pub enum ApiError {
         /// Where Kinde pointed to.
         location: Option<String>,
     },
-    /// The connection failed before the request was sent (DNS, connect, TLS).
+    /// The request failed before any of it was sent (DNS, connect, TLS, or the timeout
+    /// running out during one of them).
     NotSent {
         /// The underlying error.
         source: BoxError,

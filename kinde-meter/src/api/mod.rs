@@ -6,6 +6,7 @@ mod client;
 mod domain;
 mod error;
 mod model;
+mod sent;
 mod token;
 
 pub(crate) use client::deadline_after;
