@@ -1339,7 +1339,10 @@ async fn raw_200_of_exactly_the_cap_is_read_whole_and_one_byte_more_is_cut() {
     let (answer, _server) = raw_call(raw_response("200 OK", &[], &whole)).await;
     assert_eq!(answer.expect("accepted").data.code.as_deref(), Some("OK"));
     let e = raw_failure(raw_response("200 OK", &[], &format!("{whole} "))).await;
-    assert!(undecodable_reason(&e).contains("longer than 65536 bytes"), "{e}");
+    assert!(
+        undecodable_reason(&e).contains("longer than 65536 bytes"),
+        "{e}"
+    );
 }
 
 // ----- requests never sent are never ambiguous -----
@@ -1424,10 +1427,7 @@ async fn minted_token_that_is_not_a_header_value_is_a_bad_token_response() {
     let answer = send(&raw_minting_client(&server), &usage(1)).await;
     let e = failure(
         answer,
-        &[
-            "raw-client-secret-0123".to_owned(),
-            "token-0123".to_owned(),
-        ],
+        &["raw-client-secret-0123".to_owned(), "token-0123".to_owned()],
     );
     assert_eq!(e.disposition(), Disposition::NotApplied, "{e:?}");
     assert!(

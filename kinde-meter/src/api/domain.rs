@@ -332,24 +332,40 @@ mod tests {
     #[test]
     fn userinfo_is_masked_in_every_shape() {
         for (input, masked) in [
-            ("https://user:pw@acme.kinde.com", "https://***@acme.kinde.com"),
+            (
+                "https://user:pw@acme.kinde.com",
+                "https://***@acme.kinde.com",
+            ),
             ("user:pw@acme.kinde.com", "***@acme.kinde.com"),
             ("https://:pw@acme.kinde.com", "https://***@acme.kinde.com"),
-            ("https://u:p/w?x#y@acme.kinde.com", "https://***@acme.kinde.com"),
+            (
+                "https://u:p/w?x#y@acme.kinde.com",
+                "https://***@acme.kinde.com",
+            ),
             ("https://u:p@w@acme.kinde.com", "https://***@acme.kinde.com"),
             ("u:p://w@acme.kinde.com", "***@acme.kinde.com"),
             (" ftp://u:p@host", " ftp://***@host"),
             ("https://acme.kinde.com/a@b", "https://***@b"),
-            ("https://u:p\u{FF20}acme.kinde.com", "https://***\u{FF20}acme.kinde.com"),
+            (
+                "https://u:p\u{FF20}acme.kinde.com",
+                "https://***\u{FF20}acme.kinde.com",
+            ),
         ] {
             assert_eq!(mask_userinfo(input).as_deref(), Some(masked), "{input}");
             let e = Domain::parse(input).expect_err(input);
             let shown = format!("{e} {e:?}");
             assert!(shown.contains(masked), "{shown}");
             assert!(!shown.contains("u:p") && !shown.contains(":pw"), "{shown}");
-            assert!(shown.contains("remove the user name and password"), "{shown}");
+            assert!(
+                shown.contains("remove the user name and password"),
+                "{shown}"
+            );
         }
-        for plain in ["acme.kinde.com", "https://acme.kinde.com", "http://[::1]:9/"] {
+        for plain in [
+            "acme.kinde.com",
+            "https://acme.kinde.com",
+            "http://[::1]:9/",
+        ] {
             assert_eq!(mask_userinfo(plain), None, "{plain}");
         }
     }

@@ -10,7 +10,6 @@ mod sent;
 mod token;
 
 pub(crate) use client::deadline_after;
-pub(crate) use token::authorization;
 pub use client::{
     ApiResponse, Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     RequestOptions,
@@ -23,3 +22,4 @@ pub use model::{
     AgreementId, CreateMeterUsageRecordRequest, CreateMeterUsageRecordResponse, FeatureCode,
     InvalidInput, KindeError, MAX_ID_LEN, MeterType, MeterValue, Timestamp,
 };
+pub(crate) use token::authorization;

@@ -1,8 +1,8 @@
 //! Access tokens: a static one, or minted with Kinde's client-credentials grant, cached,
 //! renewed 60 s before expiry, one request at a time.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
