@@ -1,5 +1,5 @@
-//! Records one meter usage record with the typed API client, as the seed SDK's example
-//! does, and prints the response, the status and the headers.
+//! Records one meter usage record (one request) with the typed API client, as the seed
+//! SDK's example does, and prints the response, the status and the headers.
 //!
 //! `cargo run --example create_meter_usage_record`
 //!
@@ -8,6 +8,7 @@
 //! `KINDE_DOMAIN`, it starts the local emulator on 127.0.0.1 and talks to it.
 
 use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use kinde_meter::api::{
     ApiError, Client, CreateMeterUsageRecordRequest, MeterType, RequestOptions, Timestamp,
@@ -46,6 +47,16 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     .parse()?;
     let feature: FeatureCode = env_or("KINDE_FEATURE_CODE", "pro_gym").parse()?;
 
+    record(&client, agreement, feature).await
+}
+
+/// The example proper, against any client (the integration test runs it against the
+/// emulator and checks its ledger).
+pub(crate) async fn record(
+    client: &Client,
+    agreement: AgreementId,
+    feature: FeatureCode,
+) -> Result<(), Box<dyn std::error::Error>> {
     let request = CreateMeterUsageRecordRequest::new(agreement, feature, 1)
         .with_meter_type(MeterType::Delta)
         .with_timestamp(Timestamp::now());
@@ -55,15 +66,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         serde_json::to_string_pretty(&request)?
     );
 
-    // The plain call returns the decoded body.
-    match client.create_meter_usage_record(&request).await {
-        Ok(result) => println!("\n{result:?}"),
-        Err(e) => return Err(explain(e)),
-    }
-
-    // `_with_http_info` also returns the status and headers; options add an idempotency key.
-    let options = RequestOptions::new().idempotency_key("example-0001");
-    let response = create_with_info(&client, &request, &options)
+    // One call, one record. `_with_options` returns the decoded body with the status and
+    // headers (as `_with_http_info` does) and sends an idempotency key; the plain
+    // `create_meter_usage_record` would return the body alone. The key is new on each
+    // run, so a Kinde that honours it never takes a second run for a resend.
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let options =
+        RequestOptions::new().idempotency_key(format!("example-{}", since_epoch.as_nanos()));
+    let response = client
+        .create_meter_usage_record_with_options(&request, &options)
         .await
         .map_err(explain)?;
     println!("\nstatus: {}", response.status);
@@ -73,17 +84,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("data: {:?}", response.data);
     Ok(())
-}
-
-async fn create_with_info(
-    client: &Client,
-    request: &CreateMeterUsageRecordRequest,
-    options: &RequestOptions,
-) -> Result<kinde_meter::api::ApiResponse<kinde_meter::api::CreateMeterUsageRecordResponse>, ApiError>
-{
-    client
-        .create_meter_usage_record_with_options(request, options)
-        .await
 }
 
 fn explain(e: ApiError) -> Box<dyn std::error::Error> {

@@ -959,6 +959,14 @@ async fn raw_request_carries_the_static_token() {
         request.contains(&format!("\r\nauthorization: bearer {RAW_TOKEN}\r\n")),
         "{request}"
     );
+    // The body is sent with its length, not chunked.
+    let (_, body) = request.split_once("\r\n\r\n").expect("a body");
+    assert!(body.starts_with('{'), "{request}");
+    assert!(
+        request.contains(&format!("\r\ncontent-length: {}\r\n", body.len())),
+        "{request}"
+    );
+    assert!(!request.contains("transfer-encoding"), "{request}");
     assert_eq!(answer.expect("accepted").data.code.as_deref(), Some("OK"));
 }
 
@@ -1226,4 +1234,235 @@ fn plain_http_is_refused_unless_loopback_or_allowed() {
         let domain = Domain::parse(loopback).expect(loopback);
         Client::new(domain, creds.clone()).expect(loopback);
     }
+}
+
+// ----- the token endpoint's body is capped -----
+
+/// A token endpoint that answers `200 OK` with a `declared`-byte body and streams it from
+/// one small buffer, counting the bytes it manages to write before the client hangs up.
+struct StreamingTokenEndpoint {
+    addr: std::net::SocketAddr,
+    written: Arc<std::sync::atomic::AtomicUsize>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl StreamingTokenEndpoint {
+    fn start(declared: usize) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+        let addr = listener.local_addr().expect("addr");
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (count, (finished, done)) = (Arc::clone(&written), std::sync::mpsc::channel());
+        std::thread::spawn(move || {
+            let Ok((mut conn, _)) = listener.accept() else {
+                return;
+            };
+            // The request head; its small form body is left unread.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\n\r\n{{\"access_token\":\""
+            );
+            if conn.write_all(head.as_bytes()).is_ok() {
+                // The body's first bytes went out with the head.
+                let mut sent = head.len() - head.find("\r\n\r\n").expect("head end") - 4;
+                let chunk = [b'x'; 64 * 1024];
+                while sent < declared {
+                    let n = chunk.len().min(declared - sent);
+                    // Stops when the client hangs up (EPIPE, reset).
+                    if conn.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                    sent += n;
+                    count.store(sent, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let _ = finished.send(());
+        });
+        Self {
+            addr,
+            written,
+            done,
+        }
+    }
+}
+
+#[tokio::test]
+async fn token_endpoint_streaming_a_huge_body_is_cut_off_at_the_cap() {
+    const DECLARED: usize = 64 << 20;
+    let server = StreamingTokenEndpoint::start(DECLARED);
+    let client = Client::builder(
+        Domain::parse(&format!("http://{}", server.addr)).expect("domain"),
+        Credentials::client_credentials("huge-client-id", "huge-client-secret-0123"),
+    )
+    .request_timeout(Duration::from_secs(5))
+    .build()
+    .expect("client");
+    let started = Instant::now();
+    let answer = send(&client, &usage(1)).await;
+    let elapsed = started.elapsed();
+    let e = failure(answer, &["huge-client-secret-0123".to_owned()]);
+    // The client hung up: the server stops writing once the socket buffers are full.
+    // (Waited for off the runtime, which must keep running to close the connection.)
+    let done = server.done;
+    tokio::task::spawn_blocking(move || done.recv_timeout(Duration::from_secs(5)))
+        .await
+        .expect("the waiting thread")
+        .expect("the server stops writing");
+    let written = server.written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        written < 16 << 20,
+        "the client read {written} of {DECLARED} bytes"
+    );
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(e.disposition(), Disposition::NotApplied, "{e:?}");
+    assert!(
+        matches!(&e, ApiError::Token(TokenError::TooLarge { status, limit: 65_536 }) if *status == StatusCode::OK),
+        "{e:?}"
+    );
+    let shown = e.to_string();
+    assert!(shown.contains("larger than"), "{shown}");
+}
+
+#[tokio::test]
+async fn raw_200_of_exactly_the_cap_is_read_whole_and_one_byte_more_is_cut() {
+    // The meter endpoint reads through the same cap as the token endpoint.
+    const CAP: usize = 64 * 1024;
+    let json = r#"{"message":"Success","code":"OK"}"#;
+    let whole = format!("{json}{}", " ".repeat(CAP - json.len()));
+    let (answer, _server) = raw_call(raw_response("200 OK", &[], &whole)).await;
+    assert_eq!(answer.expect("accepted").data.code.as_deref(), Some("OK"));
+    let e = raw_failure(raw_response("200 OK", &[], &format!("{whole} "))).await;
+    assert!(
+        undecodable_reason(&e).contains("longer than 65536 bytes"),
+        "{e}"
+    );
+}
+
+// ----- requests never sent are never ambiguous -----
+
+#[tokio::test]
+async fn tls_handshake_that_never_completes_is_not_sent() {
+    // A listener that never accepts: the TCP handshake completes in the kernel's backlog,
+    // the TLS ClientHello is written, and no ServerHello ever comes. The request timeout
+    // (as clipped at shutdown) is shorter than the connect timeout, so it is the one that
+    // fires, during the handshake: no byte of the request can have reached Kinde.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let domain =
+        Domain::parse(&format!("https://{}", silent.local_addr().expect("addr"))).expect("domain");
+    assert!(domain.is_https());
+    let timeout = Duration::from_millis(300);
+    let fixed = Client::builder(domain.clone(), Credentials::access_token(RAW_TOKEN))
+        .request_timeout(timeout)
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let e = failure(send(&fixed, &usage(1)).await, &[RAW_TOKEN.to_owned()]);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(e.disposition(), Disposition::NotApplied, "{e:?}");
+    assert!(matches!(e, ApiError::NotSent { .. }), "{e:?}");
+    assert!(e.to_string().contains("nothing was sent"), "{e}");
+    // A per-call timeout is clipped the same way.
+    let patient = Client::new(domain, Credentials::access_token(RAW_TOKEN)).expect("client");
+    let options = RequestOptions::new().timeout(Duration::from_millis(200));
+    let e = failure(
+        patient
+            .create_meter_usage_record_with_options(&usage(1), &options)
+            .await,
+        &[RAW_TOKEN.to_owned()],
+    );
+    assert_eq!(e.disposition(), Disposition::NotApplied, "{e:?}");
+}
+
+#[tokio::test]
+async fn static_token_that_is_not_a_header_value_is_refused_before_anything_is_sent() {
+    let kinde = start(Emulator::builder());
+    for bad in [
+        "static-token\ninjected: header",
+        "static-token\r\n",
+        "static token",
+        "static-tökén",
+        "static-token\u{7f}",
+        "",
+    ] {
+        let built = Client::new(kinde.domain(), Credentials::access_token(bad));
+        let e = match built {
+            Ok(client) => {
+                let e = send(&client, &usage(1)).await.expect_err("not sent");
+                panic!(
+                    "{bad:?} was accepted; the call then failed as {:?}: {e}",
+                    e.disposition()
+                );
+            }
+            Err(e) => e,
+        };
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains("access token"), "{shown}");
+        assert!(shown.contains("KINDE_ACCESS_TOKEN"), "{shown}");
+        if bad.len() > 8 {
+            assert!(!shown.contains(bad.trim()), "the token leaked: {shown}");
+        }
+        Config::new(kinde.domain(), Credentials::access_token(bad))
+            .client()
+            .expect_err("refused through Config too");
+    }
+    assert!(kinde.requests().is_empty());
+}
+
+#[tokio::test]
+async fn minted_token_that_is_not_a_header_value_is_a_bad_token_response() {
+    // The same answer serves every request: only the token request may arrive.
+    let server = RawHttpServer::start(raw_response(
+        "200 OK",
+        &["Content-Type: application/json"],
+        r#"{"access_token":"raw-minted\ntoken-0123","expires_in":3600,"token_type":"bearer"}"#,
+    ))
+    .expect("raw server");
+    let answer = send(&raw_minting_client(&server), &usage(1)).await;
+    let e = failure(
+        answer,
+        &["raw-client-secret-0123".to_owned(), "token-0123".to_owned()],
+    );
+    assert_eq!(e.disposition(), Disposition::NotApplied, "{e:?}");
+    assert!(
+        matches!(&e, ApiError::Token(TokenError::Undecodable { status, .. }) if *status == StatusCode::OK),
+        "{e:?}"
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "no meter request with a broken token");
+    assert!(requests[0].starts_with("POST /oauth2/token "));
+}
+
+// ----- the example -----
+
+#[path = "../examples/create_meter_usage_record.rs"]
+#[allow(dead_code)] // `main` is the example's; this test runs `record()` itself.
+mod create_example;
+
+#[tokio::test]
+async fn the_create_meter_usage_record_example_records_one_record() {
+    let kinde = start(Emulator::builder());
+    create_example::record(
+        &client(&kinde),
+        AgreementId::new(AGREEMENT).expect("agreement id"),
+        FeatureCode::from_static(FEATURE),
+    )
+    .await
+    .expect("the example succeeds");
+    let requests = kinde.requests();
+    assert_eq!(requests.len(), 1, "meter requests sent");
+    assert!(
+        requests[0]
+            .header("idempotency-key")
+            .is_some_and(|k| k.starts_with("example-")),
+        "{:?}",
+        requests[0]
+    );
+    assert_eq!(kinde.total(AGREEMENT, FEATURE), 1);
 }

@@ -83,6 +83,43 @@ fn malformed_domain_is_named_with_the_reason() {
     }
 }
 
+#[test]
+fn credentials_in_the_domain_are_refused_without_echoing_them() {
+    // Every error path of domain parsing: the userinfo alone, and with something else
+    // wrong (scheme, host, port, path, query), written with and without a scheme.
+    for raw in [
+        "https://user:hunter2-secret@acme.kinde.com",
+        "user:hunter2-secret@acme.kinde.com",
+        "https://:hunter2-secret@acme.kinde.com",
+        "https://hunter2-secret@acme.kinde.com",
+        "ftp://user:hunter2-secret@acme.kinde.com",
+        "https://user:hunter2-secret@acme kinde com",
+        "https://user:hunter2-secret@acme.kinde.com:99999",
+        "https://user:hunter2/secret@acme.kinde.com",
+        "https://user:hunter2?secret@acme.kinde.com",
+        "https://user:hunter2#secret@acme.kinde.com",
+        "https://user:hunter2-secret@acme.kinde.com/api?x=1",
+        "https://user:hunter2-secret@@acme.kinde.com",
+        "  https://user:hunter2-secret@acme.kinde.com  ",
+        "https://user:hunter2-secret\u{FF20}acme.kinde.com",
+    ] {
+        let e = error(&[("KINDE_DOMAIN", raw), ("KINDE_ACCESS_TOKEN", "tok")]);
+        assert_eq!(named(&e), "KINDE_DOMAIN", "{raw:?}: {e:?}");
+        for text in [e.to_string(), format!("{e:?}")] {
+            assert!(!text.contains("hunter2"), "{raw:?} leaked: {text}");
+            assert!(text.contains("KINDE_DOMAIN"), "{raw:?}: {text}");
+            assert!(
+                text.contains("remove the user name and password from the URL"),
+                "{raw:?}: {text}"
+            );
+        }
+        let direct = Domain::parse(raw).expect_err(raw);
+        for text in [direct.to_string(), format!("{direct:?}")] {
+            assert!(!text.contains("hunter2"), "{raw:?} leaked: {text}");
+        }
+    }
+}
+
 // ----- credentials -----
 
 const MANAGEMENT: [(&str, &str); 2] = [
@@ -221,7 +258,14 @@ fn access_token_is_used_when_no_pair_is_set() {
 
 #[test]
 fn access_token_with_a_space_is_named_and_not_shown() {
-    for token in ["access-token-value and more", "access-token-value\tx"] {
+    for token in [
+        "access-token-value and more",
+        "access-token-value\tx",
+        "access-token-value\ninjected: header",
+        "access-token-value\r\nx",
+        "access-tökén-value",
+        "access-token-value\u{7f}",
+    ] {
         let e = error(&[DOMAIN, ("KINDE_ACCESS_TOKEN", token)]);
         assert!(matches!(e, ConfigError::Malformed { .. }), "{e:?}");
         assert_eq!(named(&e), "KINDE_ACCESS_TOKEN");
@@ -382,6 +426,20 @@ fn reporter_refuses_invalid_options_naming_them() {
         matches!(e, InitError::Config(ConfigError::InsecureHttp { .. })),
         "{e:?}"
     );
+    // A static token given in code that no request could carry: refused at start, not
+    // retried as "may have been applied" forever.
+    let broken = Config::new(
+        Domain::parse("acme.kinde.com").expect("domain"),
+        Credentials::access_token("access-token-value\nx"),
+    );
+    let e = Reporter::start(broken).expect_err("a broken token");
+    assert!(
+        matches!(e, InitError::Config(ConfigError::InvalidAccessToken { .. })),
+        "{e:?}"
+    );
+    let shown = format!("{e} {e:?}");
+    assert!(shown.contains("KINDE_ACCESS_TOKEN"), "{shown}");
+    assert!(!shown.contains("access-token-value"), "{shown}");
 }
 
 #[test]

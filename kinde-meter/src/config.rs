@@ -65,6 +65,11 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A static access token that cannot be sent in an `Authorization` header.
+    InvalidAccessToken {
+        /// What is wrong with it (the token itself is never shown).
+        reason: &'static str,
+    },
     /// `http://` for a host that is not loopback.
     InsecureHttp {
         /// The domain.
@@ -89,6 +94,11 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::Missing { var, hint } => write!(f, "{var} is not set: {hint}"),
             ConfigError::Malformed { var, reason } => write!(f, "{var} is malformed: {reason}"),
+            ConfigError::InvalidAccessToken { reason } => write!(
+                f,
+                "the access token cannot be sent: {reason}; check the token given to \
+                 `Credentials::access_token` (KINDE_ACCESS_TOKEN when read from the environment)"
+            ),
             ConfigError::InsecureHttp { domain } => write!(
                 f,
                 "{domain} uses plain http for a host that is not loopback, which would send access tokens \
@@ -302,10 +312,11 @@ impl Config {
             (Some(c), _) => c,
             (None, Some(token)) => {
                 let token = token.trim();
-                if token.chars().any(|c| !c.is_ascii_graphic()) {
+                // The rule the client applies, checked here to name the variable.
+                if let Err(reason) = api::authorization(token) {
                     return Err(ConfigError::Malformed {
                         var: env::ACCESS_TOKEN,
-                        reason: "an access token is visible ASCII without spaces".to_owned(),
+                        reason: reason.to_owned(),
                     });
                 }
                 Credentials::access_token(token)

@@ -4,19 +4,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
 use tokio::time::Instant;
 
+use super::body::{MAX_BODY, read_capped};
 use super::domain::{Credentials, Domain};
 use super::error::{ApiError, BoxError};
 use super::model::{CreateMeterUsageRecordRequest, CreateMeterUsageRecordResponse, ErrorBody};
+use super::sent::{Sent, watch};
 use super::token::TokenSource;
 use crate::config::ConfigError;
 
 const METER_USAGE_PATH: &str = "/api/v1/billing/meter_usage";
 const USER_AGENT: &str = concat!("kinde-meter/", env!("CARGO_PKG_VERSION"));
-/// Bodies longer than this are cut off: Kinde's answers are a few dozen bytes.
-const MAX_BODY: usize = 64 * 1024;
 
 /// Default time allowed to open a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -120,6 +120,8 @@ impl ClientBuilder {
                 });
             }
         }
+        let tokens = TokenSource::new(&self.domain, &self.credentials)
+            .map_err(|reason| ConfigError::InvalidAccessToken { reason })?;
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
@@ -132,7 +134,7 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 meter_url: self.domain.url(METER_USAGE_PATH),
-                tokens: TokenSource::new(&self.domain, &self.credentials),
+                tokens,
                 domain: self.domain,
                 http,
                 request_timeout: self.request_timeout,
@@ -264,21 +266,22 @@ impl Client {
                     after: timeout,
                 }));
             }
+            let (watched, sent) = watch(body.clone());
             let mut builder = inner
                 .http
                 .post(&inner.meter_url)
-                .bearer_auth(token.secret.expose())
+                .header(AUTHORIZATION, token.authorization.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .header(ACCEPT, "application/json")
                 .timeout(left)
-                .body(body.clone());
+                .body(watched);
             if let Some(key) = &idempotency_key {
                 builder = builder.header("Idempotency-Key", key.clone());
             }
             let response = builder
                 .send()
                 .await
-                .map_err(|e| transport_error(e, timeout))?;
+                .map_err(|e| transport_error(e, timeout, &sent))?;
             let status = response.status();
             if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
                 && !reminted
@@ -293,8 +296,15 @@ impl Client {
             let headers = response.headers().clone();
             let body = read_capped(response)
                 .await
-                .map_err(|e| transport_error(e, timeout))?;
-            return decode(status, headers, &body);
+                .map_err(|e| transport_error(e, timeout, &sent))?;
+            if body.cut && status.is_success() {
+                return Err(ApiError::Undecodable {
+                    status,
+                    reason: format!("the body is longer than {MAX_BODY} bytes (cut there)"),
+                    body: excerpt(&body.bytes),
+                });
+            }
+            return decode(status, headers, &body.bytes);
         }
     }
 }
@@ -307,27 +317,30 @@ pub(crate) fn deadline_after(timeout: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
 }
 
-fn transport_error(e: reqwest::Error, timeout: Duration) -> ApiError {
-    let connect = e.is_connect();
+/// Classifies a failed meter request by whether any of it may have reached Kinde.
+///
+/// Only a request whose body hyper asked for can have been applied (see `sent.rs`): a
+/// failure before that, whatever reqwest calls it (a refused connection, a TLS failure, a
+/// timeout during either), is `NotSent`. reqwest's own "connect" flag is not enough: a
+/// request timeout that fires while connecting is reported as a plain timeout.
+fn transport_error(e: reqwest::Error, timeout: Duration, sent: &Sent) -> ApiError {
+    // Withholds the body if it was not sent: do this first, whatever the error.
+    let may_have_been_sent = sent.may_have_been_sent();
+    if e.is_builder() {
+        // Nothing was sent, and the same request would fail the same way again.
+        return ApiError::InvalidRequest {
+            reason: super::error::chain(&e),
+        };
+    }
     let timed_out = e.is_timeout();
     let source: BoxError = Box::new(e);
-    match (connect, timed_out) {
-        (true, _) => ApiError::NotSent { source },
-        (false, true) => ApiError::Timeout { after: timeout },
-        (false, false) => ApiError::Transport { source },
+    if !may_have_been_sent {
+        ApiError::NotSent { source }
+    } else if timed_out {
+        ApiError::Timeout { after: timeout }
+    } else {
+        ApiError::Transport { source }
     }
-}
-
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = MAX_BODY.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
-    Ok(body)
 }
 
 /// A short printable excerpt of a body, for error messages.
@@ -506,6 +519,23 @@ mod tests {
         );
         assert_eq!(wait(&[("ratelimit-reset", "-1")]), None);
         assert_eq!(wait(&[]), None);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_rejected_not_ambiguous() {
+        let http = reqwest::Client::new();
+        let e = http
+            .post("http://127.0.0.1:1/")
+            .header("x-broken", "a\nb")
+            .send()
+            .await
+            .expect_err("a builder error");
+        assert!(e.is_builder(), "{e:?}");
+        let (_, sent) = watch(b"{}".to_vec());
+        let e = transport_error(e, Duration::from_secs(1), &sent);
+        assert!(matches!(e, ApiError::InvalidRequest { .. }), "{e:?}");
+        assert_eq!(e.disposition(), Disposition::Rejected);
+        assert!(!sent.may_have_been_sent());
     }
 
     #[test]

@@ -29,10 +29,42 @@ pub struct Domain {
 }
 
 /// Why a domain could not be parsed.
+///
+/// Shows the input it refused, except a user name and password, which are masked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvalidDomain {
+    /// The input, never with its userinfo: see [`mask_userinfo`].
     input: String,
     reason: String,
+}
+
+/// What to do about a domain with a user name or password in it.
+const USERINFO: &str = "it must not contain a user name or password; remove the user name and password \
+                        from the URL (KINDE_DOMAIN is the domain alone: the client id and secret go in \
+                        KINDE_MANAGEMENT_CLIENT_ID and KINDE_MANAGEMENT_CLIENT_SECRET)";
+
+/// `input` with everything between its scheme and its last `@` replaced by `***`, or
+/// `None` when it has no `@` after the scheme, hence no userinfo.
+///
+/// Deliberately cruder than a URL parser: it must not echo a password even from an input
+/// the parser refuses, and a password may hold `/`, `?`, `#` or `@`. An `@` in a path is
+/// masked too, at the cost of hiding that path from the message. The two characters
+/// that IDNA maps to `@` count as `@`: the parser would refuse them in a host, and the
+/// message must not show what comes before them either.
+fn mask_userinfo(input: &str) -> Option<String> {
+    // A scheme only when it looks like one (`u:p://x@host` has none, and `u:p` is secret).
+    let start = input
+        .find("://")
+        .filter(|&i| {
+            let scheme = input[..i].trim_start();
+            !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        })
+        .map_or(0, |i| i + 3);
+    let at = start + input[start..].rfind(['@', '\u{FF20}', '\u{FE6B}'])?;
+    Some(format!("{}***{}", &input[..start], &input[at..]))
 }
 
 impl fmt::Display for InvalidDomain {
@@ -50,6 +82,13 @@ impl std::error::Error for InvalidDomain {}
 impl Domain {
     /// Parses a domain, with or without `https://` and a trailing slash.
     pub fn parse(input: &str) -> Result<Self, InvalidDomain> {
+        // First, so that no other error, its parser's included, can show a password.
+        if let Some(masked) = mask_userinfo(input) {
+            return Err(InvalidDomain {
+                input: masked,
+                reason: USERINFO.to_owned(),
+            });
+        }
         let fail = |reason: &str| InvalidDomain {
             input: input.to_owned(),
             reason: reason.to_owned(),
@@ -70,7 +109,12 @@ impl Domain {
             other => return Err(fail(&format!("the scheme `{other}` is not http or https"))),
         };
         if !url.username().is_empty() || url.password().is_some() {
-            return Err(fail("it must not contain a user name or password"));
+            // Unreachable (userinfo needs an `@`), but kept so the rule never depends on
+            // `mask_userinfo` alone; the input is masked all the same.
+            return Err(InvalidDomain {
+                input: "***".to_owned(),
+                reason: USERINFO.to_owned(),
+            });
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(fail("it must not contain a query or fragment"));
@@ -282,6 +326,47 @@ mod tests {
         ] {
             let err = Domain::parse(input).expect_err(input).to_string();
             assert!(err.contains(why), "{input:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn userinfo_is_masked_in_every_shape() {
+        for (input, masked) in [
+            (
+                "https://user:pw@acme.kinde.com",
+                "https://***@acme.kinde.com",
+            ),
+            ("user:pw@acme.kinde.com", "***@acme.kinde.com"),
+            ("https://:pw@acme.kinde.com", "https://***@acme.kinde.com"),
+            (
+                "https://u:p/w?x#y@acme.kinde.com",
+                "https://***@acme.kinde.com",
+            ),
+            ("https://u:p@w@acme.kinde.com", "https://***@acme.kinde.com"),
+            ("u:p://w@acme.kinde.com", "***@acme.kinde.com"),
+            (" ftp://u:p@host", " ftp://***@host"),
+            ("https://acme.kinde.com/a@b", "https://***@b"),
+            (
+                "https://u:p\u{FF20}acme.kinde.com",
+                "https://***\u{FF20}acme.kinde.com",
+            ),
+        ] {
+            assert_eq!(mask_userinfo(input).as_deref(), Some(masked), "{input}");
+            let e = Domain::parse(input).expect_err(input);
+            let shown = format!("{e} {e:?}");
+            assert!(shown.contains(masked), "{shown}");
+            assert!(!shown.contains("u:p") && !shown.contains(":pw"), "{shown}");
+            assert!(
+                shown.contains("remove the user name and password"),
+                "{shown}"
+            );
+        }
+        for plain in [
+            "acme.kinde.com",
+            "https://acme.kinde.com",
+            "http://[::1]:9/",
+        ] {
+            assert_eq!(mask_userinfo(plain), None, "{plain}");
         }
     }
 

@@ -67,7 +67,8 @@ pub enum ApiError {
         /// Where Kinde pointed to.
         location: Option<String>,
     },
-    /// The connection failed before the request was sent (DNS, connect, TLS).
+    /// The request failed before any of it was sent (DNS, connect, TLS, or the timeout
+    /// running out during one of them).
     NotSent {
         /// The underlying error.
         source: BoxError,
@@ -94,7 +95,7 @@ pub enum ApiError {
     /// No access token could be obtained; the meter request was not sent.
     Token(TokenError),
     /// The request could not be built (for example an idempotency key that is not a
-    /// valid header value); nothing was sent.
+    /// valid header value); nothing was sent, and resending would fail the same way.
     InvalidRequest {
         /// What was wrong.
         reason: String,
@@ -178,6 +179,11 @@ impl fmt::Display for Chain<'_> {
         }
         Ok(())
     }
+}
+
+/// [`Chain`] as a string.
+pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    Chain(e).to_string()
 }
 
 struct Errors<'a>(&'a [KindeError]);
@@ -320,6 +326,14 @@ pub enum TokenError {
         /// What failed.
         reason: String,
     },
+    /// A body longer than any token response (a proxy or a page answering in Kinde's
+    /// place, or a hostile server); it was cut off unread at `limit` bytes.
+    TooLarge {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The most the client reads of a body, in bytes.
+        limit: usize,
+    },
     /// A success status with a body that is not a token response.
     Undecodable {
         /// The HTTP status.
@@ -362,6 +376,12 @@ impl fmt::Display for TokenError {
             }
             TokenError::Timeout { after } => write!(f, "no token within {after:?}"),
             TokenError::Unavailable { reason } => write!(f, "{reason}; retry later"),
+            TokenError::TooLarge { status, limit } => write!(
+                f,
+                "the token endpoint answered {status} with a body larger than {limit} bytes, which no token \
+                 response is, so the rest was not read; check that KINDE_DOMAIN is your \
+                 `<subdomain>.kinde.com` domain and that no proxy answers in its place, then retry"
+            ),
             TokenError::Undecodable { status, reason } => {
                 write!(
                     f,

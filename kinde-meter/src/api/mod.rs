@@ -1,10 +1,12 @@
 //! Kinde's billing API: the wire model of `POST /api/v1/billing/meter_usage`, a typed
 //! client for it, and its errors. Usable on its own, without the reporter.
 
+mod body;
 mod client;
 mod domain;
 mod error;
 mod model;
+mod sent;
 mod token;
 
 pub(crate) use client::deadline_after;
@@ -20,3 +22,4 @@ pub use model::{
     AgreementId, CreateMeterUsageRecordRequest, CreateMeterUsageRecordResponse, FeatureCode,
     InvalidInput, KindeError, MAX_ID_LEN, MeterType, MeterValue, Timestamp,
 };
+pub(crate) use token::authorization;

@@ -1,14 +1,15 @@
 //! Access tokens: a static one, or minted with Kinde's client-credentials grant, cached,
 //! renewed 60 s before expiry, one request at a time.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use serde::Deserialize;
 use tokio::time::Instant;
 
+use super::body::{MAX_BODY, read_capped};
 use super::domain::{Credentials, Domain, Secret};
 use super::error::{BoxError, TokenError};
 
@@ -32,8 +33,29 @@ pub(crate) const KINDE_SDK: &str = concat!(
 /// A token and the generation it belongs to (to invalidate exactly that one).
 #[derive(Clone)]
 pub(crate) struct Token {
-    pub(crate) secret: Arc<Secret>,
+    /// `Bearer <token>`, checked by [`authorization`] when the token is made, so a meter
+    /// request never fails to be built because of its token.
+    pub(crate) authorization: HeaderValue,
     generation: u64,
+}
+
+/// `Bearer <token>` as a header value marked sensitive (`Debug` shows `Sensitive`), or
+/// why `token` cannot be one.
+///
+/// Stricter than HTTP, which allows spaces and bytes above 127 in a header: an OAuth
+/// bearer token is visible ASCII (RFC 6750), so anything else is a damaged token (a
+/// pasted line break, a stray space), better refused here than by Kinde after sending.
+pub(crate) fn authorization(token: &str) -> Result<HeaderValue, &'static str> {
+    if token.is_empty() {
+        return Err("it is empty");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("an access token is visible ASCII, without spaces, tabs or line breaks");
+    }
+    let mut value = HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| "it is not a valid HTTP header value")?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 struct Cached {
@@ -74,10 +96,11 @@ struct OAuthError {
 }
 
 impl TokenSource {
-    pub(crate) fn new(domain: &Domain, credentials: &Credentials) -> Self {
-        match credentials {
+    /// Fails, saying why, when a static token cannot be sent (see [`authorization`]).
+    pub(crate) fn new(domain: &Domain, credentials: &Credentials) -> Result<Self, &'static str> {
+        Ok(match credentials {
             Credentials::AccessToken(secret) => TokenSource::Static(Token {
-                secret: Arc::new(secret.clone()),
+                authorization: authorization(secret.expose())?,
                 generation: 0,
             }),
             Credentials::ClientCredentials {
@@ -94,7 +117,7 @@ impl TokenSource {
                 attempts: AtomicU64::new(0),
                 last_failure: Mutex::new(None),
             })),
-        }
+        })
     }
 
     /// Whether a refused token can be replaced by minting a new one.
@@ -193,7 +216,7 @@ impl Minter {
             Err(e) => return Err(TokenError::Transport { source: boxed(e) }),
         };
         let status = response.status();
-        let body = match response.bytes().await {
+        let body = match read_capped(response).await {
             Ok(b) => b,
             Err(e) if e.is_timeout() => return Err(TokenError::Timeout { after: budget }),
             Err(e) => return Err(TokenError::Transport { source: boxed(e) }),
@@ -203,6 +226,13 @@ impl Minter {
                 reason: format!("the token endpoint answered {status}"),
             });
         }
+        if body.cut {
+            return Err(TokenError::TooLarge {
+                status,
+                limit: MAX_BODY,
+            });
+        }
+        let body = body.bytes;
         if status != StatusCode::OK {
             let oauth: Option<OAuthError> = serde_json::from_slice(&body).ok();
             return Err(TokenError::Refused {
@@ -216,16 +246,18 @@ impl Minter {
                 status,
                 reason: e.to_string(),
             })?;
-        if parsed.access_token.is_empty() {
-            return Err(TokenError::Undecodable {
+        // A token that cannot go in a header is a bad answer from the token endpoint, not
+        // a meter request that failed: nothing is sent with it, and the error is a
+        // retryable token error, since the next answer may be a good one.
+        let authorization =
+            authorization(&parsed.access_token).map_err(|why| TokenError::Undecodable {
                 status,
-                reason: "`access_token` is empty".to_owned(),
-            });
-        }
+                reason: format!("`access_token` cannot be sent: {why}"),
+            })?;
         let lifetime = lifetime(parsed.expires_in);
         let refresh_after = refresh_after(lifetime);
         let token = Token {
-            secret: Arc::new(Secret::new(parsed.access_token)),
+            authorization,
             generation: self.generation.fetch_add(1, Relaxed) + 1,
         };
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
