@@ -26,6 +26,35 @@ async fn admin() -> &'static str {
     "admin"
 }
 
+#[meter(feature = "tower_stream_chunks")]
+fn chunk(i: u8) -> bytes::Bytes {
+    bytes::Bytes::from(vec![b'a' + i])
+}
+
+/// A streaming response body that bills each chunk as the server polls it, after the
+/// handler has returned.
+struct MeteredStream(u8);
+
+impl http_body::Body for MeteredStream {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.0 == 3 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 += 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk(self.0)))))
+    }
+}
+
+async fn stream() -> axum::body::Body {
+    axum::body::Body::new(MeteredStream(0))
+}
+
 /// Users and their agreements, as an application keeps them.
 fn store() -> Arc<HashMap<String, AgreementId>> {
     Arc::new(HashMap::from([
@@ -52,6 +81,7 @@ fn app() -> Router {
     };
     Router::new()
         .route("/search", get(search))
+        .route("/stream", get(stream))
         .layer(AgreementLayer::from_async(lookup(store())))
         .merge(
             Router::new().route("/admin", get(admin)).layer(
@@ -113,11 +143,19 @@ async fn an_async_resolver_scopes_each_request_and_the_missing_policy_applies() 
         200
     );
 
+    // A streaming body is polled after the handler returned, still in the request's scope.
+    let streamed = get("/stream", Some("grace")).await.expect("request");
+    assert_eq!(streamed.text().await.expect("body"), "bcd");
+
     let report = guard.shutdown(Duration::from_secs(10)).await;
     assert!(report.is_complete(), "{report}");
     server.abort();
+    assert_eq!(
+        emulator.total("agreement_grace", "tower_stream_chunks"),
+        3u64
+    );
     assert_eq!(emulator.total("agreement_ada", "tower_searches"), 20u64);
     assert_eq!(emulator.total("agreement_grace", "tower_searches"), 10u64);
     assert_eq!(emulator.total("agreement_ada", "tower_admin"), 1u64);
-    assert_eq!(emulator.ledger().len(), 3, "{:?}", emulator.ledger());
+    assert_eq!(emulator.ledger().len(), 4, "{:?}", emulator.ledger());
 }

@@ -352,6 +352,44 @@ impl<F: Future> Future for WithAgreement<F> {
     }
 }
 
+impl<F> WithAgreement<F> {
+    /// `inner` (a future or a body) in `agreement`'s scope, or in none.
+    pub(crate) fn new(agreement: Option<AgreementId>, inner: F) -> Self {
+        WithAgreement {
+            agreement,
+            future: inner,
+        }
+    }
+}
+
+/// A response body in its request's scope: metered code that produces the body's frames
+/// (a streaming response) bills the request's customer. [`tower`](crate::tower) wraps
+/// response bodies so.
+#[cfg(feature = "tower")]
+impl<B: http_body::Body> http_body::Body for WithAgreement<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        match this.agreement.as_ref() {
+            Some(agreement) => in_poll(agreement, || this.future.poll_frame(cx)),
+            None => this.future.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.future.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.future.size_hint()
+    }
+}
+
 impl<F> std::fmt::Debug for WithAgreement<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WithAgreement")

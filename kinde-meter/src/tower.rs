@@ -34,7 +34,7 @@ pub use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::api::AgreementId;
-use crate::context::with_agreement;
+use crate::context::{WithAgreement, with_agreement};
 
 /// What to do with a request whose agreement cannot be resolved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,7 +174,9 @@ where
     B: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = Response<ResBody>;
+    /// The response body runs in the request's scope too, so metered code in a streaming
+    /// body (polled by the server after the handler returned) bills the same customer.
+    type Response = Response<WithAgreement<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<Self::Response, Self::Error>;
 
@@ -195,11 +197,17 @@ where
             match (resolving.await, missing) {
                 // The inner call itself runs in the scope too, not just its future.
                 (Some(agreement), _) => {
-                    with_agreement(agreement, async move { inner.call(request).await }).await
+                    let body_scope = agreement.clone();
+                    let response =
+                        with_agreement(agreement, async move { inner.call(request).await }).await?;
+                    Ok(response.map(|body| WithAgreement::new(Some(body_scope), body)))
                 }
-                (None, MissingAgreement::PassThrough) => inner.call(request).await,
+                (None, MissingAgreement::PassThrough) => Ok(inner
+                    .call(request)
+                    .await?
+                    .map(|body| WithAgreement::new(None, body))),
                 (None, MissingAgreement::Reject(status)) => {
-                    let mut response = Response::new(ResBody::default());
+                    let mut response = Response::new(WithAgreement::new(None, ResBody::default()));
                     *response.status_mut() = status;
                     Ok(response)
                 }
