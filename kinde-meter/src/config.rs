@@ -208,6 +208,21 @@ pub mod defaults {
     pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 }
 
+/// `Ok` if `value` lies in `min..=max` (NaN does not), else an error naming `option`.
+fn within<T: PartialOrd + fmt::Debug>(
+    option: &'static str,
+    value: T,
+    (min, max): (T, T),
+) -> Result<(), ConfigError> {
+    if value >= min && value <= max {
+        return Ok(());
+    }
+    Err(ConfigError::InvalidOption {
+        option,
+        reason: format!("must be between {min:?} and {max:?} (got {value:?})"),
+    })
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
@@ -436,16 +451,6 @@ impl Config {
     /// Checks every option against the range in [`limits`]; `init` calls this.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         use limits::*;
-        let invalid = |option, reason: String| Err(ConfigError::InvalidOption { option, reason });
-        let within = |option, value: Duration, (min, max): (Duration, Duration)| {
-            if value < min || value > max {
-                return invalid(
-                    option,
-                    format!("must be between {min:?} and {max:?} (got {value:?})"),
-                );
-            }
-            Ok(())
-        };
         within("flush_interval", self.flush_interval, FLUSH_INTERVAL)?;
         within("connect_timeout", self.connect_timeout, TIMEOUT)?;
         within("request_timeout", self.request_timeout, TIMEOUT)?;
@@ -454,39 +459,19 @@ impl Config {
         within("backoff", self.backoff_initial, BACKOFF)?;
         within("backoff", self.backoff_max, BACKOFF)?;
         if self.backoff_max < self.backoff_initial {
-            return invalid("backoff", "needs initial <= max".to_owned());
+            return Err(ConfigError::InvalidOption {
+                option: "backoff",
+                reason: "needs initial <= max".to_owned(),
+            });
         }
-        let (min, max) = MAX_PENDING_KEYS;
-        if !(min..=max).contains(&self.max_pending_keys) {
-            return invalid(
-                "max_pending_keys",
-                format!(
-                    "must be between {min} and {max} (got {})",
-                    self.max_pending_keys
-                ),
-            );
-        }
-        let (min, max) = MAX_IN_FLIGHT;
-        if !(min..=max).contains(&self.max_in_flight) {
-            return invalid(
-                "max_in_flight",
-                format!(
-                    "must be between {min} and {max} (got {})",
-                    self.max_in_flight
-                ),
-            );
-        }
-        let (min, max) = REQUESTS_PER_SECOND;
-        // Written so that NaN fails too.
-        if !(self.requests_per_second >= min && self.requests_per_second <= max) {
-            return invalid(
-                "requests_per_second",
-                format!(
-                    "must be between {min} and {max} (got {})",
-                    self.requests_per_second
-                ),
-            );
-        }
+        within("max_pending_keys", self.max_pending_keys, MAX_PENDING_KEYS)?;
+        within("max_in_flight", self.max_in_flight, MAX_IN_FLIGHT)?;
+        // NaN compares false both ways, so it fails here too.
+        within(
+            "requests_per_second",
+            self.requests_per_second,
+            REQUESTS_PER_SECOND,
+        )?;
         Ok(())
     }
 

@@ -393,11 +393,7 @@ impl Worker {
                 .map(|r| r.unsent(UnsentReason::DeadlineExceeded)),
         );
         self.publish_waiting();
-        let left_delta: u64 = left
-            .iter()
-            .filter(|u| u.record.meter_type == crate::MeterType::Delta)
-            .map(|u| u.record.value)
-            .fold(0, u64::saturating_add);
+        let left_delta = delta_of(&left);
         self.shared
             .counters
             .unsent
@@ -443,11 +439,7 @@ impl Worker {
             Instant::now(),
             fastrand::Rng::new(),
         );
-        let delta: u64 = held
-            .iter()
-            .filter(|u| u.record.meter_type == crate::MeterType::Delta)
-            .map(|u| u.record.value)
-            .fold(0, u64::saturating_add);
+        let delta = delta_of(&held);
         self.shared
             .counters
             .unsent
@@ -462,6 +454,15 @@ impl Worker {
         self.publish_waiting();
         self.shared.unsent(&held);
     }
+}
+
+/// The delta usage in `records` (absolute values do not add up).
+fn delta_of(records: &[UnsentRecord]) -> u64 {
+    records
+        .iter()
+        .filter(|u| u.record.meter_type == crate::MeterType::Delta)
+        .map(|u| u.record.value)
+        .fold(0, u64::saturating_add)
 }
 
 impl Drop for Worker {
