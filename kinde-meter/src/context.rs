@@ -297,10 +297,7 @@ impl std::fmt::Debug for AgreementGuard {
 /// # Ok(()) }
 /// ```
 pub fn with_agreement<F: Future>(agreement: AgreementId, future: F) -> WithAgreement<F> {
-    WithAgreement {
-        agreement: Some(agreement),
-        future,
-    }
+    WithAgreement::new(Some(agreement), future)
 }
 
 pin_project! {
@@ -417,10 +414,7 @@ pub trait AgreementFutureExt: Future + Sized {
     /// Runs this future in the agreement that is current *now* (where this method is
     /// called), or with no scope if there is none.
     fn in_current_agreement(self) -> WithAgreement<Self> {
-        WithAgreement {
-            agreement: current_agreement(),
-            future: self,
-        }
+        WithAgreement::new(current_agreement(), self)
     }
 
     /// Runs this future with `agreement` as the current agreement.
