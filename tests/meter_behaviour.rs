@@ -668,3 +668,52 @@ async fn an_ok_future_passed_on_counts_its_successes_when_they_complete() {
     .await;
     assert_eq!(capture.total(ACME, "passed_on_ok"), 3);
 }
+
+// ---------------------------------------------------------------------------------------
+// `#[meter]` written by a `macro_rules!` macro: each key arrives as a fragment (wrapped
+// in an invisible group by the compiler) and means what it means when written out.
+
+macro_rules! metered_fn {
+    (
+        fn $name:ident($arg:ident);
+        feature = $f:literal, on = $o:expr, value = $v:expr,
+        agreement = $a:expr, meter_type = $t:literal, crate = $c:path $(,)?
+    ) => {
+        #[meter(feature = $f, on = $o, value = $v, agreement = $a, meter_type = $t, crate = $c)]
+        fn $name($arg: &[u8]) -> Option<usize> {
+            $arg.first().map(|_| $arg.len())
+        }
+    };
+}
+
+metered_fn! {
+    fn macro_rows(rows);
+    feature = "macro_rows", on = "ok", value = rows.len() * 2,
+    agreement = GLOBEX, meter_type = "delta", crate = ::kinde_meter,
+}
+
+metered_fn! {
+    fn macro_seats(seats);
+    feature = "macro_seats", on = "return", value = seats.len(),
+    agreement = "agreement_acme", meter_type = "absolute", crate = kinde_meter,
+}
+
+#[test]
+fn a_meter_written_by_macro_rules_records_what_its_fragments_say() {
+    let capture = testing::capture();
+    assert_eq!(macro_rows(b"abc"), Some(3));
+    assert_eq!(macro_rows(b""), None, "not a success: `on` came through");
+    assert_eq!(
+        capture.total(GLOBEX, "macro_rows"),
+        6,
+        "value and agreement"
+    );
+
+    assert_eq!(macro_seats(b"1234567"), Some(7));
+    assert_eq!(macro_seats(b"12"), Some(2));
+    assert_eq!(
+        capture.absolute(ACME, "macro_seats"),
+        Some(2),
+        "an absolute meter: the last value"
+    );
+}

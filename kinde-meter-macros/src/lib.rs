@@ -206,6 +206,12 @@ mod item;
 /// (`async-trait` renames arguments written as patterns, such as `(a, b): (u32, u32)`, so
 /// `value` and `agreement` can only name plain arguments and `self` there.)
 ///
+/// # In `macro_rules!`
+///
+/// A macro may write `#[meter(..)]` with any key passed as a fragment (`$f:literal`,
+/// `$f:expr`, `$f:tt`, `$v:ident`, `$p:path`, `$crate::..`), also through several
+/// macros; a mistake in one is reported on the tokens the macro's caller wrote.
+///
 /// The function is otherwise unchanged: its signature, visibility, documentation and
 /// attributes (`#[must_use]`, `#[track_caller]`, `#[inline]`, lint levels, inner
 /// `#![..]` attributes) are kept, futures stay `Send` exactly when they were, no closure
