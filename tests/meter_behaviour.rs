@@ -516,3 +516,204 @@ async fn async_trait_methods_meter_the_inner_future() {
     assert!(late.is_err());
     assert_eq!(capture.total(GLOBEX, "slow"), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Functions returning a future they did not build as their last expression: every
+// returned future is metered, early `return`s included, and nothing counts until the
+// future runs.
+
+type Boxed<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[meter(feature = "built_then_boxed", on = "return")]
+fn built_then_boxed(n: u32) -> std::pin::Pin<Box<dyn Future<Output = u32> + Send>> {
+    let fut = async move {
+        tokio::task::yield_now().await;
+        n
+    };
+    Box::pin(fut)
+}
+
+#[meter(feature = "early_boxed", on = "return", value = n)]
+fn early_boxed(n: u64) -> Boxed<u64> {
+    if n > 100 {
+        return Box::pin(async move { n });
+    }
+    Box::pin(async move {
+        tokio::task::yield_now().await;
+        n
+    })
+}
+
+#[meter(feature = "early_call")]
+fn early_call(fast: bool) -> Boxed<u32> {
+    if fast {
+        return Box::pin(std::future::ready(1));
+    }
+    Box::pin(async { 2 })
+}
+
+/// A future built elsewhere: the function only passes it on.
+async fn make_future(n: u32) -> u32 {
+    tokio::task::yield_now().await;
+    n
+}
+
+#[meter(feature = "passed_on")]
+fn passed_on(n: u32) -> impl Future<Output = u32> + Send {
+    make_future(n)
+}
+
+#[meter(feature = "passed_on_return", on = "return")]
+fn passed_on_return(n: u32) -> impl Future<Output = u32> + Send {
+    make_future(n)
+}
+
+#[meter(feature = "passed_on_ok", on = "ok", value = n)]
+fn passed_on_ok(n: u32) -> impl Future<Output = Result<u32, String>> {
+    if n == 0 {
+        return std::future::ready(Err("zero".to_owned()));
+    }
+    std::future::ready(Ok(n))
+}
+
+#[test]
+fn a_future_built_before_the_tail_counts_when_it_completes_not_when_dropped() {
+    let capture = testing::capture();
+    let _scope = enter_agreement(id(ACME));
+    drop(built_then_boxed(1));
+    assert_eq!(
+        capture.total(ACME, "built_then_boxed"),
+        0,
+        "a future dropped unpolled records nothing"
+    );
+    let mut fut = pin!(built_then_boxed(2));
+    assert!(poll_once(fut.as_mut()).is_pending());
+    assert_eq!(
+        capture.total(ACME, "built_then_boxed"),
+        0,
+        "not while it runs"
+    );
+    assert_eq!(poll_once(fut.as_mut()), Poll::Ready(2));
+    assert_eq!(capture.total(ACME, "built_then_boxed"), 1);
+}
+
+#[test]
+fn early_returned_futures_are_metered() {
+    let capture = testing::capture();
+    let _scope = enter_agreement(id(ACME));
+    drop(early_boxed(200));
+    drop(early_call(true));
+    assert_eq!(capture.total(ACME, "early_boxed"), 0, "dropped unpolled");
+    assert_eq!(capture.total(ACME, "early_call"), 0, "dropped unpolled");
+
+    let mut early = pin!(early_boxed(200));
+    assert_eq!(poll_once(early.as_mut()), Poll::Ready(200));
+    let mut late = pin!(early_boxed(5));
+    assert!(poll_once(late.as_mut()).is_pending());
+    assert_eq!(poll_once(late.as_mut()), Poll::Ready(5));
+    assert_eq!(
+        capture.total(ACME, "early_boxed"),
+        205,
+        "both the early and the last future count once, with their value"
+    );
+
+    let mut fast = pin!(early_call(true));
+    assert_eq!(poll_once(fast.as_mut()), Poll::Ready(1));
+    let mut slow = pin!(early_call(false));
+    assert_eq!(poll_once(slow.as_mut()), Poll::Ready(2));
+    assert_eq!(capture.total(ACME, "early_call"), 2);
+}
+
+#[test]
+fn a_future_passed_on_counts_when_polled_not_when_built() {
+    let capture = testing::capture();
+    let _scope = enter_agreement(id(ACME));
+    drop(passed_on(1));
+    drop(passed_on_return(1));
+    assert_eq!(capture.total(ACME, "passed_on"), 0, "dropped unpolled");
+    assert_eq!(
+        capture.total(ACME, "passed_on_return"),
+        0,
+        "dropped unpolled"
+    );
+
+    let mut call = pin!(passed_on(3));
+    let mut ret = pin!(passed_on_return(4));
+    assert!(poll_once(call.as_mut()).is_pending());
+    assert!(poll_once(ret.as_mut()).is_pending());
+    assert_eq!(
+        capture.total(ACME, "passed_on"),
+        1,
+        "the first poll records"
+    );
+    assert_eq!(
+        capture.total(ACME, "passed_on_return"),
+        0,
+        "not before it completes"
+    );
+    assert_eq!(poll_once(call.as_mut()), Poll::Ready(3));
+    assert_eq!(poll_once(ret.as_mut()), Poll::Ready(4));
+    assert_eq!(capture.total(ACME, "passed_on"), 1, "and only the first");
+    assert_eq!(capture.total(ACME, "passed_on_return"), 1);
+}
+
+#[tokio::test]
+async fn an_ok_future_passed_on_counts_its_successes_when_they_complete() {
+    let capture = testing::capture();
+    with_agreement(id(ACME), async {
+        drop(passed_on_ok(7));
+        assert_eq!(passed_on_ok(0).await, Err("zero".to_owned()));
+        assert_eq!(passed_on_ok(3).await, Ok(3));
+    })
+    .await;
+    assert_eq!(capture.total(ACME, "passed_on_ok"), 3);
+}
+
+// ---------------------------------------------------------------------------------------
+// `#[meter]` written by a `macro_rules!` macro: each key arrives as a fragment (wrapped
+// in an invisible group by the compiler) and means what it means when written out.
+
+macro_rules! metered_fn {
+    (
+        fn $name:ident($arg:ident);
+        feature = $f:literal, on = $o:expr, value = $v:expr,
+        agreement = $a:expr, meter_type = $t:literal, crate = $c:path $(,)?
+    ) => {
+        #[meter(feature = $f, on = $o, value = $v, agreement = $a, meter_type = $t, crate = $c)]
+        fn $name($arg: &[u8]) -> Option<usize> {
+            $arg.first().map(|_| $arg.len())
+        }
+    };
+}
+
+metered_fn! {
+    fn macro_rows(rows);
+    feature = "macro_rows", on = "ok", value = rows.len() * 2,
+    agreement = GLOBEX, meter_type = "delta", crate = ::kinde_meter,
+}
+
+metered_fn! {
+    fn macro_seats(seats);
+    feature = "macro_seats", on = "return", value = seats.len(),
+    agreement = "agreement_acme", meter_type = "absolute", crate = kinde_meter,
+}
+
+#[test]
+fn a_meter_written_by_macro_rules_records_what_its_fragments_say() {
+    let capture = testing::capture();
+    assert_eq!(macro_rows(b"abc"), Some(3));
+    assert_eq!(macro_rows(b""), None, "not a success: `on` came through");
+    assert_eq!(
+        capture.total(GLOBEX, "macro_rows"),
+        6,
+        "value and agreement"
+    );
+
+    assert_eq!(macro_seats(b"1234567"), Some(7));
+    assert_eq!(macro_seats(b"12"), Some(2));
+    assert_eq!(
+        capture.absolute(ACME, "macro_seats"),
+        Some(2),
+        "an absolute meter: the last value"
+    );
+}

@@ -358,16 +358,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// The value without the invisible groups it arrives in when a `macro_rules!` macro
+/// passes it as a fragment (`$f:literal`, `$f:expr`, `$p:path`, nested macros: one group
+/// each). What is inside keeps its own spans, so errors still point at what was written.
+fn ungroup(value: &Expr) -> &Expr {
+    match value {
+        Expr::Group(group) => ungroup(&group.expr),
+        other => other,
+    }
+}
+
 /// The span to report a value at: the literal's own span when it is one.
 fn value_span(value: &Expr) -> Span {
-    match value {
+    match ungroup(value) {
         Expr::Lit(ExprLit { lit, .. }) => lit.span(),
         other => syn::spanned::Spanned::span(other),
     }
 }
 
 fn string_literal(value: &Expr) -> Option<&LitStr> {
-    match value {
+    match ungroup(value) {
         Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..
         }) => Some(s),
@@ -378,7 +388,7 @@ fn string_literal(value: &Expr) -> Option<&LitStr> {
 fn feature(value: Expr) -> syn::Result<LitStr> {
     let Some(lit) = string_literal(&value) else {
         return Err(syn::Error::new_spanned(
-            &value,
+            ungroup(&value),
             "`feature` must be a string literal: the Kinde billing feature code, \
              e.g. `feature = \"api_calls\"`",
         ));
@@ -419,7 +429,7 @@ fn feature(value: Expr) -> syn::Result<LitStr> {
 fn meter_value(value: Expr) -> syn::Result<Expr> {
     if let Some((negative, lit)) = literal(&value) {
         // Spanned on the whole literal, sign included.
-        let error = |message: String| syn::Error::new_spanned(&value, message);
+        let error = |message: String| syn::Error::new_spanned(ungroup(&value), message);
         match lit {
             Lit::Int(int) if negative => {
                 return Err(error(format!(
@@ -499,6 +509,7 @@ fn choice<T: Copy>(key: &str, names: &[(&str, T)], value: &Expr) -> syn::Result<
         .join(", ");
     let Some(lit) = string_literal(value) else {
         // `on = return` or `meter_type = Absolute`: say how to write it.
+        let value = ungroup(value);
         let written = value.to_token_stream().to_string().to_ascii_lowercase();
         let message = match names.iter().find(|(n, _)| *n == written) {
             Some((n, _)) => format!("`{key}` takes a string: write `{key} = \"{n}\"`"),
@@ -520,7 +531,7 @@ fn choice<T: Copy>(key: &str, names: &[(&str, T)], value: &Expr) -> syn::Result<
 }
 
 fn crate_path(value: Expr) -> syn::Result<Path> {
-    match value {
+    match ungroup(&value).clone() {
         Expr::Path(p)
             if p.qself.is_none()
                 && p.attrs.is_empty()
@@ -688,6 +699,57 @@ mod tests {
                 .contains("float")
         );
         assert!(messages(quote!(feature = "f", value = 2u8)).is_empty());
+    }
+
+    /// What a `macro_rules!` fragment (`$f:literal`, `$f:expr`, `$p:path`) becomes: the
+    /// tokens in an invisible group, one more per macro that forwards it.
+    fn invisible(tokens: TokenStream) -> TokenStream {
+        proc_macro2::TokenTree::Group(proc_macro2::Group::new(
+            proc_macro2::Delimiter::None,
+            tokens,
+        ))
+        .into()
+    }
+
+    #[test]
+    fn macro_rules_fragments() {
+        let feature = invisible(invisible(quote!("api_calls")));
+        let value = invisible(quote!(rows.len()));
+        let agreement = invisible(quote!("agreement_acme"));
+        let on = invisible(quote!("ok"));
+        let kind = invisible(invisible(quote!("absolute")));
+        let krate = invisible(quote!(::my::kinde_meter));
+        let parsed = parse(quote!(
+            feature = #feature,
+            value = #value,
+            agreement = #agreement,
+            on = #on,
+            meter_type = #kind,
+            crate = #krate,
+        ));
+        let Ok(args) = parsed else {
+            panic!("{:?}", parsed.err().map(|e| e.to_string()))
+        };
+        assert_eq!(args.feature.value(), "api_calls");
+        assert_eq!(args.on.0, On::Ok);
+        assert_eq!(args.meter_type, MeterKind::Absolute);
+        assert_eq!(
+            args.krate.map(|p| p.to_token_stream().to_string()),
+            Some(":: my :: kinde_meter".to_owned())
+        );
+
+        // The same checks as without the group.
+        let bad = |key: TokenStream, value: TokenStream| {
+            let value = invisible(value);
+            messages(quote!(feature = "f", #key = #value)).concat()
+        };
+        assert!(bad(quote!(feature), quote!("two words")).contains("' '"));
+        assert!(bad(quote!(feature), quote!(API)).contains("string literal"));
+        assert!(bad(quote!(value), invisible(quote!(-1))).contains("negative"));
+        assert!(bad(quote!(agreement), quote!("a b")).contains("agreement id"));
+        assert!(bad(quote!(on), quote!(return)).contains("write `on = \"return\"`"));
+        assert!(bad(quote!(meter_type), quote!("sum")).contains("invalid `meter_type`"));
+        assert!(bad(quote!(crate), quote!("kinde_meter")).contains("path"));
     }
 
     #[test]

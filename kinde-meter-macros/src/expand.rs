@@ -15,7 +15,7 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::{Ident, Lifetime};
 
 use crate::args::{MeterArgs, MeterKind, On};
-use crate::item::{MeterFn, Shape};
+use crate::item::{MeterFn, Returned, Shape};
 
 /// The metered function.
 pub(crate) fn expand(args: &MeterArgs, func: &MeterFn) -> TokenStream {
@@ -126,19 +126,31 @@ pub(crate) fn expand(args: &MeterArgs, func: &MeterFn) -> TokenStream {
             }
         }
         (Shape::ReturnsFuture, on) => {
-            let block = func.block_with_future(|inner| match on {
-                On::Call => inner.with_prelude(quote!(#pending.finish();)),
-                On::Return => {
+            let at = first_token(&func.erased_output());
+            // Called once per returned future; each moves `pending`, which is fine as they
+            // are on different paths (a `return` leaves the function).
+            let block = func.block_with_futures(|returned| match (on, returned) {
+                (On::Call, Returned::Block(inner)) => {
+                    inner.with_prelude(quote!(#pending.finish();))
+                }
+                (On::Call, Returned::Future(fut)) => quote!(#pending.on_first_poll(#fut)),
+                (On::Return, Returned::Block(inner)) => {
                     let inner = inner.tokens();
                     quote!(#pending.on_return_future(#inner))
                 }
-                On::Ok => {
-                    // The bound `Output: Outcome` is reported at the argument: on the
-                    // output type (see `on_ok_future_at`). When the future is boxed, the
-                    // coercion to the declared `dyn Future` fails too, on the `Box::pin`.
-                    let at = first_token(&func.erased_output());
+                (On::Return, Returned::Future(fut)) => quote!(#pending.on_return_future(#fut)),
+                // The bound `Output: Outcome` is reported at the argument: on the output
+                // type (see `on_ok_future_at`). When the future is boxed, the coercion to
+                // the declared `dyn Future` fails too, on the `Box::pin`.
+                (On::Ok, Returned::Block(inner)) => {
                     let inner = inner.respanned(at);
                     quote!(#pending.on_ok_future(#inner))
+                }
+                (On::Ok, Returned::Future(fut)) => {
+                    // A block's span is that of its braces: the same error location.
+                    let mut fut = Group::new(Delimiter::Brace, fut);
+                    fut.set_span(at);
+                    quote!(#pending.on_ok_future(#fut))
                 }
             });
             quote! {

@@ -1,5 +1,5 @@
-//! Classifies the item `#[meter]` is on: a sync fn, an `async fn`, a fn returning a future
-//! it builds in its last expression, or something `#[meter]` cannot meter.
+//! Classifies the item `#[meter]` is on: a sync fn, an `async fn`, a fn returning a future,
+//! or something `#[meter]` cannot meter.
 //!
 //! Every dependency on the shape of syn's syntax tree lives here; the expansion only sees
 //! token streams.
@@ -8,8 +8,9 @@ use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
 use syn::visit_mut::{self, VisitMut};
 use syn::{
-    AngleBracketedGenericArguments, AttrStyle, Attribute, Block, Expr, ExprAsync, ExprBreak, Item,
-    Lifetime, ReturnType, Signature, Stmt, Token, TraitItemFn, Type, TypeInfer, Visibility, token,
+    AngleBracketedGenericArguments, AttrStyle, Attribute, Block, Expr, ExprAsync, ExprBreak,
+    ExprCall, ExprMacro, Ident, Item, Lifetime, PathArguments, ReturnType, Signature, Stmt, Token,
+    TraitItemFn, Type, TypeInfer, TypeParamBound, Visibility, token,
 };
 
 /// A function `#[meter]` can meter.
@@ -22,6 +23,9 @@ pub(crate) struct MeterFn {
     /// What the body (or the future it builds) evaluates to.
     output: Output,
     pub(crate) shape: Shape,
+    /// For [`Shape::ReturnsFuture`]: whether the future is returned in a `Pin<Box<..>>`
+    /// (so a wrapped future is boxed again) rather than as an `impl Future`.
+    boxed: bool,
 }
 
 /// How the function runs its body.
@@ -31,9 +35,10 @@ pub(crate) enum Shape {
     Sync,
     /// An `async fn`: the body runs when the returned future is polled.
     Async,
-    /// A plain function whose last expression builds the future that does the work:
-    /// `Box::pin(async move { .. })` (what `#[async_trait]` generates) or an `async`
-    /// block. The inner future is metered, not the function.
+    /// A plain function that returns a future: its return type is `impl Future<..>` or
+    /// `Pin<Box<dyn Future<..>>>` (or `BoxFuture<..>`), or its last expression is an
+    /// `async` block or a `Box::pin(..)`. Every future it returns is metered (the one of
+    /// its last expression and those of its `return`s), not the function.
     ReturnsFuture,
 }
 
@@ -47,7 +52,16 @@ enum Output {
     Unknown,
 }
 
-/// The `async` block inside a [`Shape::ReturnsFuture`] body.
+/// A future that a [`Shape::ReturnsFuture`] function returns, to be wrapped.
+pub(crate) enum Returned<'a> {
+    /// An `async` block written there (alone, or as the argument of `Box::pin`): the
+    /// metering can go inside it.
+    Block(InnerFuture<'a>),
+    /// Any other expression whose type is a future.
+    Future(TokenStream),
+}
+
+/// An `async` block that a [`Shape::ReturnsFuture`] function returns.
 pub(crate) struct InnerFuture<'a>(&'a ExprAsync);
 
 impl InnerFuture<'_> {
@@ -166,27 +180,181 @@ impl MeterFn {
         self.sig.ident.to_string()
     }
 
-    /// The user's block with its last expression, which builds the future, replaced by
-    /// `wrap(inner)` (for `Box::pin(async ..)`, only the argument of `Box::pin`).
-    pub(crate) fn block_with_future(
+    /// The user's block with every future it returns (its last expression and the value
+    /// of each `return` that leaves this function) replaced by `wrap(future)`. For a
+    /// `Box::pin(x)`, `x` is wrapped, so the future is boxed once. Any other value of a
+    /// boxed return type is first bound to a `let` of that type (so it converts, and its
+    /// type is inferred, as before), then wrapped and boxed again.
+    pub(crate) fn block_with_futures(
         &self,
-        wrap: impl FnOnce(InnerFuture<'_>) -> TokenStream,
+        mut wrap: impl FnMut(Returned<'_>) -> TokenStream,
     ) -> TokenStream {
         let mut block = self.body.clone();
-        let inner = match self.body.stmts.last().and_then(future_tail) {
-            Some(inner) => inner,
-            // Classified as `ReturnsFuture` only when the tail is one.
-            None => return nested(block),
+        let mut exits = Exits {
+            func: self,
+            wrap: &mut wrap,
         };
-        let replacement = Expr::Verbatim(wrap(InnerFuture(inner)));
-        if let Some(Stmt::Expr(tail, None)) = block.stmts.last_mut() {
-            match tail {
-                Expr::Call(call) => call.args = std::iter::once(replacement).collect(),
-                other => *other = replacement,
-            }
+        // `return`s first: a `return` in the last expression is then already wrapped.
+        let mut returns = WrapReturns(&mut exits);
+        returns.visit_block_mut(&mut block);
+        if let Some(tail) = tail_mut(&mut block) {
+            let tail_expr = std::mem::replace(tail, Expr::Verbatim(TokenStream::new()));
+            *tail = exits.wrap_exit(tail_expr, true);
         }
         nested(block)
     }
+}
+
+/// Wraps the futures a [`Shape::ReturnsFuture`] function returns.
+struct Exits<'a, 'w> {
+    func: &'a MeterFn,
+    wrap: &'w mut dyn FnMut(Returned<'_>) -> TokenStream,
+}
+
+impl Exits<'_, '_> {
+    /// The expression a `return` (`tail == false`) or the last expression hands back,
+    /// wrapped.
+    fn wrap_exit(&mut self, exit: Expr, tail: bool) -> Expr {
+        if matches!(exit, Expr::Return(_)) {
+            // Already wrapped by `WrapReturns`; its value is `!`.
+            return exit;
+        }
+        let exit = ungroup(exit);
+        if let Expr::Async(block) = &exit {
+            return Expr::Verbatim((self.wrap)(Returned::Block(InnerFuture(block))));
+        }
+        if let Expr::Call(mut call) = exit {
+            if is_box_pin(&call) {
+                let arg = call.args.pop_pair().map(syn::punctuated::Pair::into_value);
+                if let Some(arg) = arg {
+                    let wrapped = match ungroup(arg) {
+                        Expr::Async(block) => (self.wrap)(Returned::Block(InnerFuture(&block))),
+                        other => (self.wrap)(Returned::Future(other.to_token_stream())),
+                    };
+                    call.args.push(Expr::Verbatim(wrapped));
+                }
+                return Expr::Call(call);
+            }
+            return self.wrap_other(Expr::Call(call), tail);
+        }
+        self.wrap_other(exit, tail)
+    }
+
+    /// Any other future-typed expression.
+    fn wrap_other(&mut self, exit: Expr, tail: bool) -> Expr {
+        if !self.func.boxed {
+            return Expr::Verbatim((self.wrap)(Returned::Future(exit.to_token_stream())));
+        }
+        let ty = match &self.func.sig.output {
+            ReturnType::Type(_, ty) => {
+                let mut ty = (**ty).clone();
+                EraseImplTrait.visit_type_mut(&mut ty);
+                ty.to_token_stream()
+            }
+            ReturnType::Default => quote!(_),
+        };
+        let fut = Ident::new("__kinde_meter_returned", Span::mixed_site());
+        let wrapped = (self.wrap)(Returned::Future(fut.to_token_stream()));
+        // The `let` is where the value converts to the declared type (and gets it
+        // inferred), as the function's return did; after a diverging value (`todo!()`),
+        // the rest is unreachable. Clippy's `diverging_sub_expression` never looks at a
+        // last expression, but does at a `let`: allowed there (only), so that it sees what
+        // it saw before.
+        let allow = tail.then(|| quote!(#[allow(unknown_lints, clippy::diverging_sub_expression)]));
+        Expr::Verbatim(quote! {{
+            #allow
+            let #fut: #ty = #exit;
+            #[allow(unreachable_code)]
+            ::std::boxed::Box::pin(#wrapped)
+        }})
+    }
+}
+
+/// Wraps the value of every `return` that leaves the function, leaving alone what returns
+/// from something else (closures, `async` blocks, `const` blocks, nested items).
+struct WrapReturns<'e, 'a, 'w>(&'e mut Exits<'a, 'w>);
+
+impl VisitMut for WrapReturns<'_, '_, '_> {
+    fn visit_expr_mut(&mut self, expr: &mut Expr) {
+        match expr {
+            Expr::Closure(_) | Expr::Async(_) | Expr::Const(_) => {}
+            Expr::Return(ret) => {
+                if let Some(value) = &mut ret.expr {
+                    self.visit_expr_mut(value);
+                    let taken = std::mem::replace(&mut **value, Expr::Verbatim(TokenStream::new()));
+                    **value = self.0.wrap_exit(taken, false);
+                }
+            }
+            _ => visit_mut::visit_expr_mut(self, expr),
+        }
+    }
+
+    fn visit_item_mut(&mut self, _: &mut Item) {}
+}
+
+/// The last expression of `block`, looking into a block that is itself the last
+/// expression (as a stacked `#[meter]` leaves it); a trailing macro call counts.
+fn tail_mut(block: &mut Block) -> Option<&mut Expr> {
+    let last = block.stmts.last_mut()?;
+    if let Stmt::Macro(m) = last
+        && m.semi_token.is_none()
+    {
+        *last = Stmt::Expr(
+            Expr::Macro(ExprMacro {
+                attrs: std::mem::take(&mut m.attrs),
+                mac: m.mac.clone(),
+            }),
+            None,
+        );
+    }
+    let Stmt::Expr(expr, None) = last else {
+        return None;
+    };
+    if matches!(expr, Expr::Block(inner) if inner.label.is_none() && inner.attrs.is_empty()) {
+        let Expr::Block(inner) = expr else {
+            return None;
+        };
+        return tail_mut(&mut inner.block);
+    }
+    Some(expr)
+}
+
+/// The last expression of `block`, as [`tail_mut`] finds it, looking through invisible
+/// groups.
+fn tail(block: &Block) -> Option<&Expr> {
+    match block.stmts.last()? {
+        Stmt::Expr(Expr::Block(inner), None) if inner.label.is_none() && inner.attrs.is_empty() => {
+            tail(&inner.block)
+        }
+        Stmt::Expr(expr, None) => Some(ungroup_ref(expr)),
+        _ => None,
+    }
+}
+
+/// An expression without the invisible groups a `macro_rules!` fragment arrives in.
+fn ungroup(expr: Expr) -> Expr {
+    match expr {
+        Expr::Group(group) => ungroup(*group.expr),
+        other => other,
+    }
+}
+
+fn ungroup_ref(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Group(group) => ungroup_ref(&group.expr),
+        other => other,
+    }
+}
+
+/// Whether `call` is `Box::pin(x)` (by any path ending in `Box::pin`).
+fn is_box_pin(call: &ExprCall) -> bool {
+    let Expr::Path(func) = ungroup_ref(&call.func) else {
+        return false;
+    };
+    let mut names = func.path.segments.iter().rev().map(|s| &s.ident);
+    call.args.len() == 1
+        && names.next().is_some_and(|i| i == "pin")
+        && names.next().is_some_and(|i| i == "Box")
 }
 
 /// The user's block, to nest as the last expression of the new body. Its braces are at
@@ -226,22 +394,15 @@ pub(crate) fn classify(item: TokenStream) -> syn::Result<MeterFn> {
         .into_iter()
         .partition(|a| matches!(a.style, AttrStyle::Inner(_)));
     let body = *f.block;
-    let shape = if f.sig.asyncness.is_some() {
-        Shape::Async
-    } else if body.stmts.last().and_then(future_tail).is_some() {
-        Shape::ReturnsFuture
+    let (shape, boxed) = if f.sig.asyncness.is_some() {
+        (Shape::Async, false)
     } else {
-        Shape::Sync
+        returns_future(&f.sig.output, &body)
+            .map_or((Shape::Sync, false), |boxed| (Shape::ReturnsFuture, boxed))
     };
     let output = match (&f.sig.output, shape) {
         (ReturnType::Default, _) => Output::Unit,
-        (ReturnType::Type(_, ty), Shape::ReturnsFuture) => {
-            // `-> Pin<Box<dyn Future<Output = T> + ..>>` or `-> impl Future<Output = T>`.
-            let mut find = FindOutput(None);
-            find.visit_type_mut(&mut ty.as_ref().clone());
-            find.0
-                .map_or(Output::Unknown, |ty| Output::Type(Box::new(ty)))
-        }
+        (ReturnType::Type(_, ty), Shape::ReturnsFuture) => future_output(ty),
         (ReturnType::Type(_, ty), _) => Output::Type(ty.clone()),
     };
     Ok(MeterFn {
@@ -252,31 +413,110 @@ pub(crate) fn classify(item: TokenStream) -> syn::Result<MeterFn> {
         body,
         output,
         shape,
+        boxed,
     })
 }
 
-/// The `async` block a body's last statement evaluates to, if it is `async { .. }` or
-/// `Box::pin(async { .. })`.
-fn future_tail(stmt: &Stmt) -> Option<&ExprAsync> {
-    let Stmt::Expr(expr, None) = stmt else {
-        return None;
+/// Whether the function returns a future, and if so whether in a `Pin<Box<..>>`.
+///
+/// The macro sees tokens, not types, so this reads what is written: a return type that
+/// says it is a future, else a last expression that builds one. A `Box::pin(..)` as the
+/// last expression counts only under a return type the macro cannot read (an alias), so
+/// that `-> Pin<Box<dyn Stream>>` stays a plain function.
+fn returns_future(output: &ReturnType, body: &Block) -> Option<bool> {
+    let ty = match output {
+        ReturnType::Type(_, ty) => Some(ungroup_type(ty)),
+        ReturnType::Default => None,
     };
-    match expr {
-        Expr::Async(block) => Some(block),
-        Expr::Call(call) if call.args.len() == 1 => {
-            let Expr::Path(func) = &*call.func else {
-                return None;
-            };
-            let mut names = func.path.segments.iter().rev().map(|s| &s.ident);
-            let is_box_pin = names.next().is_some_and(|i| i == "pin")
-                && names.next().is_some_and(|i| i == "Box");
-            match call.args.first() {
-                Some(Expr::Async(block)) if is_box_pin => Some(block),
-                _ => None,
-            }
+    if let Some(boxed) = ty.and_then(future_type) {
+        return Some(boxed);
+    }
+    let maybe_alias = ty.is_some_and(
+        |ty| matches!(ty, Type::Path(p) if p.path.segments.last().is_none_or(|s| s.ident != "Pin")),
+    );
+    match tail(body)? {
+        Expr::Async(_) => Some(false),
+        Expr::Call(call) if is_box_pin(call) => {
+            let builds_block = matches!(call.args.first().map(ungroup_ref), Some(Expr::Async(_)));
+            (builds_block || maybe_alias).then_some(true)
         }
         _ => None,
     }
+}
+
+/// Whether a return type is written as a future: `Some(true)` for `Pin<Box<dyn Future<..>>>`
+/// and the `futures` crate's `BoxFuture<..>` and `LocalBoxFuture<..>`, `Some(false)` for
+/// `impl Future<..>`.
+fn future_type(ty: &Type) -> Option<bool> {
+    match ungroup_type(ty) {
+        Type::ImplTrait(it) if bounds_future(it.bounds.iter()) => Some(false),
+        Type::Path(p) if p.qself.is_none() => {
+            let last = p.path.segments.last()?;
+            if last.ident == "BoxFuture" || last.ident == "LocalBoxFuture" {
+                return Some(true);
+            }
+            let is_pinned_box = last.ident == "Pin"
+                && first_type_arg(&last.arguments).is_some_and(|inner| match ungroup_type(inner) {
+                    Type::Path(b) => b.path.segments.last().is_some_and(|s| {
+                        s.ident == "Box"
+                            && first_type_arg(&s.arguments).is_some_and(|obj| {
+                                matches!(ungroup_type(obj),
+                                    Type::TraitObject(o) if bounds_future(o.bounds.iter()))
+                            })
+                    }),
+                    _ => false,
+                });
+            is_pinned_box.then_some(true)
+        }
+        _ => None,
+    }
+}
+
+/// Whether one of the bounds is `Future` (by any path ending in it).
+fn bounds_future<'a>(mut bounds: impl Iterator<Item = &'a TypeParamBound>) -> bool {
+    bounds.any(|b| {
+        matches!(b, TypeParamBound::Trait(t)
+            if t.path.segments.last().is_some_and(|s| s.ident == "Future"))
+    })
+}
+
+/// The first type among generic arguments `<..>`.
+fn first_type_arg(args: &PathArguments) -> Option<&Type> {
+    let PathArguments::AngleBracketed(args) = args else {
+        return None;
+    };
+    args.args.iter().find_map(|arg| match arg {
+        syn::GenericArgument::Type(ty) => Some(ty),
+        _ => None,
+    })
+}
+
+/// A type without the invisible groups (and parentheses) a `macro_rules!` `ty` fragment
+/// may arrive in.
+fn ungroup_type(ty: &Type) -> &Type {
+    match ty {
+        Type::Group(g) => ungroup_type(&g.elem),
+        Type::Paren(p) => ungroup_type(&p.elem),
+        other => other,
+    }
+}
+
+/// The `Output` of a returned future: the `Output = T` of `impl Future<Output = T>` or
+/// `Pin<Box<dyn Future<Output = T>>>`, the `T` of `BoxFuture<'a, T>`.
+fn future_output(ty: &Type) -> Output {
+    let mut find = FindOutput(None);
+    find.visit_type_mut(&mut ty.clone());
+    if let Some(ty) = find.0 {
+        return Output::Type(Box::new(ty));
+    }
+    if let Type::Path(p) = ungroup_type(ty)
+        && let Some(last) = p.path.segments.last()
+        && (last.ident == "BoxFuture" || last.ident == "LocalBoxFuture")
+        && let Some(output) = first_type_arg(&last.arguments)
+    {
+        return Output::Type(Box::new(output.clone()));
+    }
+    Output::Unknown
 }
 
 /// Items syn does not model: a function without a body, `default fn`, and others.
@@ -400,5 +640,130 @@ impl VisitMut for FindOutput {
             }
         }
         visit_mut::visit_angle_bracketed_generic_arguments_mut(self, args);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of the function, and whether its future is boxed again.
+    fn shape(item: TokenStream) -> (Shape, bool) {
+        match classify(item) {
+            Ok(f) => (f.shape, f.boxed),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn what_returns_a_future() {
+        let boxed = (Shape::ReturnsFuture, true);
+        let opaque = (Shape::ReturnsFuture, false);
+        let sync = (Shape::Sync, false);
+        // Said by the return type, whatever the body.
+        assert_eq!(
+            shape(quote!(
+                fn f() -> impl Future<Output = u32> + Send {
+                    g()
+                }
+            )),
+            opaque
+        );
+        assert_eq!(
+            shape(quote!(
+                fn f() -> Pin<Box<dyn Future<Output = u32> + Send>> {
+                    g()
+                }
+            )),
+            boxed
+        );
+        assert_eq!(
+            shape(quote!(
+                fn f() -> ::core::pin::Pin<Box<dyn ::core::future::Future<Output = u32>>> {
+                    g()
+                }
+            )),
+            boxed
+        );
+        assert_eq!(
+            shape(quote!(
+                fn f() -> BoxFuture<'static, u32> {
+                    g()
+                }
+            )),
+            boxed
+        );
+        // Said by the last expression, under an alias.
+        assert_eq!(
+            shape(quote!(
+                fn f() -> Job {
+                    let x = g();
+                    Box::pin(x)
+                }
+            )),
+            boxed
+        );
+        assert_eq!(
+            shape(quote!(
+                fn f() -> Job {
+                    Box::pin(async { 1 })
+                }
+            )),
+            boxed
+        );
+        assert_eq!(
+            shape(quote!(
+                fn f() -> Job {
+                    async { 1 }
+                }
+            )),
+            opaque
+        );
+        // Not futures.
+        assert_eq!(
+            shape(quote!(
+                fn f() -> Job {
+                    g()
+                }
+            )),
+            sync
+        );
+        assert_eq!(
+            shape(quote!(
+                fn f() -> Pin<Box<dyn Iterator<Item = u32>>> {
+                    Box::pin(g())
+                }
+            )),
+            sync
+        );
+        assert_eq!(
+            shape(quote!(
+                fn f() -> impl Iterator<Item = u32> {
+                    g()
+                }
+            )),
+            sync
+        );
+        assert_eq!(
+            shape(quote!(
+                async fn f() -> impl Future<Output = u32> {
+                    g()
+                }
+            ))
+            .0,
+            Shape::Async
+        );
+    }
+
+    #[test]
+    fn a_return_type_from_a_macro_rules_fragment_is_read_through_its_group() {
+        let ty = TokenStream::from(proc_macro2::TokenTree::Group(proc_macro2::Group::new(
+            proc_macro2::Delimiter::None,
+            quote!(Pin<Box<dyn Future<Output = u32>>>),
+        )));
+        assert_eq!(
+            shape(quote!(fn f() -> #ty { g() })),
+            (Shape::ReturnsFuture, true)
+        );
     }
 }

@@ -139,10 +139,48 @@ mod item;
 /// `extern "C" fn`, generics, lifetimes, const generics, `impl Trait` arguments and
 /// return types; recursive functions (each call counts).
 ///
-/// A function that returns a future it builds in its last expression, such as
-/// `Box::pin(async move { .. })` or an `async` block, is metered by that future: it counts
-/// when the future runs, not when it is built. That is what [`async-trait`] generates, so
-/// `#[meter]` works on the methods of an `#[async_trait]` impl:
+/// # Functions that return a future
+///
+/// A plain `fn` that returns a future is metered by the futures it returns, as the
+/// table above says: they count when they run, never when they are built, and a future
+/// dropped without being polled counts for nothing. Every future it returns is metered:
+/// the one of its last expression and those of its early `return`s.
+///
+/// ```
+/// use std::future::Future;
+/// use std::pin::Pin;
+///
+/// use kinde_meter::meter;
+///
+/// #[meter(feature = "lookups", on = "return")]
+/// fn lookup(key: &str) -> Pin<Box<dyn Future<Output = usize> + Send + '_>> {
+///     if key.is_empty() {
+///         return Box::pin(std::future::ready(0));
+///     }
+///     let fut = async move { key.len() };
+///     Box::pin(fut)
+/// }
+/// # let capture = kinde_meter::testing::capture();
+/// # let _scope = kinde_meter::enter_agreement("agreement_acme".parse().unwrap());
+/// drop(lookup("never polled")); // counts nothing
+/// # assert_eq!(capture.total("agreement_acme", "lookups"), 0);
+/// ```
+///
+/// The attribute sees tokens, not types, so it takes a function for one that returns a
+/// future when its return type is written `impl Future<..>`, `Pin<Box<dyn Future<..>>>`
+/// or `BoxFuture<..>` / `LocalBoxFuture<..>`, or when its last expression is an `async`
+/// block or a `Box::pin(..)` (behind an alias such as `-> Self::Future`). Each returned
+/// future is then wrapped where it is returned: an `async` block gets the metering
+/// inside it, `Box::pin(fut)` becomes a box of the metered `fut` (still one allocation),
+/// any other value of a boxed return type is boxed once more, and an `impl Future` is the
+/// metered future (`Send` and `Unpin` when yours is; other bounds such as `+ Clone` are
+/// not kept). A function whose future the attribute cannot see as one (a named future
+/// type such as `JoinHandle<T>`, or an alias with another last expression) is metered
+/// like a sync function, when it is called or returns: write its return type as
+/// `impl Future<Output = T>` to meter the future.
+///
+/// This covers what [`async-trait`] generates, so `#[meter]` works on the methods of an
+/// `#[async_trait]` impl:
 ///
 /// ```
 /// use async_trait::async_trait;
@@ -166,9 +204,13 @@ mod item;
 /// ```
 ///
 /// (`async-trait` renames arguments written as patterns, such as `(a, b): (u32, u32)`, so
-/// `value` and `agreement` can only name plain arguments and `self` there. A function
-/// that returns a future it did not build in its last expression is metered like any
-/// other function: when it is called.)
+/// `value` and `agreement` can only name plain arguments and `self` there.)
+///
+/// # In `macro_rules!`
+///
+/// A macro may write `#[meter(..)]` with any key passed as a fragment (`$f:literal`,
+/// `$f:expr`, `$f:tt`, `$v:ident`, `$p:path`, `$crate::..`), also through several
+/// macros; a mistake in one is reported on the tokens the macro's caller wrote.
 ///
 /// The function is otherwise unchanged: its signature, visibility, documentation and
 /// attributes (`#[must_use]`, `#[track_caller]`, `#[inline]`, lint levels, inner
@@ -199,6 +241,7 @@ mod item;
 /// - With `on = "ok"` on a sync function, a `return` that a macro expands to (such as
 ///   `anyhow::bail!`) leaves the function without being seen; that is right for error
 ///   returns, which do not count, but a macro that returns a success is not counted.
+///   Likewise, a future returned by a `return` that a macro expands to is not metered.
 /// - Each call site keeps its feature code in a `static`, built at compile time: a call
 ///   adds its value to the in-memory total of its key and does no formatting, I/O or
 ///   locking of its own.

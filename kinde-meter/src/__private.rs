@@ -235,6 +235,15 @@ impl Pending {
         }
     }
 
+    /// `on = "call"`, a returned future that is not an `async` block written in the
+    /// function: records when `fut` is first polled, not when it is built.
+    pub fn on_first_poll<F: Future>(self, fut: F) -> OnFirstPoll<F> {
+        OnFirstPoll {
+            fut,
+            pending: Some(self),
+        }
+    }
+
     /// `on = "return"`, async: records when `fut` completes; not if it is dropped first
     /// (cancelled) or panics.
     pub fn on_return_future<F: Future>(self, fut: F) -> OnReturn<F> {
@@ -275,6 +284,29 @@ impl Drop for ReturnGuard {
         if let Some(pending) = self.pending.take() {
             pending.finish();
         }
+    }
+}
+
+pin_project! {
+    /// See [`Pending::on_first_poll`].
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct OnFirstPoll<F> {
+        #[pin]
+        fut: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F: Future> Future for OnFirstPoll<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if let Some(pending) = this.pending.take() {
+            pending.finish();
+        }
+        this.fut.poll(cx)
     }
 }
 
