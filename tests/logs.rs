@@ -49,3 +49,27 @@ fn a_delivery_failure_warns_once_per_episode() {
     assert!(report.is_complete(), "{report}");
     assert_eq!(emulator.total("agreement_logs", "log_episodes"), 2u64);
 }
+
+#[test]
+fn a_thread_scope_held_across_await_is_reported_once() {
+    logs::recorded();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let holder = tokio::task::spawn_local(async {
+            let _scope = kinde_meter::enter_agreement("agreement_holder".parse().expect("id"));
+            tokio::task::yield_now().await;
+        });
+        let others: Vec<_> = (0..10)
+            .map(|_| tokio::task::spawn_local(async { kinde_meter::current_agreement() }))
+            .collect();
+        for other in others {
+            assert_eq!(other.await.expect("task"), None, "not the holder's scope");
+        }
+        holder.await.expect("holder");
+    });
+    let warnings = logs::count(&["WARN kinde_meter", "held across an `.await`"]);
+    assert_eq!(warnings, 1, "{:?}", logs::recorded());
+}

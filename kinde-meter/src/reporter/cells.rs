@@ -395,6 +395,7 @@ impl Registry {
 
     fn drain_shards(&self, stop: bool) -> Vec<Drained> {
         let mut out = Vec::new();
+        let mut slots_left = 0;
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             shard.stopped |= stop;
@@ -434,18 +435,14 @@ impl Registry {
                 }
                 !slot.cells.is_empty()
             });
+            slots_left += slots.len();
         }
-        if self.occupancy() >= self.high_water() || self.slots() >= self.max_keys() {
+        if self.occupancy() >= self.high_water() || slots_left >= self.max_keys() {
             // Crowded: ask every thread to let go of its cached cells so that idle keys
             // can be freed by the next drain.
             GENERATION.fetch_add(1, Relaxed);
         }
         out
-    }
-
-    /// Slots in the table, counted or not (what memory holds).
-    pub(crate) fn slots(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).slots.len()).sum()
     }
 
     /// Delta usage all drains took, in total: what records were made of.

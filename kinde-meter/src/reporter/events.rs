@@ -63,6 +63,22 @@ pub struct UsageRecord {
     pub idempotency_key: String,
 }
 
+/// `value` as delta usage: 0 for an absolute value, which does not add up. The one
+/// place the counters and reports turn a value into delta units.
+pub(crate) fn delta(meter_type: MeterType, value: u64) -> u64 {
+    match meter_type {
+        MeterType::Delta => value,
+        MeterType::Absolute => 0,
+    }
+}
+
+impl UsageRecord {
+    /// The value as delta usage (0 for absolute records).
+    pub(crate) fn delta(&self) -> u64 {
+        delta(self.meter_type, self.value)
+    }
+}
+
 /// Usage that was recorded but will not be delivered, reported through
 /// [`MeterError`] (`on_error`) as it happens. None of these stop the application.
 #[derive(Debug)]
@@ -286,11 +302,7 @@ impl ShutdownReport {
 
     /// The delta usage left undelivered.
     pub fn left_value(&self) -> u128 {
-        self.left
-            .iter()
-            .filter(|u| u.record.meter_type == MeterType::Delta)
-            .map(|u| u128::from(u.record.value))
-            .sum()
+        self.left.iter().map(|u| u128::from(u.record.delta())).sum()
     }
 }
 

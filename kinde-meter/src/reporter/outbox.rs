@@ -73,10 +73,7 @@ impl Record {
 
     /// The value as delta usage (0 for absolute records), for the counters.
     pub(crate) fn delta(&self) -> u64 {
-        match self.key.meter_type {
-            MeterType::Delta => self.value,
-            MeterType::Absolute => 0,
-        }
+        super::events::delta(self.key.meter_type, self.value)
     }
 }
 

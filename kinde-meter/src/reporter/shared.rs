@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 
 use super::cells::{AgreementRef, Lookup, Problem, Registry};
-use super::events::{InvalidValue, MeterError, Stats, UnsentRecord};
+use super::events::{InvalidValue, MeterError, Stats, UnsentRecord, delta};
 use crate::api::{FeatureCode, MeterType};
 use crate::config::{ErrorHook, UnsentHook};
 
@@ -76,13 +76,6 @@ impl std::fmt::Debug for Shared {
 
 fn add(counter: &AtomicU64, value: u64) {
     counter.fetch_add(value, Relaxed);
-}
-
-fn delta(meter_type: MeterType, value: u64) -> u64 {
-    match meter_type {
-        MeterType::Delta => value,
-        MeterType::Absolute => 0,
-    }
 }
 
 impl Shared {

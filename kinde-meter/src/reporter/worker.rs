@@ -298,11 +298,7 @@ impl Worker {
                 });
             }
             Event::Unsent(unsent) => {
-                let delta = if unsent.record.meter_type == crate::MeterType::Delta {
-                    unsent.record.value
-                } else {
-                    0
-                };
+                let delta = unsent.record.delta();
                 c.ambiguous.fetch_add(delta, Relaxed);
                 c.unsent.fetch_add(delta, Relaxed);
                 self.episode_failure(unsent.last_error.clone().unwrap_or_default());
@@ -460,8 +456,7 @@ impl Worker {
 fn delta_of(records: &[UnsentRecord]) -> u64 {
     records
         .iter()
-        .filter(|u| u.record.meter_type == crate::MeterType::Delta)
-        .map(|u| u.record.value)
+        .map(|u| u.record.delta())
         .fold(0, u64::saturating_add)
 }
 
