@@ -688,3 +688,30 @@ fn hooks_see_the_callers_scope_and_do_not_recurse() {
         "the metered call inside the hook billed the caller's scope"
     );
 }
+
+// Found by review: one thread's window sum past `u64::MAX` wrapped to a small number and
+// was billed as that, and counters wrapped so the report no longer added up.
+#[test]
+fn sums_past_u64_max_are_refused_or_saturate_never_wrap() {
+    let emulator = Emulator::start().expect("emulator");
+    let reporter = Reporter::start(fast_config(&emulator)).expect("start");
+    let agreement = id("agreement_huge");
+    let feature = FeatureCode::from_static("huge");
+    reporter.record_for(&agreement, &feature, u64::MAX);
+    reporter.record_for(&agreement, &feature, 2);
+    let report = reporter.shutdown_blocking(Duration::from_secs(10));
+    assert!(report.is_complete(), "{report}");
+    let s = &report.stats;
+    assert_eq!(
+        s.invalid, 1,
+        "the call that would wrap is refused and reported: {s:?}"
+    );
+    assert_eq!(
+        emulator
+            .total("agreement_huge", "huge")
+            .whole()
+            .expect("whole"),
+        u128::from(u64::MAX)
+    );
+    assert_eq!(s.recorded, s.delivered + s.rejected + s.unsent, "{s:?}");
+}

@@ -2,8 +2,9 @@
 //!
 //! Two scopes, looked up in this order:
 //! 1. the *task* scope, set for a future with [`with_agreement`] while it is polled (so it
-//!    follows the future across the threads of a multi-thread runtime, under any executor),
-//!    and
+//!    follows the future across the threads of a multi-thread runtime, under any executor).
+//!    Other tokio tasks run inside that poll (a `LocalSet` or a runtime nested in the
+//!    future) do not see it. And
 //! 2. the *thread* scope, set for sync code with [`enter_agreement`] or [`in_agreement`].
 //!    It is seen only by the code that entered it: the same tokio task, or code outside
 //!    any task. A guard held across an `.await` is therefore not seen by the other tasks
@@ -36,8 +37,8 @@ type TaskId = Option<tokio::task::Id>;
 #[derive(Default)]
 struct Scopes {
     next_token: u64,
-    /// `WithAgreement` polls in progress.
-    polls: Vec<(u64, AgreementId)>,
+    /// `WithAgreement` polls in progress, with the task polling each.
+    polls: Vec<(u64, AgreementId, TaskId)>,
     /// `enter_agreement` guards alive, with the task that entered each.
     entered: Vec<(u64, AgreementId, TaskId)>,
 }
@@ -140,32 +141,27 @@ pub fn current_agreement() -> Option<AgreementId> {
 /// call. `f` must not run user code (hooks, logs): report after it returns.
 #[inline]
 pub(crate) fn with_current<R>(f: impl FnOnce(Found<'_>) -> R) -> R {
-    scopes_ref(|scopes| {
-        let Some(scopes) = scopes else {
-            return f(Found {
-                agreement: None,
-                hidden: false,
-            });
-        };
-        if let Some((_, agreement)) = scopes.polls.last() {
-            return f(Found {
-                agreement: Some(agreement),
-                hidden: false,
-            });
-        }
-        f(thread_scope(scopes))
+    scopes_ref(|scopes| match scopes {
+        Some(scopes) if !scopes.is_empty() => f(lookup(scopes)),
+        _ => f(Found {
+            agreement: None,
+            hidden: false,
+        }),
     })
 }
 
-#[inline(never)]
-fn thread_scope(scopes: &Scopes) -> Found<'_> {
-    if scopes.entered.is_empty() {
+/// The innermost task scope polled by this task, else the innermost thread scope it
+/// entered. Both are matched on the task: a `LocalSet` or a nested runtime polled inside a
+/// `with_agreement` runs other tasks within that poll, and those must not bill it.
+#[inline]
+fn lookup(scopes: &Scopes) -> Found<'_> {
+    let task = tokio::task::try_id();
+    if let Some((_, agreement, _)) = scopes.polls.iter().rev().find(|(.., t)| *t == task) {
         return Found {
-            agreement: None,
+            agreement: Some(agreement),
             hidden: false,
         };
     }
-    let task = tokio::task::try_id();
     let mut hidden = false;
     for (_, agreement, entered_by) in scopes.entered.iter().rev() {
         if *entered_by == task {
@@ -202,8 +198,10 @@ pub(crate) fn warn_hidden() {
 ///
 /// The scope is seen only by the code that entered it: if it is entered inside a tokio
 /// task, by that task; otherwise by code outside any task (not by tasks the thread runs
-/// later, say inside a `block_on`). The guard is `!Send`; in async code use
-/// [`with_agreement`], which follows the future and wins over this scope when both are set.
+/// later, say inside a `block_on`). Within one task it cannot tell futures apart: a guard
+/// held across an `.await` in one branch of a `join!`/`select!` is seen by the other
+/// branches. The guard is `!Send`; in async code use [`with_agreement`], which follows the
+/// future and wins over this scope when both are set.
 ///
 /// ```
 /// use kinde_meter::{current_agreement, enter_agreement, AgreementId};
@@ -316,9 +314,10 @@ pub(crate) fn in_poll<R>(agreement: &AgreementId, f: impl FnOnce() -> R) -> R {
     // An owned clone, not a pointer into the future: a poll that never returns on this
     // thread (a coroutine suspended mid-poll, then dropped or moved) leaves nothing
     // dangling.
+    let task = tokio::task::try_id();
     let token = scopes_mut(|scopes| {
         let token = scopes.token();
-        scopes.polls.push((token, agreement.clone()));
+        scopes.polls.push((token, agreement.clone(), task));
         token
     });
     /// Removes the poll's scope, also when the poll unwinds.
@@ -327,7 +326,7 @@ pub(crate) fn in_poll<R>(agreement: &AgreementId, f: impl FnOnce() -> R) -> R {
         fn drop(&mut self) {
             let token = self.0;
             let removed = scopes_mut(|scopes| {
-                let i = scopes.polls.iter().rposition(|(t, _)| *t == token)?;
+                let i = scopes.polls.iter().rposition(|(t, ..)| *t == token)?;
                 Some(scopes.polls.remove(i))
             });
             drop(removed);
@@ -532,6 +531,29 @@ mod tests {
             inside,
             Some(id("agreement_sync")),
             "block_on's own future does"
+        );
+    }
+
+    #[test]
+    fn a_task_scope_does_not_reach_tasks_run_inside_its_poll() {
+        let rt = runtime();
+        let local = tokio::task::LocalSet::new();
+        let (inside, spawned) = rt.block_on(with_agreement(id("agreement_outer"), async {
+            local
+                .run_until(async {
+                    let spawned = tokio::task::spawn_local(async { current_agreement() });
+                    (current_agreement(), spawned.await.expect("task"))
+                })
+                .await
+        }));
+        assert_eq!(
+            inside,
+            Some(id("agreement_outer")),
+            "run_until's own future is in it"
+        );
+        assert_eq!(
+            spawned, None,
+            "a task the LocalSet runs inside the poll is not"
         );
     }
 

@@ -97,15 +97,29 @@ impl Cell {
     }
 
     /// Adds to a cell this thread owns. A plain load and store: no other thread writes it.
+    /// Refuses (`false`) a value that would take the usage pending in the cell past
+    /// `u64::MAX`: the wrapping total could not tell that sum from a small one.
     #[inline]
-    fn add_owned(&self, value: u64) {
+    fn add_owned(&self, value: u64) -> bool {
         let t = self.total.load(Relaxed);
+        // A stale `taken` only overstates what is pending: it may refuse early, never
+        // accept a sum that wraps.
+        let pending = t.wrapping_sub(self.taken.load(Relaxed));
+        if pending.checked_add(value).is_none() {
+            return false;
+        }
         self.total.store(t.wrapping_add(value), Relaxed);
+        true
     }
 
     /// Adds to a shared cell (used when thread-local storage is gone).
-    fn add_shared(&self, value: u64) {
-        self.total.fetch_add(value, Relaxed);
+    fn add_shared(&self, value: u64) -> bool {
+        self.total
+            .fetch_update(Relaxed, Relaxed, |t| {
+                let pending = t.wrapping_sub(self.taken.load(Relaxed));
+                pending.checked_add(value).map(|_| t.wrapping_add(value))
+            })
+            .is_ok()
     }
 
     /// Sets an absolute value (last write wins).
@@ -116,11 +130,14 @@ impl Cell {
     }
 
     #[inline]
-    fn apply(&self, meter_type: MeterType, value: u64) {
+    fn apply(&self, meter_type: MeterType, value: u64) -> bool {
         match meter_type {
             MeterType::Delta if self.owner.is_some() => self.add_owned(value),
             MeterType::Delta => self.add_shared(value),
-            MeterType::Absolute => self.set(value),
+            MeterType::Absolute => {
+                self.set(value);
+                true
+            }
         }
     }
 
@@ -183,6 +200,8 @@ pub(crate) enum Problem {
     InvalidAgreement(InvalidInput),
     /// Added, but after the reporter's final drain: it waits for the next start.
     AfterShutdown { agreement: AgreementId },
+    /// Refused: the key's usage pending in this window would pass `u64::MAX`.
+    PendingSumTooLarge,
 }
 
 /// What one drain found for a key.
@@ -309,7 +328,9 @@ impl Registry {
     ) -> Result<(), Problem> {
         let cache = lookup != Lookup::NoCache;
         let (cell, agreement, stopped) = self.cell_for(agreement, feature, meter_type, cache)?;
-        cell.apply(meter_type, value);
+        if !cell.apply(meter_type, value) {
+            return Err(Problem::PendingSumTooLarge);
+        }
         if stopped {
             // Not cached, so every later call comes here and is reported too.
             return Err(Problem::AfterShutdown { agreement });
@@ -513,7 +534,12 @@ pub(crate) fn add_cached(
         };
         // A cached delta cell is always this thread's own.
         match meter_type {
-            MeterType::Delta => cell.add_owned(value),
+            MeterType::Delta => {
+                if !cell.add_owned(value) {
+                    // The table path refuses it and says why.
+                    return Lookup::Miss;
+                }
+            }
             MeterType::Absolute => cell.set(value),
         }
         Lookup::Hit
@@ -733,6 +759,31 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_pending_sum_past_u64_max_is_refused_not_wrapped() {
+        let r = Registry::new(10);
+        let a = id("agreement_a");
+        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, u64::MAX)
+            .expect("added");
+        // Through the cache (hit) and through the table: both refuse.
+        for _ in 0..2 {
+            assert!(matches!(
+                r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 2),
+                Err(Problem::PendingSumTooLarge)
+            ));
+        }
+        assert_eq!(
+            drain_all(&r),
+            vec![("agreement_a/pro_gym/delta".to_owned(), u128::from(u64::MAX))]
+        );
+        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
+            .expect("room again after the drain");
+        assert_eq!(
+            drain_all(&r),
+            vec![("agreement_a/pro_gym/delta".to_owned(), 2)]
+        );
     }
 
     #[test]

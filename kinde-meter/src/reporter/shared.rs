@@ -74,8 +74,9 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-fn add(counter: &AtomicU64, value: u64) {
-    counter.fetch_add(value, Relaxed);
+/// Adds to a counter, saturating at `u64::MAX` rather than wrapping to a small number.
+pub(crate) fn add(counter: &AtomicU64, value: u64) {
+    let _ = counter.fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_add(value)));
 }
 
 impl Shared {
@@ -194,6 +195,15 @@ impl Shared {
             }
             CallProblem::Cells(Problem::InvalidFeature(e) | Problem::InvalidAgreement(e)) => {
                 self.invalid(feature.as_str(), &e.to_string());
+            }
+            CallProblem::Cells(Problem::PendingSumTooLarge) => {
+                self.invalid(
+                    feature.as_str(),
+                    &format!(
+                        "the value {value} would take this key's usage pending in one window past u64::MAX; \
+                         record such amounts in smaller units"
+                    ),
+                );
             }
             CallProblem::Cells(Problem::AfterShutdown { agreement }) => {
                 add(&self.counters.after_shutdown, delta(meter_type, value));

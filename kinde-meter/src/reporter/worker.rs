@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::events::{FlushReport, MeterError, ShutdownReport, UnsentReason, UnsentRecord};
 use super::outbox::{Event, Outbox, Policy, Record, Wait};
-use super::shared::Shared;
+use super::shared::{Shared, add};
 use crate::api::{
     ApiError, Client, CreateMeterUsageRecordRequest, RequestOptions, Timestamp, deadline_after,
 };
@@ -219,10 +219,7 @@ impl Worker {
                     .await
                     .map(drop)
             });
-            self.shared
-                .counters
-                .requests
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            add(&self.shared.counters.requests, 1);
             self.sending.insert(handle.id(), record);
         }
     }
@@ -248,12 +245,11 @@ impl Worker {
     }
 
     fn account(&mut self, event: Event) {
-        use std::sync::atomic::Ordering::Relaxed;
         let c = &self.shared.counters;
         match event {
             Event::Delivered(record) => {
-                c.delivered.fetch_add(record.delta(), Relaxed);
-                c.records_delivered.fetch_add(1, Relaxed);
+                add(&c.delivered, record.delta());
+                add(&c.records_delivered, 1);
                 if self.failing {
                     self.failing = false;
                     tracing::info!(target: "kinde_meter", "delivery to Kinde recovered");
@@ -264,17 +260,17 @@ impl Worker {
                 throttled,
                 error,
             } => {
-                c.retried.fetch_add(1, Relaxed);
+                add(&c.retried, 1);
                 if let Some(value) = ambiguous {
-                    c.ambiguous.fetch_add(value, Relaxed);
+                    add(&c.ambiguous, value);
                 }
                 if throttled {
-                    c.throttled.fetch_add(1, Relaxed);
+                    add(&c.throttled, 1);
                 }
                 self.episode_failure(error);
             }
             Event::Rejected(record, error) => {
-                c.rejected.fetch_add(record.delta(), Relaxed);
+                add(&c.rejected, record.delta());
                 let message = error.to_string();
                 self.shared.set_last_error(message.clone());
                 let first = self.rejections_logged.len() < 1000
@@ -299,8 +295,8 @@ impl Worker {
             }
             Event::Unsent(unsent) => {
                 let delta = unsent.record.delta();
-                c.ambiguous.fetch_add(delta, Relaxed);
-                c.unsent.fetch_add(delta, Relaxed);
+                add(&c.ambiguous, delta);
+                add(&c.unsent, delta);
                 self.episode_failure(unsent.last_error.clone().unwrap_or_default());
                 self.shared.unsent(&[unsent]);
             }
@@ -390,10 +386,7 @@ impl Worker {
         );
         self.publish_waiting();
         let left_delta = delta_of(&left);
-        self.shared
-            .counters
-            .unsent
-            .fetch_add(left_delta, std::sync::atomic::Ordering::Relaxed);
+        add(&self.shared.counters.unsent, left_delta);
         if !left.is_empty() {
             tracing::warn!(
                 target: "kinde_meter",
@@ -436,10 +429,7 @@ impl Worker {
             fastrand::Rng::new(),
         );
         let delta = delta_of(&held);
-        self.shared
-            .counters
-            .unsent
-            .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+        add(&self.shared.counters.unsent, delta);
         tracing::error!(
             target: "kinde_meter",
             records = held.len(),
