@@ -29,7 +29,13 @@ impl Resp {
 }
 
 /// Sends one request to `base` (`http://127.0.0.1:PORT`) and reads the whole answer.
-pub(crate) fn send(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+pub(crate) fn send(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
     let addr = base.strip_prefix("http://").expect("an http:// URL");
     let mut conn = TcpStream::connect(addr).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(10)))
