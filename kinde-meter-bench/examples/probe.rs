@@ -11,6 +11,18 @@ fn search(x: u64) -> u64 {
     black_box(x)
 }
 
+#[meter(feature = "export")]
+#[inline(never)]
+fn export(x: u64) -> u64 {
+    black_box(x)
+}
+
+#[meter(feature = "api_calls")]
+#[inline(never)]
+fn api_call(x: u64) -> u64 {
+    black_box(x)
+}
+
 const F: FeatureCode = FeatureCode::from_static("record_for");
 
 fn time(name: &str, n: u64, mut f: impl FnMut(u64)) {
@@ -59,7 +71,59 @@ fn main() {
     time("#[meter] thread scope one key", n, |i| {
         black_box(search(i));
     });
+    floors();
+    let ids: Vec<AgreementId> = (0..1000)
+        .map(|i| format!("agreement_{i:032x}").parse().expect("id"))
+        .collect();
+    let mut j = 0;
+    time(
+        "request: enter + 3 calls, 1000 agreements",
+        5_000_000,
+        |i| {
+            let _scope = enter_agreement(ids[j].clone());
+            black_box(search(i));
+            black_box(export(i));
+            black_box(api_call(i));
+            j += 1;
+            if j == 1000 {
+                j = 0;
+            }
+        },
+    );
+    time("enter_agreement + drop only", 10_000_000, |_| {
+        let _scope = enter_agreement(ids[7].clone());
+    });
+    time("AgreementId clone + drop", 10_000_000, |_| {
+        black_box(ids[7].clone());
+    });
     time("current_agreement()", n / 10, |_| {
         black_box(kinde_meter::current_agreement());
     });
+}
+
+thread_local! {
+    static FLOOR: std::cell::Cell<*const std::sync::atomic::AtomicU64> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+#[allow(dead_code)]
+fn floors() {
+    let cell: &'static std::sync::atomic::AtomicU64 =
+        Box::leak(Box::new(std::sync::atomic::AtomicU64::new(0)));
+    FLOOR.with(|f| f.set(cell));
+    time("floor: tls ptr + plain add", 50_000_000, |_| {
+        let c = FLOOR.with(|f| f.get());
+        // SAFETY: leaked above.
+        let c = unsafe { &*c };
+        c.store(
+            c.load(std::sync::atomic::Ordering::Relaxed) + 1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    });
+    time("tokio::task::try_id()", 50_000_000, |_| {
+        black_box(tokio_try_id());
+    });
+}
+
+fn tokio_try_id() -> bool {
+    tokio::task::try_id().is_some()
 }
