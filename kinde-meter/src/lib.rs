@@ -55,6 +55,7 @@ pub mod testing;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
+mod usage;
 
 #[doc(hidden)]
 pub mod __private;
@@ -67,6 +68,7 @@ pub use context::{
 };
 pub use kinde_meter_macros::meter;
 pub use reporter::{
-    FlushReport, Guard, InitError, MeterError, Outcome, Reporter, ShutdownReport, Stats,
-    UnsentReason, UnsentRecord, Usage, UsageRecord, init, record, record_for, stats,
+    FlushReport, Guard, InitError, Outcome, Reporter, ShutdownReport, Stats, Usage, init, record,
+    record_for, stats,
 };
+pub use usage::{MeterError, UnsentReason, UnsentRecord, UsageRecord};

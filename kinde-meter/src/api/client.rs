@@ -9,11 +9,10 @@ use tokio::time::Instant;
 
 use super::body::{MAX_BODY, read_capped};
 use super::domain::{Credentials, Domain};
-use super::error::{ApiError, BoxError};
+use super::error::{ApiError, BoxError, BuildError};
 use super::model::{CreateMeterUsageRecordRequest, CreateMeterUsageRecordResponse, ErrorBody};
 use super::sent::{Sent, watch};
 use super::token::TokenSource;
-use crate::config::ConfigError;
 
 const METER_USAGE_PATH: &str = "/api/v1/billing/meter_usage";
 const USER_AGENT: &str = concat!("kinde-meter/", env!("CARGO_PKG_VERSION"));
@@ -72,14 +71,19 @@ impl std::fmt::Debug for Client {
 /// Builds a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
-    domain: Domain,
-    credentials: Credentials,
-    connect_timeout: Duration,
-    request_timeout: Duration,
-    allow_http: bool,
+    pub(crate) domain: Domain,
+    pub(crate) credentials: Credentials,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) allow_http: bool,
 }
 
 impl ClientBuilder {
+    /// The domain the client will talk to.
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+
     /// Time allowed to open a connection (default 3 s).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -103,9 +107,9 @@ impl ClientBuilder {
     }
 
     /// Checks the settings and builds the client.
-    pub fn build(self) -> Result<Client, ConfigError> {
+    pub fn build(self) -> Result<Client, BuildError> {
         if !self.domain.is_https() && !self.domain.is_loopback() && !self.allow_http {
-            return Err(ConfigError::InsecureHttp {
+            return Err(BuildError::InsecureHttp {
                 domain: self.domain.to_string(),
             });
         }
@@ -114,21 +118,21 @@ impl ClientBuilder {
             ("request_timeout", self.request_timeout),
         ] {
             if value.is_zero() {
-                return Err(ConfigError::InvalidOption {
+                return Err(BuildError::InvalidOption {
                     option,
                     reason: "must be greater than zero".to_owned(),
                 });
             }
         }
         let tokens = TokenSource::new(&self.domain, &self.credentials)
-            .map_err(|reason| ConfigError::InvalidAccessToken { reason })?;
+            .map_err(|reason| BuildError::InvalidAccessToken { reason })?;
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(self.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| ConfigError::Http {
+            .map_err(|e| BuildError::Http {
                 source: Box::new(e),
             })?;
         Ok(Client {
@@ -186,7 +190,7 @@ pub struct ApiResponse<T> {
 
 impl Client {
     /// A client with default timeouts.
-    pub fn new(domain: Domain, credentials: Credentials) -> Result<Self, ConfigError> {
+    pub fn new(domain: Domain, credentials: Credentials) -> Result<Self, BuildError> {
         Self::builder(domain, credentials).build()
     }
 

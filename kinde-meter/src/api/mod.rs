@@ -15,7 +15,7 @@ pub use client::{
     RequestOptions,
 };
 pub use domain::{Credentials, Domain, InvalidDomain, Secret};
-pub use error::{ApiError, BoxError, Disposition, TokenError};
+pub use error::{ApiError, BoxError, BuildError, Disposition, TokenError};
 /// HTTP types used in responses and errors (from the `http` crate).
 pub use http::{HeaderMap, StatusCode};
 pub use model::{

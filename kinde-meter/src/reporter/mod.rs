@@ -21,15 +21,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use self::cells::AgreementRef;
-pub use self::events::{
-    FlushReport, InvalidValue, MeterError, ShutdownReport, Stats, UnsentReason, UnsentRecord,
-    UsageRecord,
-};
+pub use self::events::{FlushReport, ShutdownReport, Stats};
 use self::shared::{CallProblem, Shared};
 use self::worker::{Command, Reply, Settings, Worker};
 use crate::api::{AgreementId, FeatureCode, MeterType, deadline_after};
 use crate::config::{Config, ConfigError, defaults};
 use crate::context::with_current;
+// Named here for `__private` and `testing::capture`, which take it from the reporter.
+pub use crate::usage::InvalidValue;
 
 /// The global reporter's cells and counters. They exist from the first recorded call, so
 /// usage recorded before [`init`] is kept.
@@ -411,7 +410,7 @@ impl Reporter {
         shared.set_hooks(config.on_error.clone(), config.on_unsent.clone());
         let settings = Settings {
             flush_interval: config.flush_interval,
-            request_timeout: config.request_timeout,
+            request_timeout: config.client.request_timeout,
             policy: outbox::Policy {
                 delivery: config.delivery,
                 max_in_flight: config.max_in_flight,

@@ -17,9 +17,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cells::Key;
-use super::events::{UnsentReason, UnsentRecord, UsageRecord};
 use crate::api::{ApiError, Disposition, MeterType, Timestamp};
 use crate::config::Delivery;
+use crate::usage::{UnsentReason, UnsentRecord, UsageRecord};
 
 /// Longest 429 pause honoured, whatever the server says.
 const MAX_PAUSE: Duration = Duration::from_secs(600);
@@ -73,7 +73,7 @@ impl Record {
 
     /// The value as delta usage (0 for absolute records), for the counters.
     pub(crate) fn delta(&self) -> u64 {
-        super::events::delta(self.key.meter_type, self.value)
+        crate::usage::delta(self.key.meter_type, self.value)
     }
 }
 

@@ -11,12 +11,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::events::{FlushReport, MeterError, ShutdownReport, UnsentReason, UnsentRecord};
+use super::events::{FlushReport, ShutdownReport};
 use super::outbox::{Event, Outbox, Policy, Record, Wait};
 use super::shared::{Shared, add};
 use crate::api::{
     ApiError, Client, CreateMeterUsageRecordRequest, RequestOptions, Timestamp, deadline_after,
 };
+use crate::usage::{MeterError, UnsentReason, UnsentRecord};
 
 /// A request is not started with less time than this left before a deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);

@@ -44,6 +44,6 @@ impl Emulator {
 
     /// An API client pointed at the emulator.
     pub fn client(&self) -> Result<Client, ConfigError> {
-        Client::new(self.domain(), self.credentials())
+        Ok(Client::new(self.domain(), self.credentials())?)
     }
 }
