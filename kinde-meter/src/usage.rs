@@ -6,7 +6,12 @@
 
 use std::fmt;
 
-use crate::api::{AgreementId, ApiError, FeatureCode, MeterType, Timestamp};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::api::{
+    AgreementId, ApiError, CreateMeterUsageRecordRequest, FeatureCode, MAX_ID_LEN, MeterType,
+    Timestamp,
+};
 
 /// A value given to `#[meter(value = ...)]` that cannot be billed: negative, or larger
 /// than `u64::MAX`. It is refused (counted in [`Stats::invalid`](crate::Stats::invalid) and passed to the error
@@ -50,7 +55,23 @@ impl fmt::Display for InvalidValue {
 impl std::error::Error for InvalidValue {}
 
 /// One unit of delivery: usage of one key in one flush window.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Serializes to and from JSON (or any serde format) with every field checked on the way
+/// in, as a journal or a hand-off needs: an invalid agreement id, feature code, timestamp
+/// or idempotency key is an error naming it.
+///
+/// ```
+/// use kinde_meter::UsageRecord;
+///
+/// let json = r#"{"agreement":"agreement_acme","feature":"api_calls","meter_type":"delta",
+///     "value":3,"timestamp":"2024-11-18T02:32:03Z","idempotency_key":"0123abcd"}"#;
+/// let record: UsageRecord = serde_json::from_str(json)?;
+/// assert_eq!(record.value, 3);
+/// let bad = json.replace("agreement_acme", "not an id");
+/// assert!(serde_json::from_str::<UsageRecord>(&bad).unwrap_err().to_string().contains("agreement id"));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct UsageRecord {
     /// The agreement billed.
@@ -64,7 +85,19 @@ pub struct UsageRecord {
     /// When the window closed; sent as `meter_usage_timestamp` on every attempt.
     pub timestamp: Timestamp,
     /// Sent as `Idempotency-Key` on every attempt of this record.
+    #[serde(deserialize_with = "idempotency_key")]
     pub idempotency_key: String,
+}
+
+/// An idempotency key as the client sends one: 1 to 255 bytes of visible ASCII.
+fn idempotency_key<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let key = String::deserialize(d)?;
+    if key.is_empty() || key.len() > MAX_ID_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(serde::de::Error::custom(format_args!(
+            "invalid idempotency key: it must be 1 to {MAX_ID_LEN} bytes of visible ASCII (no spaces)"
+        )));
+    }
+    Ok(key)
 }
 
 /// `value` as delta usage: 0 for an absolute value, which does not add up. The one
@@ -77,6 +110,14 @@ pub(crate) fn delta(meter_type: MeterType, value: u64) -> u64 {
 }
 
 impl UsageRecord {
+    /// The body of the `POST /api/v1/billing/meter_usage` that delivers this record (its
+    /// idempotency key goes in a header: [`RequestOptions::idempotency_key`](crate::api::RequestOptions::idempotency_key)).
+    pub fn request(&self) -> CreateMeterUsageRecordRequest {
+        CreateMeterUsageRecordRequest::new(self.agreement.clone(), self.feature.clone(), self.value)
+            .with_meter_type(self.meter_type)
+            .with_timestamp(self.timestamp)
+    }
+
     /// The value as delta usage (0 for absolute records).
     pub(crate) fn delta(&self) -> u64 {
         delta(self.meter_type, self.value)
@@ -222,4 +263,79 @@ pub struct UnsentRecord {
     pub attempts: u32,
     /// The last error, if an attempt failed.
     pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> UsageRecord {
+        UsageRecord {
+            agreement: AgreementId::new("agreement_acme").unwrap(),
+            feature: FeatureCode::from_static("api_calls"),
+            meter_type: MeterType::Absolute,
+            value: 12,
+            timestamp: Timestamp::from_unix_seconds(1_731_897_123).unwrap(),
+            idempotency_key: "0123456789abcdef0123456789abcdef".to_owned(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let r = record();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "agreement": "agreement_acme",
+                "feature": "api_calls",
+                "meter_type": "absolute",
+                "value": 12,
+                "timestamp": "2024-11-18T02:32:03Z",
+                "idempotency_key": "0123456789abcdef0123456789abcdef",
+            })
+        );
+        assert_eq!(serde_json::from_value::<UsageRecord>(json).unwrap(), r);
+    }
+
+    #[test]
+    fn invalid_records_are_refused_naming_the_field() {
+        let good = serde_json::to_value(record()).unwrap();
+        let cases = [
+            (
+                "agreement",
+                serde_json::json!("agreement acme"),
+                "customer agreement id",
+            ),
+            (
+                "feature",
+                serde_json::json!("api calls"),
+                "billing feature code",
+            ),
+            ("meter_type", serde_json::json!("sum"), "unknown variant"),
+            ("value", serde_json::json!(-1), "invalid value"),
+            (
+                "timestamp",
+                serde_json::json!("2024-02-30T00:00:00Z"),
+                "meter usage timestamp",
+            ),
+            (
+                "idempotency_key",
+                serde_json::json!("has space"),
+                "idempotency key",
+            ),
+            ("idempotency_key", serde_json::json!(""), "idempotency key"),
+        ];
+        for (field, value, named) in cases {
+            let mut bad = good.clone();
+            bad[field] = value;
+            let e = serde_json::from_value::<UsageRecord>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{field}: {e}");
+        }
+        let mut missing = good;
+        missing.as_object_mut().unwrap().remove("timestamp");
+        assert!(serde_json::from_value::<UsageRecord>(missing).is_err());
+    }
 }
