@@ -68,7 +68,7 @@ pub use context::{
 };
 pub use kinde_meter_macros::meter;
 pub use reporter::{
-    FlushReport, Guard, InitError, Outcome, Reporter, ShutdownReport, Stats, Usage, init, record,
-    record_for, stats,
+    FlushReport, Guard, InitError, KindeSink, Outcome, Reporter, SendResult, ShutdownReport, Sink,
+    Stats, Usage, init, record, record_for, stats,
 };
 pub use usage::{MeterError, UnsentReason, UnsentRecord, UsageRecord};

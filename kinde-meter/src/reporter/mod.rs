@@ -5,12 +5,16 @@
 //! - [`init`] starts the global reporter's worker and returns a [`Guard`]; dropping the
 //!   guard (or [`Guard::shutdown`]) flushes what is left within a deadline.
 //! - [`Reporter::start`] runs a reporter of its own, fed only through
-//!   [`Reporter::record_for`], for libraries and tests that must not touch the global one.
+//!   [`Reporter::record_for`], for libraries and tests that must not touch the global one;
+//!   [`Reporter::start_with_sink`] delivers through a [`Sink`] of your own.
 
+mod accounting;
 mod cells;
+mod dispatch;
 mod events;
 mod outbox;
 mod shared;
+mod sink;
 mod worker;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 pub(crate) use self::cells::AgreementRef;
 pub use self::events::{FlushReport, ShutdownReport, Stats};
 use self::shared::{CallProblem, Shared};
+pub use self::sink::{KindeSink, SendResult, Sink};
 use self::worker::{Command, Reply, Settings, Worker};
 use crate::api::{AgreementId, FeatureCode, MeterType, deadline_after};
 use crate::config::{Config, ConfigError, defaults};
@@ -391,10 +396,20 @@ impl std::fmt::Debug for Reporter {
 }
 
 impl Reporter {
-    /// Starts a reporter that is not the global one.
+    /// Starts a reporter that is not the global one, delivering to Kinde.
     pub fn start(config: Config) -> Result<Self, InitError> {
         let shared = Arc::new(Shared::new(config.max_pending_keys));
         Self::start_with(config, shared, None)
+    }
+
+    /// Starts a reporter that is not the global one, delivering through `sink` instead of
+    /// Kinde's client (a wrapper around [`KindeSink`], or a sink of your own in tests).
+    /// `config`'s connection options are not used; its policy (windows, retries, limits,
+    /// delivery guarantee, hooks) applies as with [`Reporter::start`].
+    pub fn start_with_sink(config: Config, sink: impl Sink) -> Result<Self, InitError> {
+        config.validate()?;
+        let shared = Arc::new(Shared::new(config.max_pending_keys));
+        Self::start_sink(config, shared, sink, None)
     }
 
     /// `on_stop` runs once the worker has shut down (the global reporter's release).
@@ -404,7 +419,16 @@ impl Reporter {
         on_stop: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<Self, InitError> {
         config.validate()?;
-        let client = config.client()?;
+        let sink = KindeSink::new(config.client()?);
+        Self::start_sink(config, shared, sink, on_stop)
+    }
+
+    fn start_sink<S: Sink>(
+        config: Config,
+        shared: Arc<Shared>,
+        sink: S,
+        on_stop: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<Self, InitError> {
         shared.registry.set_max_keys(config.max_pending_keys);
         shared.registry.restart();
         shared.set_hooks(config.on_error.clone(), config.on_unsent.clone());
@@ -422,7 +446,7 @@ impl Reporter {
         };
         let (commands, receiver) = mpsc::unbounded_channel();
         let global = on_stop.is_some();
-        let mut worker = Worker::new(Arc::clone(&shared), client, settings, receiver);
+        let mut worker = Worker::new(Arc::clone(&shared), Arc::new(sink), settings, receiver);
         if let Some(on_stop) = on_stop {
             worker.on_stop(on_stop);
         }
@@ -607,7 +631,7 @@ impl Reporter {
 
 /// Runs the worker on its thread until it shuts down. A panic in it (a bug) is
 /// contained: what it held is handed back, and it serves on.
-fn serve(runtime: &tokio::runtime::Runtime, worker: &mut Worker) {
+fn serve<S: Sink>(runtime: &tokio::runtime::Runtime, worker: &mut Worker<S>) {
     loop {
         match catch_unwind(AssertUnwindSafe(|| runtime.block_on(worker.run()))) {
             Ok(()) => return,
