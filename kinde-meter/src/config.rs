@@ -12,6 +12,8 @@ use crate::usage::{MeterError, UnsentRecord};
 ///
 /// Kinde documents no idempotency key, so no choice is free: resending may count the
 /// usage twice, not resending may lose it.
+// Defined here, not beside the outbox policy that applies it: `Config::delivery` takes it,
+// and config sits below the reporter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Delivery {
     /// Resend it (the default). Kinde may count it twice; the value is counted in

@@ -514,37 +514,32 @@ impl Reporter {
 
     /// Closes the current window and delivers everything pending, waiting at most `timeout`.
     pub async fn flush(&self, timeout: Duration) -> FlushReport {
-        let (tx, rx) = oneshot::channel();
-        let deadline = deadline_after(timeout);
-        if self
-            .commands
-            .send(Command::Flush {
-                deadline,
-                reply: Reply::Async(tx),
-            })
-            .is_err()
-        {
-            return self.flush_failed();
-        }
-        rx.await.unwrap_or_else(|_| self.flush_failed())
+        self.ask_flush(timeout)
+            .await
+            .unwrap_or_else(|| self.flush_failed())
     }
 
     /// [`Reporter::flush`] for sync code.
     pub fn flush_blocking(&self, timeout: Duration) -> FlushReport {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        block_on(
+            self.ask_flush(timeout),
+            timeout.saturating_add(ANSWER_GRACE),
+        )
+        .flatten()
+        .unwrap_or_else(|| self.flush_failed())
+    }
+
+    /// The body of both flushes: `None` if the worker did not answer.
+    async fn ask_flush(&self, timeout: Duration) -> Option<FlushReport> {
+        let (tx, rx) = oneshot::channel();
         let deadline = deadline_after(timeout);
-        if self
-            .commands
+        self.commands
             .send(Command::Flush {
                 deadline,
-                reply: Reply::Blocking(tx),
+                reply: Reply(tx),
             })
-            .is_err()
-        {
-            return self.flush_failed();
-        }
-        rx.recv_timeout(timeout.saturating_add(Duration::from_secs(1)))
-            .unwrap_or_else(|_| self.flush_failed())
+            .ok()?;
+        rx.await.ok()
     }
 
     fn flush_failed(&self) -> FlushReport {
@@ -556,25 +551,10 @@ impl Reporter {
 
     /// Delivers what is pending within `timeout` and stops the reporter.
     pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
-        self.stopping();
-        let (tx, rx) = oneshot::channel();
-        let deadline = deadline_after(timeout);
-        if self
-            .commands
-            .send(Command::Shutdown {
-                deadline,
-                reply: Reply::Async(tx),
-            })
-            .is_err()
-        {
-            return self.failed_report("the reporter's thread is gone");
-        }
         // The thread exits right after answering; it is not joined here, which would
         // block the caller's runtime.
         self.thread.take();
-        rx.await.unwrap_or_else(|_| {
-            self.failed_report("the reporter's thread stopped without answering")
-        })
+        self.ask_shutdown(timeout).await
     }
 
     /// [`Reporter::shutdown`] for sync code; returns within `timeout` plus one second.
@@ -591,30 +571,39 @@ impl Reporter {
         }
     }
 
-    fn stop_blocking(&mut self, timeout: Duration) -> ShutdownReport {
+    /// The body of both shutdowns.
+    async fn ask_shutdown(&self, timeout: Duration) -> ShutdownReport {
         self.stopping();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = oneshot::channel();
         let deadline = deadline_after(timeout);
         if self
             .commands
             .send(Command::Shutdown {
                 deadline,
-                reply: Reply::Blocking(tx),
+                reply: Reply(tx),
             })
             .is_err()
         {
             return self.failed_report("the reporter's thread is gone");
         }
-        match rx.recv_timeout(timeout.saturating_add(Duration::from_secs(1))) {
-            Ok(report) => {
+        rx.await.unwrap_or_else(|_| {
+            self.failed_report("the reporter's thread stopped without answering")
+        })
+    }
+
+    fn stop_blocking(&mut self, timeout: Duration) -> ShutdownReport {
+        match block_on(
+            self.ask_shutdown(timeout),
+            timeout.saturating_add(ANSWER_GRACE),
+        ) {
+            Some(report) => {
+                // It has answered (or is gone): it ends at once.
                 if let Some(thread) = self.thread.take() {
                     let _ = thread.join();
                 }
                 report
             }
-            Err(_) => {
-                self.failed_report("the reporter's thread did not answer within the deadline")
-            }
+            None => self.failed_report("the reporter's thread did not answer within the deadline"),
         }
     }
 
@@ -626,6 +615,39 @@ impl Reporter {
             deadline_reached: true,
             failure: Some(why.to_owned()),
         }
+    }
+}
+
+/// How long past its deadline a blocking caller waits for the worker's answer.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs `future` on the calling thread for at most `limit`, parking it between wake-ups:
+/// how each blocking form runs its async twin. Safe on any thread, a runtime's included,
+/// because the futures it runs need no runtime (they wait on a channel the worker's own
+/// thread answers).
+fn block_on<F: Future>(future: F, limit: Duration) -> Option<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    let start = std::time::Instant::now();
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return Some(output);
+        }
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::park_timeout(left);
     }
 }
 

@@ -29,19 +29,14 @@ pub(crate) struct Settings {
     pub(crate) policy: Policy,
 }
 
-/// Where the worker sends an answer: to an async caller or a blocking one.
-pub(crate) enum Reply<T> {
-    Async(oneshot::Sender<T>),
-    Blocking(std::sync::mpsc::SyncSender<T>),
-}
+/// Where the worker sends an answer. Async and blocking callers alike wait on it (the
+/// blocking ones through `block_on`).
+pub(crate) struct Reply<T>(pub(crate) oneshot::Sender<T>);
 
 impl<T> Reply<T> {
     fn send(self, value: T) {
         // The caller may have stopped waiting (its own timeout); nothing to do then.
-        match self {
-            Reply::Async(tx) => drop(tx.send(value)),
-            Reply::Blocking(tx) => drop(tx.send(value)),
-        }
+        drop(self.0.send(value));
     }
 }
 
