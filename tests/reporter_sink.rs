@@ -29,11 +29,14 @@ fn agreement(i: usize) -> AgreementId {
     AgreementId::new(format!("agreement_{i}")).expect("id")
 }
 
+/// Errors to answer with, in order, per agreement.
+type Script = HashMap<AgreementId, Vec<fn() -> ApiError>>;
+
 /// Answers each record with the next outcome of its script (by agreement), then
 /// accepts; keeps every record it was given.
 #[derive(Clone, Default)]
 struct Scripted {
-    script: Arc<Mutex<HashMap<AgreementId, Vec<fn() -> ApiError>>>>,
+    script: Arc<Mutex<Script>>,
     seen: Arc<Mutex<Vec<UsageRecord>>>,
 }
 

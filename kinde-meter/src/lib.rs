@@ -34,6 +34,8 @@
 //!   [`with_agreement`], [`enter_agreement`], [`in_agreement`], [`AgreementFutureExt`].
 //! - The reporter: [`init`] and its [`Guard`], [`Config`], [`stats`], the hooks' [`MeterError`]
 //!   and [`UnsentRecord`], and [`Reporter`] for instances of your own.
+//! - Delivery: the [`Sink`] seam between the reporter's policy and what carries records;
+//!   [`KindeSink`] delivers to Kinde, [`Reporter::start_with_sink`] takes any other.
 //! - [`api`]: the typed client for Kinde's meter usage endpoint, usable on its own.
 //! - [`testing`] (feature `testing`): [`testing::capture`] for unit tests, and
 //!   [`testing::Emulator`], a local Kinde on 127.0.0.1.
