@@ -25,7 +25,7 @@ impl Accounts {
         }
     }
 
-    /// A request was started.
+    /// Counts `started` requests (retries included).
     pub(crate) fn requests(&self, started: u64) {
         if started > 0 {
             add(&self.shared.counters.requests, started);
