@@ -191,8 +191,9 @@ fn hot_path(c: &mut Criterion) {
 /// Requests the reporter sends for 10⁶ calls over 100 keys in one window, against the
 /// local emulator. A count, not a time: criterion is not involved.
 fn requests_per_million_calls() -> (u64, u64) {
-    use kinde_meter::testing::Emulator;
     use kinde_meter::{FeatureCode, Reporter};
+    use kinde_meter_emulator::Emulator;
+    use kinde_meter_workspace::EmulatorExt;
 
     let emulator = Emulator::start().expect("emulator");
     let reporter = Reporter::start(emulator.config().flush_interval(Duration::from_secs(3600)))

@@ -63,18 +63,32 @@ pub(crate) fn app() -> Router {
         .route("/health", get(health))
 }
 
+/// A reporter configuration pointed at the local emulator.
+#[allow(dead_code)] // The integration test includes this file for `app()` only.
+fn emulator_config(
+    emulator: &kinde_meter_emulator::Emulator,
+) -> Result<kinde_meter::Config, kinde_meter::api::InvalidDomain> {
+    Ok(kinde_meter::Config::new(
+        emulator.base_url().parse()?,
+        kinde_meter::api::Credentials::client_credentials(
+            emulator.client_id(),
+            emulator.client_secret(),
+        ),
+    ))
+}
+
 #[allow(dead_code)] // The integration test includes this file for `app()` only.
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (config, _emulator) = match std::env::var_os("KINDE_DOMAIN") {
         Some(_) => (kinde_meter::Config::from_env()?, None),
         None => {
-            let emulator = kinde_meter::testing::Emulator::start()?;
+            let emulator = kinde_meter_emulator::Emulator::start()?;
             println!(
                 "reporting to the local Kinde emulator at {}",
                 emulator.base_url()
             );
-            (emulator.config(), Some(emulator))
+            (emulator_config(&emulator)?, Some(emulator))
         }
     };
     let guard = kinde_meter::init(config)?;

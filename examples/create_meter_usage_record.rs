@@ -11,10 +11,11 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kinde_meter::api::{
-    ApiError, Client, CreateMeterUsageRecordRequest, MeterType, RequestOptions, Timestamp,
+    ApiError, Client, CreateMeterUsageRecordRequest, Credentials, MeterType, RequestOptions,
+    Timestamp,
 };
-use kinde_meter::testing::Emulator;
 use kinde_meter::{AgreementId, Config, FeatureCode};
+use kinde_meter_emulator::Emulator;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -37,7 +38,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 "KINDE_DOMAIN is not set: using the local emulator at {}",
                 emulator.base_url()
             );
-            (emulator.client()?, Some(emulator))
+            // The emulator speaks HTTP only: point a client at its URL.
+            let client = Client::new(
+                emulator.base_url().parse()?,
+                Credentials::client_credentials(emulator.client_id(), emulator.client_secret()),
+            )?;
+            (client, Some(emulator))
         }
     };
     let agreement: AgreementId = env_or(

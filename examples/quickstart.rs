@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kinde_meter::testing::{Emulator, Faults};
+use kinde_meter::api::Credentials;
 use kinde_meter::{AgreementId, Config, enter_agreement, meter, with_agreement};
+use kinde_meter_emulator::{Emulator, Faults};
 
 // ---------------------------------------------------------------------------------------
 // The service: billable operations, each metered with one attribute.
@@ -78,17 +79,19 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         None => {
             let emulator = Emulator::builder()
                 .seed(2024)
-                .faults(Faults {
-                    status_503: 0.15,
-                    ..Faults::default()
-                })
+                .faults(Faults::none().status_503(0.15))
                 .start()?;
             println!(
                 "KINDE_DOMAIN is not set: reporting to the local Kinde emulator at {} (15% of requests fail with 503)",
                 emulator.base_url()
             );
+            // The emulator speaks HTTP only: point a configuration at its URL.
+            let config = Config::new(
+                emulator.base_url().parse()?,
+                Credentials::client_credentials(emulator.client_id(), emulator.client_secret()),
+            );
             (
-                emulator.config(),
+                config,
                 Some(emulator),
                 CUSTOMERS.map(str::to_owned).to_vec(),
             )

@@ -53,12 +53,20 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let (config, emulator) = match std::env::var_os("KINDE_DOMAIN") {
         Some(_) => (kinde_meter::Config::from_env()?, None),
         None => {
-            let emulator = kinde_meter::testing::Emulator::start()?;
+            let emulator = kinde_meter_emulator::Emulator::start()?;
             println!(
                 "reporting to the local Kinde emulator at {}",
                 emulator.base_url()
             );
-            (emulator.config(), Some(emulator))
+            // The emulator speaks HTTP only: point a configuration at its URL.
+            let config = kinde_meter::Config::new(
+                emulator.base_url().parse()?,
+                kinde_meter::api::Credentials::client_credentials(
+                    emulator.client_id(),
+                    emulator.client_secret(),
+                ),
+            );
+            (config, Some(emulator))
         }
     };
     let guard = kinde_meter::init(config)?;

@@ -1,4 +1,4 @@
-//! The API client against a local Kinde (`kinde_meter::testing::Emulator`) and against a
+//! The API client against a local Kinde (`kinde_meter_emulator::Emulator`) and against a
 //! hand-written raw HTTP server, over real HTTP on 127.0.0.1: every status and how it is
 //! classified, tokens (caching, early renewal, single flight, re-minting), headers, the
 //! exact request body, hostile answers, secret redaction and the https rule.
@@ -11,8 +11,9 @@ use kinde_meter::api::{
     CreateMeterUsageRecordResponse, Credentials, Disposition, Domain, FeatureCode, MeterType,
     MeterValue, RequestOptions, StatusCode, Timestamp, TokenError,
 };
-use kinde_meter::testing::{Emulator, EmulatorBuilder, Faults, RateLimit, RequestOutcome};
 use kinde_meter::{Config, ConfigError};
+use kinde_meter_emulator::{Emulator, EmulatorBuilder, Faults, RateLimit, RequestOutcome};
+use kinde_meter_workspace::EmulatorExt;
 use kinde_meter_workspace::RawHttpServer;
 
 const AGREEMENT: &str = "agreement_0195ac80a14c2ca2cec97d026d864de0";
@@ -239,10 +240,7 @@ async fn throttle_429_is_throttled_with_ratelimit_reset() {
 async fn rate_limit_429_is_throttled_and_the_wait_matches_the_headers() {
     let kinde = start(
         Emulator::builder()
-            .rate_limit(RateLimit {
-                per_second: 0.25,
-                burst: 1,
-            })
+            .rate_limit(RateLimit::new(0.25, 1))
             .retry_after_header(true),
     );
     let client = client(&kinde);
@@ -263,40 +261,28 @@ async fn rate_limit_429_is_throttled_and_the_wait_matches_the_headers() {
 async fn server_faults_are_server_errors_and_only_503_is_not_applied() {
     let cases = [
         (
-            Faults {
-                status_500: 1.0,
-                ..Faults::none()
-            },
+            Faults::none().status_500(1.0),
             500,
             Some("INTERNAL_ERROR"),
             Disposition::Ambiguous,
             false,
         ),
         (
-            Faults {
-                status_502: 1.0,
-                ..Faults::none()
-            },
+            Faults::none().status_502(1.0),
             502,
             None,
             Disposition::Ambiguous,
             false,
         ),
         (
-            Faults {
-                status_503: 1.0,
-                ..Faults::none()
-            },
+            Faults::none().status_503(1.0),
             503,
             Some("SERVICE_UNAVAILABLE"),
             Disposition::NotApplied,
             false,
         ),
         (
-            Faults {
-                status_500_after_apply: 1.0,
-                ..Faults::none()
-            },
+            Faults::none().status_500_after_apply(1.0),
             500,
             Some("INTERNAL_ERROR"),
             Disposition::Ambiguous,
@@ -333,20 +319,8 @@ async fn dropped_connections_are_transport_errors() {
     // connection closed before the answer (hyper's "connection closed before message
     // completed"), `ApiError::Transport`, Ambiguous — in both cases.
     for (faults, applied) in [
-        (
-            Faults {
-                drop_before_apply: 1.0,
-                ..Faults::none()
-            },
-            false,
-        ),
-        (
-            Faults {
-                drop_after_apply: 1.0,
-                ..Faults::none()
-            },
-            true,
-        ),
+        (Faults::none().drop_before_apply(1.0), false),
+        (Faults::none().drop_after_apply(1.0), true),
     ] {
         let kinde = start(Emulator::builder().faults(faults));
         let client = client(&kinde);
@@ -371,10 +345,7 @@ async fn dropped_connections_are_transport_errors() {
 
 #[tokio::test]
 async fn malformed_200_is_undecodable() {
-    let kinde = start(Emulator::builder().faults(Faults {
-        malformed_200: 1.0,
-        ..Faults::none()
-    }));
+    let kinde = start(Emulator::builder().faults(Faults::none().malformed_200(1.0)));
     let client = client(&kinde);
     let mut bodies = Vec::new();
     for _ in 0..6 {
@@ -397,10 +368,7 @@ async fn malformed_200_is_undecodable() {
 
 #[tokio::test]
 async fn slow_answer_is_a_timeout() {
-    let kinde = start(Emulator::builder().faults(Faults {
-        latency: Some(Duration::from_secs(3)),
-        ..Faults::none()
-    }));
+    let kinde = start(Emulator::builder().faults(Faults::none().latency(Duration::from_secs(3))));
     let quick = Client::builder(kinde.domain(), kinde.credentials())
         .request_timeout(Duration::from_millis(300))
         .build()

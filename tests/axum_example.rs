@@ -7,7 +7,7 @@ mod example;
 
 use std::time::Duration;
 
-use kinde_meter::testing::Emulator;
+use kinde_meter_emulator::Emulator;
 use kinde_meter_workspace::reporter::fast_config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use kinde_meter::api::{CreateMeterUsageRecordRequest, Credentials, Domain};
 use kinde_meter::config::env;
-use kinde_meter::testing::Emulator;
 use kinde_meter::{Config, ConfigError, InitError, Reporter};
+use kinde_meter_emulator::Emulator;
 use kinde_meter_workspace::vars;
 
 const DOMAIN: (&str, &str) = ("KINDE_DOMAIN", "acme.kinde.com");

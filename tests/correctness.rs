@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kinde_meter::testing::{self, Emulator, Faults};
+use kinde_meter::testing;
 use kinde_meter::{
     AgreementId, Config, Delivery, FeatureCode, InitError, MeterError, Reporter, Usage,
     current_agreement, enter_agreement, init, meter, record, record_for, stats,
 };
+use kinde_meter_emulator::{Emulator, Faults};
 use kinde_meter_workspace::reporter::{fast_config, wait_until};
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -253,34 +254,13 @@ fn usage_recorded_after_shutdown_is_reported_and_kept_for_the_next_start() {
 #[test]
 fn absolute_values_reach_kinde_in_order_under_every_fault() {
     let faults = [
-        Faults {
-            status_500: 1.0,
-            ..Faults::none()
-        },
-        Faults {
-            status_502: 1.0,
-            ..Faults::none()
-        },
-        Faults {
-            status_503: 1.0,
-            ..Faults::none()
-        },
-        Faults {
-            drop_before_apply: 1.0,
-            ..Faults::none()
-        },
-        Faults {
-            status_500_after_apply: 1.0,
-            ..Faults::none()
-        },
-        Faults {
-            drop_after_apply: 1.0,
-            ..Faults::none()
-        },
-        Faults {
-            malformed_200: 1.0,
-            ..Faults::none()
-        },
+        Faults::none().status_500(1.0),
+        Faults::none().status_502(1.0),
+        Faults::none().status_503(1.0),
+        Faults::none().drop_before_apply(1.0),
+        Faults::none().status_500_after_apply(1.0),
+        Faults::none().drop_after_apply(1.0),
+        Faults::none().malformed_200(1.0),
     ];
     for (i, fault) in faults.into_iter().enumerate() {
         let emulator = Emulator::builder()
@@ -334,10 +314,7 @@ fn absolute_values_reach_kinde_in_order_under_every_fault() {
 #[test]
 fn usage_is_never_held_back_behind_retries() {
     let emulator = Emulator::builder()
-        .faults(Faults {
-            status_503: 1.0,
-            ..Faults::none()
-        })
+        .faults(Faults::none().status_503(1.0))
         .start()
         .expect("emulator");
     let reporter = Reporter::start(
@@ -390,10 +367,7 @@ fn usage_is_never_held_back_behind_retries() {
 fn init_works_again_after_a_cancelled_shutdown() {
     let _turn = serial();
     let emulator = Emulator::builder()
-        .faults(Faults {
-            latency: Some(Duration::from_millis(300)),
-            ..Faults::none()
-        })
+        .faults(Faults::none().latency(Duration::from_millis(300)))
         .start()
         .expect("emulator");
     let guard = init(fast_config(&emulator)).expect("init");
@@ -492,10 +466,7 @@ fn idle_threads_do_not_pin_the_pending_key_bound() {
 fn panicking_hooks_do_not_stop_delivery() {
     let emulator = Emulator::builder()
         .known_agreements(["agreement_known"])
-        .faults(Faults {
-            drop_after_apply: 0.5,
-            ..Faults::none()
-        })
+        .faults(Faults::none().drop_after_apply(0.5))
         .seed(3)
         .start()
         .expect("emulator");

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use kinde_meter::testing::Emulator;
 use kinde_meter::{AgreementId, FeatureCode, Reporter, record};
+use kinde_meter_emulator::Emulator;
 use kinde_meter_workspace::logs;
 use kinde_meter_workspace::reporter::{fast_config, wait_until};
 

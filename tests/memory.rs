@@ -8,8 +8,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use kinde_meter::testing::Emulator;
 use kinde_meter::{AgreementId, FeatureCode, Reporter, with_agreement};
+use kinde_meter_emulator::Emulator;
 use kinde_meter_workspace::reporter::{agreements, fast_config};
 
 struct Counting;

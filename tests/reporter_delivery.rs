@@ -6,10 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kinde_meter::testing::{Emulator, Faults, RateLimit, RequestOutcome};
 use kinde_meter::{
     AgreementId, Delivery, FeatureCode, MeterError, Reporter, UnsentReason, UnsentRecord, Usage,
 };
+use kinde_meter_emulator::{Emulator, Faults, RateLimit, RequestOutcome};
 use kinde_meter_workspace::reporter::{Expected, agreements, fast_config, wait_until};
 
 const API_CALLS: FeatureCode = FeatureCode::from_static("api_calls");
@@ -72,14 +72,14 @@ fn many_threads_deliver_exactly_what_they_recorded() {
 fn status_faults_and_slow_responses_lose_and_invent_nothing() {
     let emulator = Emulator::builder()
         .seed(7)
-        .faults(Faults {
-            status_500: 0.1,
-            status_502: 0.1,
-            status_503: 0.15,
-            drop_before_apply: 0.05,
-            latency: Some(Duration::from_millis(20)),
-            ..Faults::default()
-        })
+        .faults(
+            Faults::none()
+                .status_500(0.1)
+                .status_502(0.1)
+                .status_503(0.15)
+                .drop_before_apply(0.05)
+                .latency(Duration::from_millis(20)),
+        )
         .start()
         .expect("emulator");
     let reporter = Reporter::start(fast_config(&emulator)).expect("reporter");
@@ -154,12 +154,12 @@ fn expired_tokens_are_replaced_without_losing_usage() {
 fn at_least_once_exceeds_only_by_what_it_counted_ambiguous() {
     let emulator = Emulator::builder()
         .seed(11)
-        .faults(Faults {
-            drop_after_apply: 0.1,
-            malformed_200: 0.05,
-            status_500_after_apply: 0.05,
-            ..Faults::default()
-        })
+        .faults(
+            Faults::none()
+                .drop_after_apply(0.1)
+                .malformed_200(0.05)
+                .status_500_after_apply(0.05),
+        )
         .start()
         .expect("emulator");
     let reporter = Reporter::start(fast_config(&emulator)).expect("reporter");
@@ -184,20 +184,8 @@ fn at_least_once_exceeds_only_by_what_it_counted_ambiguous() {
 #[test]
 fn at_most_once_falls_short_only_by_what_it_handed_back() {
     for (applied, faults) in [
-        (
-            true,
-            Faults {
-                drop_after_apply: 0.15,
-                ..Faults::default()
-            },
-        ),
-        (
-            false,
-            Faults {
-                drop_before_apply: 0.15,
-                ..Faults::default()
-            },
-        ),
+        (true, Faults::none().drop_after_apply(0.15)),
+        (false, Faults::none().drop_before_apply(0.15)),
     ] {
         let emulator = Emulator::builder()
             .seed(3)
@@ -243,10 +231,7 @@ fn at_most_once_falls_short_only_by_what_it_handed_back() {
 #[test]
 fn no_request_goes_out_before_rate_limit_reset() {
     let emulator = Emulator::builder()
-        .rate_limit(RateLimit {
-            per_second: 5.0,
-            burst: 5,
-        })
+        .rate_limit(RateLimit::new(5.0, 5))
         .start()
         .expect("emulator");
     let reporter = Reporter::start(fast_config(&emulator)).expect("reporter");
@@ -279,10 +264,7 @@ fn no_request_goes_out_before_rate_limit_reset() {
 #[test]
 fn in_flight_requests_never_exceed_the_limit() {
     let emulator = Emulator::builder()
-        .faults(Faults {
-            latency: Some(Duration::from_millis(60)),
-            ..Faults::default()
-        })
+        .faults(Faults::none().latency(Duration::from_millis(60)))
         .start()
         .expect("emulator");
     let reporter = Reporter::start(fast_config(&emulator).max_in_flight(3)).expect("reporter");
@@ -364,10 +346,7 @@ fn retries_keep_the_idempotency_key_and_the_window_timestamp() {
     // Let the window close while the server is down, then wait a visible while.
     std::thread::sleep(Duration::from_millis(1_300));
     let back_at = std::time::SystemTime::now();
-    emulator.set_faults(Faults {
-        status_503: 1.0,
-        ..Faults::default()
-    });
+    emulator.set_faults(Faults::none().status_503(1.0));
     emulator.come_up().expect("back up");
     assert!(wait_until(Duration::from_secs(5), || emulator
         .counts()

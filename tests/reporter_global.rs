@@ -7,11 +7,11 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use kinde_meter::testing::Emulator;
 use kinde_meter::{
     AgreementId, FeatureCode, InitError, MeterError, enter_agreement, init, record, record_for,
     stats, with_agreement,
 };
+use kinde_meter_emulator::Emulator;
 use kinde_meter_workspace::reporter::fast_config;
 
 fn serial() -> MutexGuard<'static, ()> {

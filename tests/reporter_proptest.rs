@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use kinde_meter::testing::{Emulator, Faults};
 use kinde_meter::{FeatureCode, Reporter};
+use kinde_meter_emulator::{Emulator, Faults};
 use kinde_meter_workspace::reporter::{Expected, agreements, fast_config};
 use proptest::prelude::*;
 
@@ -43,20 +43,11 @@ fn op() -> impl Strategy<Value = Op> {
 fn faults(profile: u8) -> Faults {
     match profile {
         0 => Faults::default(),
-        1 => Faults {
-            status_503: 0.4,
-            ..Faults::default()
-        },
-        2 => Faults {
-            status_500: 0.2,
-            status_502: 0.2,
-            ..Faults::default()
-        },
-        _ => Faults {
-            drop_before_apply: 0.2,
-            latency: Some(Duration::from_millis(30)),
-            ..Faults::default()
-        },
+        1 => Faults::none().status_503(0.4),
+        2 => Faults::none().status_500(0.2).status_502(0.2),
+        _ => Faults::none()
+            .drop_before_apply(0.2)
+            .latency(Duration::from_millis(30)),
     }
 }
 

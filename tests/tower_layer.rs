@@ -10,9 +10,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::get;
-use kinde_meter::testing::Emulator;
 use kinde_meter::tower::{AgreementLayer, MissingAgreement};
 use kinde_meter::{AgreementId, meter};
+use kinde_meter_emulator::Emulator;
 use kinde_meter_workspace::reporter::fast_config;
 
 #[meter(feature = "tower_searches")]

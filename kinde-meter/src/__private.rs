@@ -12,8 +12,8 @@ pub use crate::api::MeterType;
 pub use crate::reporter::Outcome;
 
 use crate::api::{AgreementId, FeatureCode};
+use crate::reporter;
 pub use crate::reporter::InvalidValue;
-use crate::reporter::{self, AgreementRef};
 
 /// One `#[meter]` call site. Expansions keep it in a `static`, so the feature code is
 /// interned once per call site and the hot path compares pointers.
@@ -76,12 +76,7 @@ impl AgreementArg for CurrentAgreement {
 impl AgreementArg for &AgreementId {
     #[inline]
     fn record(self, site: &'static CallSite, value: u64) {
-        reporter::record_explicit(
-            AgreementRef::Id(self),
-            &site.feature,
-            site.meter_type,
-            value,
-        );
+        reporter::record_explicit(self, &site.feature, site.meter_type, value);
     }
     fn defer(self) -> Deferred {
         Deferred::Id(self.clone())
@@ -101,12 +96,7 @@ impl AgreementArg for AgreementId {
 impl AgreementArg for &str {
     #[inline]
     fn record(self, site: &'static CallSite, value: u64) {
-        reporter::record_explicit(
-            AgreementRef::Str(self),
-            &site.feature,
-            site.meter_type,
-            value,
-        );
+        reporter::record_explicit(self, &site.feature, site.meter_type, value);
     }
     fn defer(self) -> Deferred {
         match AgreementId::new(self) {

@@ -43,6 +43,19 @@ struct Scopes {
     entered: Vec<(u64, AgreementId, TaskId)>,
 }
 
+/// Removes the innermost entry with `token`: the last one, unless guards dropped out of
+/// order.
+fn remove(
+    entries: &mut Vec<(u64, AgreementId, TaskId)>,
+    token: u64,
+) -> Option<(u64, AgreementId, TaskId)> {
+    if entries.last().is_some_and(|(t, ..)| *t == token) {
+        return entries.pop();
+    }
+    let i = entries.iter().rposition(|(t, ..)| *t == token)?;
+    Some(entries.remove(i))
+}
+
 impl Scopes {
     fn token(&mut self) -> u64 {
         self.next_token = self.next_token.wrapping_add(1);
@@ -105,18 +118,6 @@ fn scopes_mut<R>(f: impl FnOnce(&mut Scopes) -> R) -> R {
     f(unsafe { &mut *scopes })
 }
 
-/// Runs `f` on this thread's scopes, if there are any.
-#[inline]
-fn scopes_ref<R>(f: impl FnOnce(Option<&Scopes>) -> R) -> R {
-    let scopes = SCOPES.with(Cell::get);
-    if scopes.is_null() || scopes == GONE {
-        return f(None);
-    }
-    // SAFETY: as in `scopes_mut`; the callers of `with_current` run no user code while
-    // they hold the reference (hooks and logs run after it ends).
-    f(Some(unsafe { &*scopes }))
-}
-
 /// What a metered call found in scope.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Found<'a> {
@@ -125,6 +126,13 @@ pub(crate) struct Found<'a> {
     /// A thread scope entered by another task was passed over: a guard of
     /// [`enter_agreement`] is held across an `.await` somewhere on this thread.
     pub(crate) hidden: bool,
+}
+
+impl Found<'_> {
+    const NOTHING: Self = Found {
+        agreement: None,
+        hidden: false,
+    };
 }
 
 /// The agreement metered calls made here would bill: the task scope, else the thread
@@ -139,22 +147,25 @@ pub fn current_agreement() -> Option<AgreementId> {
 
 /// Calls `f` with what is in scope, without cloning it: the hot path of every metered
 /// call. `f` must not run user code (hooks, logs): report after it returns.
-#[inline]
+#[inline(always)]
 pub(crate) fn with_current<R>(f: impl FnOnce(Found<'_>) -> R) -> R {
-    scopes_ref(|scopes| match scopes {
-        Some(scopes) if !scopes.is_empty() => f(lookup(scopes)),
-        _ => f(Found {
-            agreement: None,
-            hidden: false,
-        }),
-    })
+    let scopes = SCOPES.with(Cell::get);
+    if scopes.is_null() || scopes == GONE {
+        return f(Found::NOTHING);
+    }
+    // SAFETY: as in `scopes_mut`; the callers of `with_current` run no user code while
+    // they hold the reference (hooks and logs run after it ends).
+    f(lookup(unsafe { &*scopes }))
 }
 
 /// The innermost task scope polled by this task, else the innermost thread scope it
 /// entered. Both are matched on the task: a `LocalSet` or a nested runtime polled inside a
 /// `with_agreement` runs other tasks within that poll, and those must not bill it.
-#[inline]
+#[inline(always)]
 fn lookup(scopes: &Scopes) -> Found<'_> {
+    if scopes.is_empty() {
+        return Found::NOTHING;
+    }
     let task = tokio::task::try_id();
     if let Some((_, agreement, _)) = scopes.polls.iter().rev().find(|(.., t)| *t == task) {
         return Found {
@@ -260,10 +271,7 @@ pub struct AgreementGuard {
 impl Drop for AgreementGuard {
     fn drop(&mut self) {
         let token = self.token;
-        let removed = scopes_mut(|scopes| {
-            let i = scopes.entered.iter().rposition(|(t, ..)| *t == token)?;
-            Some(scopes.entered.remove(i))
-        });
+        let removed = scopes_mut(|scopes| remove(&mut scopes.entered, token));
         // Dropped here, outside `scopes_mut`: dropping an id runs no user code, but this
         // keeps the rule simple.
         drop(removed);
@@ -325,10 +333,7 @@ pub(crate) fn in_poll<R>(agreement: &AgreementId, f: impl FnOnce() -> R) -> R {
     impl Drop for EndPoll {
         fn drop(&mut self) {
             let token = self.0;
-            let removed = scopes_mut(|scopes| {
-                let i = scopes.polls.iter().rposition(|(t, ..)| *t == token)?;
-                Some(scopes.polls.remove(i))
-            });
+            let removed = scopes_mut(|scopes| remove(&mut scopes.polls, token));
             drop(removed);
         }
     }

@@ -37,8 +37,8 @@
 //! - Delivery: the [`Sink`] seam between the reporter's policy and what carries records;
 //!   [`KindeSink`] delivers to Kinde, [`Reporter::start_with_sink`] takes any other.
 //! - [`api`]: the typed client for Kinde's meter usage endpoint, usable on its own.
-//! - [`testing`] (feature `testing`): [`testing::capture`] for unit tests, and
-//!   [`testing::Emulator`], a local Kinde on 127.0.0.1.
+//! - [`testing`] (feature `testing`): [`testing::capture`] for unit tests. A local Kinde
+//!   to test delivery against is the separate crate `kinde-meter-emulator`.
 //! - [`tower`] (feature `tower`): a layer that sets each request's agreement.
 //!
 //! The README covers the concepts (agreement scope, aggregation window, delivery

@@ -4,12 +4,64 @@
 pub mod logs;
 pub mod reporter;
 
+use kinde_meter::Config;
+use kinde_meter::api::BuildError;
+use kinde_meter::api::{Client, Credentials, Domain};
+use kinde_meter_emulator::Emulator;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// Ready-made kinde-meter connections to a [`Emulator`] (which knows nothing of
+/// kinde-meter: it speaks HTTP only).
+///
+/// ```
+/// use kinde_meter_emulator::Emulator;
+/// use kinde_meter_workspace::EmulatorExt;
+///
+/// let emulator = Emulator::start()?;
+/// let config = emulator.config().flush_interval(std::time::Duration::from_millis(100));
+/// assert_eq!(config.domain().as_str(), emulator.base_url());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub trait EmulatorExt {
+    /// The emulator's base URL as a [`Domain`] (`http://127.0.0.1:PORT`, allowed because
+    /// it is loopback).
+    fn domain(&self) -> Domain;
+
+    /// Client credentials the emulator accepts.
+    fn credentials(&self) -> Credentials;
+
+    /// A reporter configuration pointed at the emulator (other settings at their
+    /// defaults: adjust them with the `Config` setters).
+    fn config(&self) -> Config;
+
+    /// An API client pointed at the emulator.
+    fn client(&self) -> Result<Client, BuildError>;
+}
+
+impl EmulatorExt for Emulator {
+    fn domain(&self) -> Domain {
+        // The emulator's own address always parses.
+        Domain::parse(&self.base_url()).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    fn credentials(&self) -> Credentials {
+        Credentials::client_credentials(self.client_id(), self.client_secret())
+    }
+
+    fn config(&self) -> Config {
+        Config::new(self.domain(), self.credentials())
+    }
+
+    fn client(&self) -> Result<Client, BuildError> {
+        Client::new(self.domain(), self.credentials())
+    }
+}
 
 /// A variable lookup over a fixed table, for `Config::from_env_with`: the process
 /// environment is never read or changed.

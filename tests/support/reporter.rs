@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kinde_meter::testing::Emulator;
+use kinde_meter_emulator::Emulator;
+
+use crate::EmulatorExt;
 use kinde_meter::{AgreementId, Config, FeatureCode};
 
 /// A configuration for tests: short flush interval and backoff, no client-side rate limit

@@ -26,6 +26,7 @@ pub use domain::{Credentials, Domain, InvalidDomain, Secret};
 pub use error::{ApiError, BoxError, BuildError, Disposition, TokenError};
 /// HTTP types used in responses and errors (from the `http` crate).
 pub use http::{HeaderMap, StatusCode};
+pub(crate) use model::content_hash;
 pub use model::{
     AgreementId, CreateMeterUsageRecordRequest, CreateMeterUsageRecordResponse, FeatureCode,
     InvalidInput, KindeError, MAX_ID_LEN, MeterType, MeterValue, Timestamp,

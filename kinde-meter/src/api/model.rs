@@ -115,9 +115,14 @@ fn check_agreement(s: &str) -> Result<(), &'static str> {
 /// ```
 ///
 /// Serialized as the plain string; deserializing validates it like [`AgreementId::new`].
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(try_from = "String")]
-pub struct AgreementId(Arc<str>);
+pub struct AgreementId {
+    /// [`content_hash`] of the id, computed once when built: the per-thread cells are
+    /// found by it on every metered call (see `reporter::cells`).
+    hash: u64,
+    id: Arc<str>,
+}
 
 impl AgreementId {
     /// Validates `id` and wraps it.
@@ -125,29 +130,88 @@ impl AgreementId {
         let id = id.as_ref();
         check_agreement(id)
             .map_err(|reason| InvalidInput::new("customer agreement id", id, reason))?;
-        Ok(Self(Arc::from(id)))
+        Ok(Self {
+            hash: content_hash(id.as_bytes()),
+            id: Arc::from(id),
+        })
     }
 
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
     }
 
-    /// Address of the shared string: the identity the per-thread caches key on.
+    /// Address of the shared string: equal addresses are equal ids.
+    #[inline]
     pub(crate) fn ptr(&self) -> *const u8 {
-        self.0.as_ptr()
+        self.id.as_ptr()
     }
+
+    /// The id's [`content_hash`].
+    #[inline]
+    pub(crate) fn content_hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl PartialEq for AgreementId {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.id == other.id
+    }
+}
+impl Eq for AgreementId {}
+impl std::hash::Hash for AgreementId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, so that `Borrow<str>` lookups in maps agree.
+        self.id.hash(state)
+    }
+}
+impl PartialOrd for AgreementId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for AgreementId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
+}
+
+/// A fast, unkeyed hash of an id or code (FxHash's word-at-a-time multiply, with a final
+/// mix so that the low bits index a table well). Computed once per [`AgreementId`] and at
+/// compile time for a static [`FeatureCode`]. It only picks a slot in a per-thread cache of
+/// bounded probe length, behind a table keyed with `RandomState`: inputs made to collide
+/// can slow calls down to the table's speed, never mix keys up (entries compare contents).
+pub(crate) const fn content_hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+    let mut hash = bytes.len() as u64;
+    let mut i = 0;
+    while i < bytes.len() {
+        let mut word = 0u64;
+        let mut j = 0;
+        while j < 8 && i + j < bytes.len() {
+            word |= (bytes[i + j] as u64) << (8 * j);
+            j += 1;
+        }
+        hash = (hash.rotate_left(5) ^ word).wrapping_mul(K);
+        i += 8;
+    }
+    // Murmur3's finaliser: every input bit reaches the low bits.
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash
 }
 
 impl fmt::Debug for AgreementId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.id, f)
     }
 }
 
 impl fmt::Display for AgreementId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 
@@ -174,19 +238,19 @@ impl TryFrom<String> for AgreementId {
 
 impl AsRef<str> for AgreementId {
     fn as_ref(&self) -> &str {
-        &self.0
+        &self.id
     }
 }
 
 impl Borrow<str> for AgreementId {
     fn borrow(&self) -> &str {
-        &self.0
+        &self.id
     }
 }
 
 impl Serialize for AgreementId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(&self.id)
     }
 }
 
@@ -217,21 +281,28 @@ enum FeatureRepr {
 /// Serialized as the plain string; deserializing validates it like [`FeatureCode::new`].
 #[derive(Clone, Deserialize)]
 #[serde(try_from = "String")]
-pub struct FeatureCode(FeatureRepr);
+pub struct FeatureCode {
+    /// [`content_hash`] of the code (computed at compile time for a literal).
+    hash: u64,
+    code: FeatureRepr,
+}
 
 impl FeatureCode {
     /// Wraps a string literal. In a `const` context an invalid code is a compile error;
     /// at run time it panics, so prefer [`FeatureCode::new`] for input you do not control.
     pub const fn from_static(code: &'static str) -> Self {
         match check_feature(code) {
-            Ok(()) => Self(FeatureRepr::Static(code)),
+            Ok(()) => Self::unchecked_static(code),
             Err(reason) => panic!("{}", reason),
         }
     }
 
     /// Wraps a literal without checking it; [`FeatureCode::new_checked`] checks it later.
     pub(crate) const fn unchecked_static(code: &'static str) -> Self {
-        Self(FeatureRepr::Static(code))
+        Self {
+            hash: content_hash(code.as_bytes()),
+            code: FeatureRepr::Static(code),
+        }
     }
 
     /// Checks a code that may have been built with `unchecked_static`.
@@ -245,7 +316,7 @@ impl FeatureCode {
     pub fn try_from_static(code: &'static str) -> Result<Self, InvalidInput> {
         check_feature(code)
             .map_err(|reason| InvalidInput::new("billing feature code", code, reason))?;
-        Ok(Self(FeatureRepr::Static(code)))
+        Ok(Self::unchecked_static(code))
     }
 
     /// Validates `code` and wraps it.
@@ -253,26 +324,30 @@ impl FeatureCode {
         let code = code.as_ref();
         check_feature(code)
             .map_err(|reason| InvalidInput::new("billing feature code", code, reason))?;
-        Ok(Self(FeatureRepr::Shared(Arc::from(code))))
+        Ok(Self {
+            hash: content_hash(code.as_bytes()),
+            code: FeatureRepr::Shared(Arc::from(code)),
+        })
     }
 
     /// The code as a string slice.
     pub fn as_str(&self) -> &str {
-        match &self.0 {
+        match &self.code {
             FeatureRepr::Static(s) => s,
             FeatureRepr::Shared(s) => s,
         }
     }
 
-    /// Address of the string: the identity the per-thread caches key on.
-    pub(crate) fn ptr(&self) -> *const u8 {
-        self.as_str().as_ptr()
+    /// The code's [`content_hash`].
+    #[inline]
+    pub(crate) fn content_hash(&self) -> u64 {
+        self.hash
     }
 }
 
 impl PartialEq for FeatureCode {
     fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
+        self.hash == other.hash && self.as_str() == other.as_str()
     }
 }
 impl Eq for FeatureCode {}

@@ -2,9 +2,11 @@
 //!
 //! A *key* is (agreement, feature, meter type). Each key has a *slot* in a sharded table;
 //! a delta slot holds one *cell* per thread that recorded it, an absolute slot one shared
-//! cell. A thread keeps the cells it uses in a small thread-local cache, so a steady-state
-//! call is a cache probe plus a plain add into a cell only that thread writes: no lock, no
-//! allocation, no shared read-modify-write, no clock read.
+//! cell. A thread keeps the cells it uses in a thread-local cache, open-addressed by the
+//! key's hash (computed when the agreement id and the feature code were built), so a
+//! steady-state call is one probe plus a plain add into a cell only that thread writes: no
+//! lock, no allocation, no shared read-modify-write, no clock read, and no more work with
+//! 100,000 active customers than with one.
 //!
 //! Delta cells hold a monotonic total; the flusher keeps a watermark per cell and takes
 //! `total - watermark`, so what it reads is exactly what it removes and a concurrent add is
@@ -15,9 +17,9 @@
 //! drain (a drain leaves every slot with nothing pending, so it uncounts them all), plus
 //! the records the worker holds. A slot that a thread cache still holds stays in the table
 //! after a drain, uncounted, and is freed once no cache holds it. A thread cache holds at
-//! most 32 cells, and once the table is crowded every drain asks all threads to drop their
-//! caches, so memory stays bounded by `max_pending_keys` keys plus 32 cells per thread, and
-//! an idle thread pins memory but never the bound.
+//! most two slots per key of the bound, and once the table is crowded every drain asks all
+//! threads to drop their caches, so memory stays bounded by `max_pending_keys` keys per
+//! thread that records, and an idle thread pins memory but never the bound.
 use std::cell::Cell as StdCell;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -27,7 +29,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::ThreadId;
 
-use crate::api::{AgreementId, FeatureCode, InvalidInput, MeterType};
+use crate::api::{AgreementId, FeatureCode, InvalidInput, MeterType, content_hash};
 
 /// Bumped when the table is crowded, so every thread drops its cached cells on its next
 /// call and idle keys can be freed. One counter for all registries: bumps are rare.
@@ -36,8 +38,6 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 pub(crate) const GLOBAL_ID: u64 = 0;
 static NEXT_REGISTRY_ID: AtomicU64 = AtomicU64::new(GLOBAL_ID + 1);
 
-/// How many cells one thread caches.
-const CACHE_SIZE: usize = 32;
 const SHARDS: usize = 16;
 
 /// (agreement, feature, meter type): what one record is about.
@@ -56,14 +56,19 @@ pub(crate) enum AgreementRef<'a> {
     Str(&'a str),
 }
 
-impl AgreementRef<'_> {
-    fn as_str(&self) -> &str {
-        match self {
-            AgreementRef::Id(id) => id.as_str(),
-            AgreementRef::Str(s) => s,
-        }
+impl<'a> From<&'a AgreementId> for AgreementRef<'a> {
+    fn from(id: &'a AgreementId) -> Self {
+        AgreementRef::Id(id)
     }
+}
 
+impl<'a> From<&'a str> for AgreementRef<'a> {
+    fn from(s: &'a str) -> Self {
+        AgreementRef::Str(s)
+    }
+}
+
+impl AgreementRef<'_> {
     fn to_id(self) -> Result<AgreementId, InvalidInput> {
         match self {
             AgreementRef::Id(id) => Ok(id.clone()),
@@ -72,8 +77,9 @@ impl AgreementRef<'_> {
     }
 }
 
-/// One cell. Padded to its own cache lines so cells of different threads never share one.
-#[repr(align(128))]
+/// One cell, with the key it counts. Not padded to a cache line: a thread's cells are
+/// allocated on that thread (allocators serve threads from separate arenas or caches),
+/// and padding would double the memory of every key.
 #[derive(Debug)]
 pub(crate) struct Cell {
     /// Delta: monotonic (wrapping) sum of everything added. Absolute: the last value set.
@@ -84,15 +90,21 @@ pub(crate) struct Cell {
     taken: AtomicU64,
     /// The only thread that adds to this cell; `None` for shared cells.
     owner: Option<ThreadId>,
+    registry: u64,
+    /// The key, with the agreement id object of the call that made the cell: the thread
+    /// caches compare its address first.
+    key: Key,
 }
 
 impl Cell {
-    fn new(owner: Option<ThreadId>) -> Self {
+    fn new(owner: Option<ThreadId>, registry: u64, key: Key) -> Self {
         Self {
             total: AtomicU64::new(0),
             version: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             owner,
+            registry,
+            key,
         }
     }
 
@@ -237,6 +249,16 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// Lets thread caches grow to hold `max_keys` keys (they never shrink: a smaller bound
+/// only means fewer keys reach them).
+fn let_caches_hold(max_keys: usize) {
+    let slots = max_keys
+        .saturating_mul(2)
+        .clamp(CACHE_MIN_SLOTS, MAX_CACHE_SLOTS)
+        .next_power_of_two();
+    CACHE_MAX_SLOTS.fetch_max(slots, Relaxed);
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing here can leave a slot half-updated, so a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -253,6 +275,7 @@ impl Registry {
     }
 
     fn with_id(id: u64, max_keys: usize) -> Self {
+        let_caches_hold(max_keys);
         Self {
             id,
             hasher: RandomState::new(),
@@ -265,6 +288,7 @@ impl Registry {
     }
 
     pub(crate) fn set_max_keys(&self, max_keys: usize) {
+        let_caches_hold(max_keys);
         self.max_keys.store(max_keys, Relaxed);
     }
 
@@ -310,7 +334,11 @@ impl Registry {
         meter_type: MeterType,
         value: u64,
     ) -> Result<(), Problem> {
-        match add_cached(self.id, agreement, feature, meter_type, value) {
+        let lookup = match agreement {
+            AgreementRef::Id(id) => add_cached(self.id, id, feature, meter_type, value),
+            AgreementRef::Str(s) => add_cached(self.id, s, feature, meter_type, value),
+        };
+        match lookup {
             Lookup::Hit => Ok(()),
             miss => self.add_slow(agreement, feature, meter_type, value, miss),
         }
@@ -336,9 +364,15 @@ impl Registry {
             return Err(Problem::AfterShutdown { agreement });
         }
         if cache {
-            let entry = CacheEntry::new(self.id, agreement, feature.clone(), meter_type, cell);
+            let key = &cell.key;
+            let hash = key_hash(
+                key.agreement.content_hash(),
+                key.feature.content_hash(),
+                self.id,
+                meter_type,
+            );
             // The cache may be gone already during thread teardown.
-            let _ = with_cache(|cache| cache.insert(entry));
+            let _ = with_cache(|cache| cache.insert(hash, Arc::clone(&cell)));
         }
         Ok(())
     }
@@ -382,12 +416,12 @@ impl Registry {
             }
             self.keys.fetch_add(1, Relaxed);
         }
-        let slot = shard.slots.entry(key).or_default();
+        let slot = shard.slots.entry(key.clone()).or_default();
         slot.counted = true;
         if let Some(cell) = slot.cells.iter().find(|c| c.owner == owner) {
             return Ok((Arc::clone(cell), agreement, stopped));
         }
-        let cell = Arc::new(Cell::new(owner));
+        let cell = Arc::new(Cell::new(owner, self.id, key.clone()));
         slot.cells.push(Arc::clone(&cell));
         Ok((cell, agreement, stopped))
     }
@@ -504,107 +538,219 @@ pub(crate) enum Lookup {
 }
 
 /// The hot path: adds to this thread's cached cell for the key, if there is one.
-#[inline]
-pub(crate) fn add_cached(
+///
+/// One thread-local load, one probe at the slot the key's hash picks (the agreement's and
+/// the feature's hashes were computed when they were built), address compares, and a plain
+/// add into a cell only this thread writes. Its cost does not depend on how many keys are
+/// active, up to the cache's size (see [`LocalCache`]). Every argument is a plain word:
+/// an enum passed through memory here stalls store forwarding on every call.
+#[inline(always)]
+pub(crate) fn add_cached<A: ProbeAgreement>(
     registry: u64,
-    agreement: AgreementRef<'_>,
+    agreement: A,
     feature: &FeatureCode,
     meter_type: MeterType,
     value: u64,
 ) -> Lookup {
-    let feature = feature.as_str();
-    // Plain words only: an enum copied through memory here stalls store forwarding.
-    let key = ProbeKey {
-        registry,
-        agreement_ptr: match agreement {
-            AgreementRef::Id(id) => id.ptr(),
-            AgreementRef::Str(_) => ptr::null(),
-        },
-        feature_ptr: feature.as_ptr(),
-        feature_len: feature.len(),
-        meter_type,
-    };
-    let probed = with_cache(|cache| {
-        let cell = match cache.first(&key) {
-            Some(cell) => cell,
-            None => match cache.probe_rest(&key, agreement) {
-                Some(cell) => cell,
-                None => return Lookup::Miss,
-            },
+    let cache = CACHE.with(StdCell::get);
+    if cache.is_null() || cache == GONE {
+        // Created (or found gone) by the slow path.
+        return if cache.is_null() {
+            Lookup::Miss
+        } else {
+            Lookup::NoCache
         };
-        // A cached delta cell is always this thread's own.
-        match meter_type {
-            MeterType::Delta => {
-                if !cell.add_owned(value) {
-                    // The table path refuses it and says why.
-                    return Lookup::Miss;
-                }
-            }
-            MeterType::Absolute => cell.set(value),
-        }
-        Lookup::Hit
+    }
+    // SAFETY: a pointer other than null and `GONE` came from `Box::into_raw` in
+    // `new_cache` for this thread and is freed only after `GONE` replaced it. Only a
+    // shared reference is made here, and nothing runs while it is live but this
+    // function's own reads and the cell's atomic add: the only `&mut` (in `with_cache`)
+    // is made by the slow path, never while this one lives.
+    let cache = unsafe { &*cache };
+    let hash = key_hash(
+        agreement.hash(),
+        feature.content_hash(),
+        registry,
+        meter_type,
+    );
+    let found = cache.find(hash, |cell| {
+        cell.registry == registry
+            && cell.key.meter_type == meter_type
+            && agreement.is(&cell.key.agreement)
+            && same_feature(feature, &cell.key.feature)
     });
-    probed.unwrap_or(Lookup::NoCache)
-}
-
-/// What a cache probe compares.
-struct ProbeKey {
-    registry: u64,
-    /// Null for an agreement given as a string (compared by content instead).
-    agreement_ptr: *const u8,
-    feature_ptr: *const u8,
-    feature_len: usize,
-    meter_type: MeterType,
-}
-
-struct CacheEntry {
-    // What the probe compares, as plain words.
-    agreement_ptr: *const u8,
-    feature_ptr: *const u8,
-    feature_len: usize,
-    registry: u64,
-    meter_type: MeterType,
-    cell: Arc<Cell>,
-    // Keep the pointed-to strings alive (so no address is reused while cached) and
-    // allow comparing by content.
-    agreement: AgreementId,
-    _feature: FeatureCode,
-}
-
-impl CacheEntry {
-    fn new(
-        registry: u64,
-        agreement: AgreementId,
-        feature: FeatureCode,
-        meter_type: MeterType,
-        cell: Arc<Cell>,
-    ) -> Self {
-        Self {
-            agreement_ptr: agreement.ptr(),
-            feature_ptr: feature.ptr(),
-            feature_len: feature.as_str().len(),
-            registry,
-            meter_type,
-            cell,
-            agreement,
-            _feature: feature,
+    let Some(cell) = found else {
+        return Lookup::Miss;
+    };
+    // A cached delta cell is always this thread's own.
+    match meter_type {
+        MeterType::Delta => {
+            if !cell.add_owned(value) {
+                // The table path refuses it and says why.
+                return Lookup::Miss;
+            }
         }
+        MeterType::Absolute => cell.set(value),
     }
+    Lookup::Hit
+}
 
-    #[inline]
-    fn same_key(&self, key: &ProbeKey) -> bool {
-        self.feature_ptr == key.feature_ptr
-            && self.feature_len == key.feature_len
-            && self.registry == key.registry
-            && self.meter_type == key.meter_type
+/// An agreement as a call gives it to [`add_cached`].
+pub(crate) trait ProbeAgreement: Copy {
+    /// The id's content hash.
+    fn hash(self) -> u64;
+    /// Whether this is `id`.
+    fn is(self, id: &AgreementId) -> bool;
+}
+
+impl ProbeAgreement for &AgreementId {
+    #[inline(always)]
+    fn hash(self) -> u64 {
+        self.content_hash()
+    }
+    #[inline(always)]
+    fn is(self, id: &AgreementId) -> bool {
+        // The same id object as the one the cell was made with, else the same text.
+        self.ptr() == id.ptr() || self.as_str() == id.as_str()
     }
 }
 
+impl ProbeAgreement for &str {
+    #[inline(always)]
+    fn hash(self) -> u64 {
+        content_hash(self.as_bytes())
+    }
+    #[inline(always)]
+    fn is(self, id: &AgreementId) -> bool {
+        self == id.as_str()
+    }
+}
+
+#[inline(always)]
+fn same_feature(probe: &FeatureCode, key: &FeatureCode) -> bool {
+    let (probe, key) = (probe.as_str(), key.as_str());
+    (probe.as_ptr() == key.as_ptr() && probe.len() == key.len()) || probe == key
+}
+
+/// Combines the parts' hashes (each already mixed) into the key's.
+#[inline(always)]
+fn key_hash(agreement: u64, feature: u64, registry: u64, meter_type: MeterType) -> u64 {
+    agreement
+        ^ feature.rotate_left(29)
+        ^ registry.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ meter_type as u64
+}
+
+/// One cached cell. The key it stands for is the cell's own ([`Cell::key`]), which also
+/// keeps the strings whose addresses the probe compares alive.
+struct CacheEntry {
+    hash: u64,
+    cell: Arc<Cell>,
+}
+
+/// How many slots a lookup tries, from the key's home slot on, before it counts as a
+/// miss. Bounded so that keys made to collide cost a trip to the table, never a long
+/// scan.
+const PROBE_LIMIT: usize = 8;
+/// The smallest cache, in slots.
+const CACHE_MIN_SLOTS: usize = 64;
+/// No thread cache grows past this many slots (32 MiB of entries), whatever the bound.
+const MAX_CACHE_SLOTS: usize = 1 << 20;
+/// The largest cache: two slots per key of the largest bound of any registry, so a
+/// thread that records every pending key still finds each one in the cache.
+static CACHE_MAX_SLOTS: AtomicUsize = AtomicUsize::new(CACHE_MIN_SLOTS);
+
+/// A thread's cells, open-addressed by key hash with linear probing. Entries are never
+/// removed one by one (an insert into a full probe window replaces the entry in the
+/// key's home slot, and a new generation clears them all), so a probe stops at the first
+/// empty slot. It doubles at half full (so probe windows seldom fill and evict), up to
+/// [`CACHE_MAX_SLOTS`].
 struct LocalCache {
     generation: u64,
     /// Set while a `&mut` to this cache is live, so a re-entrant use cannot alias it.
     busy: bool,
-    entries: Vec<CacheEntry>,
+    len: usize,
+    slots: Box<[Option<CacheEntry>]>,
+}
+
+impl LocalCache {
+    fn new(slots: usize) -> Self {
+        Self {
+            generation: GENERATION.load(Relaxed),
+            busy: false,
+            len: 0,
+            slots: (0..slots).map(|_| None).collect(),
+        }
+    }
+
+    #[inline(always)]
+    fn find(&self, hash: u64, is: impl Fn(&Cell) -> bool) -> Option<&Cell> {
+        if self.generation != GENERATION.load(Relaxed) {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        for _ in 0..PROBE_LIMIT {
+            let entry = self.slots.get(i)?.as_ref()?;
+            if entry.hash == hash && is(&entry.cell) {
+                return Some(&entry.cell);
+            }
+            i = (i + 1) & mask;
+        }
+        None
+    }
+
+    /// Caches `cell` under `hash`, after a miss.
+    fn insert(&mut self, hash: u64, cell: Arc<Cell>) {
+        let generation = GENERATION.load(Relaxed);
+        if self.generation != generation {
+            self.slots.iter_mut().for_each(|slot| *slot = None);
+            self.len = 0;
+            self.generation = generation;
+        }
+        let max_slots = CACHE_MAX_SLOTS.load(Relaxed);
+        if (self.len + 1) * 2 > self.slots.len() && self.slots.len() < max_slots {
+            self.grow();
+        }
+        self.place(CacheEntry { hash, cell });
+    }
+
+    fn place(&mut self, entry: CacheEntry) {
+        let mask = self.slots.len() - 1;
+        let home = entry.hash as usize & mask;
+        let mut i = home;
+        for _ in 0..PROBE_LIMIT {
+            let slot = &mut self.slots[i];
+            match slot {
+                None => {
+                    self.len += 1;
+                    *slot = Some(entry);
+                    return;
+                }
+                // The same key cached again (its cell was replaced after a refusal).
+                Some(old) if Arc::ptr_eq(&old.cell, &entry.cell) || same_key(old, &entry) => {
+                    *old = entry;
+                    return;
+                }
+                Some(_) => i = (i + 1) & mask,
+            }
+        }
+        // The window is full: the key's home slot gives way.
+        self.slots[home] = Some(entry);
+    }
+
+    fn grow(&mut self) {
+        let bigger = (0..self.slots.len() * 2).map(|_| None).collect();
+        let old = std::mem::replace(&mut self.slots, bigger);
+        self.len = 0;
+        for entry in old.into_vec().into_iter().flatten() {
+            self.place(entry);
+        }
+    }
+}
+
+fn same_key(a: &CacheEntry, b: &CacheEntry) -> bool {
+    a.hash == b.hash && a.cell.registry == b.cell.registry && a.cell.key == b.cell.key
 }
 
 /// Marks the per-thread cache as freed (thread teardown).
@@ -632,7 +778,8 @@ fn free_cache() {
     if !cache.is_null() && cache != GONE {
         // SAFETY: a pointer other than null and `GONE` came from `Box::into_raw` in
         // `new_cache` for this thread, and swapping `GONE` in first means no later call
-        // can reach it; no `&mut` to it is live (destructors run outside `with_cache`).
+        // can reach it; no reference to it is live (destructors run outside the hot path
+        // and `with_cache`).
         drop(unsafe { Box::from_raw(cache) });
     }
 }
@@ -644,17 +791,12 @@ fn new_cache() -> *mut LocalCache {
         CACHE.with(|slot| slot.set(GONE));
         return GONE;
     }
-    let cache = Box::into_raw(Box::new(LocalCache {
-        generation: GENERATION.load(Relaxed),
-        busy: false,
-        entries: Vec::with_capacity(CACHE_SIZE),
-    }));
+    let cache = Box::into_raw(Box::new(LocalCache::new(CACHE_MIN_SLOTS)));
     CACHE.with(|slot| slot.set(cache));
     cache
 }
 
 /// Runs `f` on this thread's cache; `None` during thread teardown or if re-entered.
-#[inline]
 fn with_cache<R>(f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
     let mut cache = CACHE.with(StdCell::get);
     if cache.is_null() {
@@ -666,7 +808,9 @@ fn with_cache<R>(f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
     // SAFETY: `cache` came from `Box::into_raw` for this thread and is freed only after
     // `GONE` replaced it, so it is live. The `busy` flag makes this the only `&mut`: it is
     // read through the raw pointer first, and a nested call (impossible today: nothing
-    // here runs user code) would get `None` instead of a second reference.
+    // here runs user code) would get `None` instead of a second reference. No shared
+    // reference from `add_cached` is live: that function returns before the slow path
+    // that calls this one runs.
     unsafe {
         if (*cache).busy {
             return None;
@@ -675,65 +819,6 @@ fn with_cache<R>(f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
         let result = f(&mut *cache);
         (*cache).busy = false;
         Some(result)
-    }
-}
-
-impl LocalCache {
-    /// The most recently used entry, if it is the key's: what a loop or a request
-    /// calling metered code again hits.
-    #[inline]
-    fn first(&self, key: &ProbeKey) -> Option<&Cell> {
-        let first = self.entries.first()?;
-        let hit = self.generation == GENERATION.load(Relaxed)
-            && first.agreement_ptr == key.agreement_ptr
-            && !key.agreement_ptr.is_null()
-            && first.same_key(key);
-        hit.then_some(&*first.cell)
-    }
-
-    /// The rest of the cache: any entry by agreement object, then by content. A hit
-    /// moves to the front.
-    #[cold]
-    #[inline(never)]
-    fn probe_rest(&mut self, key: &ProbeKey, agreement: AgreementRef<'_>) -> Option<&Cell> {
-        let generation = GENERATION.load(Relaxed);
-        if self.generation != generation {
-            self.entries.clear();
-            self.generation = generation;
-            return None;
-        }
-        let by_object = if key.agreement_ptr.is_null() {
-            None
-        } else {
-            self.entries
-                .iter()
-                .position(|e| e.agreement_ptr == key.agreement_ptr && e.same_key(key))
-        };
-        let i = match by_object {
-            Some(i) => i,
-            None => {
-                let s = agreement.as_str();
-                let i = self
-                    .entries
-                    .iter()
-                    .position(|e| e.same_key(key) && e.agreement.as_str() == s)?;
-                if let AgreementRef::Id(id) = agreement {
-                    // Remember this object so the next call takes the fast probe.
-                    self.entries[i].agreement_ptr = id.ptr();
-                    self.entries[i].agreement = id.clone();
-                }
-                i
-            }
-        };
-        self.entries.swap(0, i);
-        self.entries.first().map(|e| &*e.cell)
-    }
-
-    fn insert(&mut self, entry: CacheEntry) {
-        if self.entries.len() == CACHE_SIZE {
-            self.entries.pop();
-        }
-        self.entries.insert(0, entry);
     }
 }
 
@@ -783,6 +868,56 @@ mod tests {
         assert_eq!(
             drain_all(&r),
             vec![("agreement_a/pro_gym/delta".to_owned(), 2)]
+        );
+    }
+
+    #[test]
+    fn many_keys_round_robin_are_each_counted_exactly() {
+        // More keys than the smallest cache holds, so it grows and probes collide.
+        let r = Registry::new(100_000);
+        let ids: Vec<AgreementId> = (0..5_000).map(|i| id(&format!("agreement_{i}"))).collect();
+        for round in 1..=3u64 {
+            for a in &ids {
+                r.add(AgreementRef::Id(a), &F, MeterType::Delta, round)
+                    .expect("added");
+            }
+        }
+        let drained = r.drain();
+        assert_eq!(drained.len(), ids.len());
+        assert!(
+            drained.iter().all(|d| d.value == 6),
+            "1 + 2 + 3 for every key"
+        );
+    }
+
+    #[test]
+    fn the_same_id_from_another_object_or_a_string_adds_to_the_same_key() {
+        let r = Registry::new(10);
+        let first = id("agreement_same_text");
+        let again = id("agreement_same_text");
+        let other = id("agreement_other_text");
+        r.add(AgreementRef::Id(&first), &F, MeterType::Delta, 1)
+            .expect("added");
+        r.add(AgreementRef::Id(&again), &F, MeterType::Delta, 2)
+            .expect("added");
+        r.add(
+            AgreementRef::Str("agreement_same_text"),
+            &F,
+            MeterType::Delta,
+            4,
+        )
+        .expect("added");
+        r.add(AgreementRef::Id(&other), &F, MeterType::Delta, 8)
+            .expect("added");
+        let dynamic = FeatureCode::new("pro_gym").expect("valid");
+        r.add(AgreementRef::Id(&first), &dynamic, MeterType::Delta, 16)
+            .expect("added");
+        assert_eq!(
+            drain_all(&r),
+            [
+                ("agreement_other_text/pro_gym/delta".to_owned(), 8),
+                ("agreement_same_text/pro_gym/delta".to_owned(), 23),
+            ]
         );
     }
 

@@ -12,6 +12,7 @@ mod accounting;
 mod cells;
 mod dispatch;
 mod events;
+pub(crate) mod local;
 mod outbox;
 mod shared;
 mod sink;
@@ -145,7 +146,7 @@ pub fn record(feature: &'static str, value: u64) {
 #[inline]
 pub fn record_for(agreement: &AgreementId, feature: &FeatureCode, usage: impl Into<Usage>) {
     let (meter_type, value) = usage.into().parts();
-    record_explicit(AgreementRef::Id(agreement), feature, meter_type, value);
+    record_explicit(agreement, feature, meter_type, value);
 }
 
 /// The global reporter's counters.
@@ -154,14 +155,23 @@ pub fn stats() -> Stats {
 }
 
 /// The path of `record` and `#[meter]` without an explicit agreement.
-#[inline]
+#[inline(always)]
 pub(crate) fn record_current(feature: &FeatureCode, meter_type: MeterType, value: u64) {
-    #[cfg(feature = "testing")]
-    if crate::testing::capture::intercept_current(feature, meter_type, value) {
-        return;
+    if let Some(recorder) = local::current() {
+        return with_current(|found| {
+            recorder.record(
+                found.agreement.map(AgreementRef::Id),
+                feature,
+                meter_type,
+                value,
+            )
+        });
     }
     let added = with_current(|found| match found.agreement {
-        Some(id) => add_global(AgreementRef::Id(id), feature, meter_type, value),
+        Some(id) => match cells::add_cached(cells::GLOBAL_ID, id, feature, meter_type, value) {
+            cells::Lookup::Hit => Ok(()),
+            miss => add_uncached(AgreementRef::Id(id), feature, meter_type, value, miss),
+        },
         None => Err(CallProblem::Unattributed {
             hidden: found.hidden,
         }),
@@ -172,44 +182,46 @@ pub(crate) fn record_current(feature: &FeatureCode, meter_type: MeterType, value
     }
 }
 
-/// The path of `record_for` and `#[meter(agreement = ...)]`.
-#[inline]
-pub(crate) fn record_explicit(
-    agreement: AgreementRef<'_>,
+/// The path of `record_for` and `#[meter(agreement = ...)]` (an id or a string, validated
+/// when its key is first seen).
+#[inline(always)]
+pub(crate) fn record_explicit<'a, A: cells::ProbeAgreement + Into<AgreementRef<'a>>>(
+    agreement: A,
     feature: &FeatureCode,
     meter_type: MeterType,
     value: u64,
 ) {
-    #[cfg(feature = "testing")]
-    if crate::testing::capture::intercept(agreement, feature, meter_type, value) {
-        return;
+    if let Some(recorder) = local::current() {
+        return recorder.record(Some(agreement.into()), feature, meter_type, value);
     }
-    if let Err(problem) = add_global(agreement, feature, meter_type, value) {
+    let added = match cells::add_cached(cells::GLOBAL_ID, agreement, feature, meter_type, value) {
+        cells::Lookup::Hit => Ok(()),
+        miss => add_uncached(agreement.into(), feature, meter_type, value, miss),
+    };
+    if let Err(problem) = added {
         GLOBAL.report(problem, feature, meter_type, value);
     }
 }
 
-/// Adds to the global cells. A cache hit touches only this thread's cache (not the
-/// `GLOBAL` lazy static); the table is reached on a miss.
-#[inline]
-fn add_global(
+/// Adds to the global cells through their table (a cache miss). Reporting is the caller's:
+/// it may be inside a scope lookup, where no user code may run.
+#[cold]
+#[inline(never)]
+fn add_uncached(
     agreement: AgreementRef<'_>,
     feature: &FeatureCode,
     meter_type: MeterType,
     value: u64,
+    miss: cells::Lookup,
 ) -> Result<(), CallProblem> {
-    match cells::add_cached(cells::GLOBAL_ID, agreement, feature, meter_type, value) {
-        cells::Lookup::Hit => Ok(()),
-        miss => Ok(GLOBAL.add_uncached(agreement, feature, meter_type, value, miss)?),
-    }
+    Ok(GLOBAL.add_uncached(agreement, feature, meter_type, value, miss)?)
 }
 
 /// A `#[meter(value = ...)]` that cannot be billed.
 #[cold]
 pub(crate) fn record_invalid(feature: &FeatureCode, invalid: InvalidValue) {
-    #[cfg(feature = "testing")]
-    if crate::testing::capture::intercept_invalid(feature, invalid) {
-        return;
+    if let Some(recorder) = local::current() {
+        return recorder.invalid(feature, &invalid);
     }
     GLOBAL.invalid_value(feature, invalid);
 }

@@ -1,27 +1,17 @@
 //! `capture()`: what metered code records, for unit tests, without a reporter.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
 use crate::api::{AgreementId, FeatureCode, MeterType};
-use crate::context::with_current;
+use crate::reporter::local::{self, LocalRecorder};
 use crate::reporter::{AgreementRef, InvalidValue};
-
-/// Captures installed on any thread right now: when zero (always, outside tests), the
-/// hot path pays one relaxed load for this feature.
-static INSTALLED: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static STACK: RefCell<Vec<Arc<Sink>>> = const { RefCell::new(Vec::new()) };
-}
 
 #[derive(Default, Debug)]
 struct Data {
@@ -73,70 +63,28 @@ impl Sink {
     }
 }
 
-#[inline]
-fn top() -> Option<Arc<Sink>> {
-    if INSTALLED.load(Relaxed) == 0 {
-        return None;
+impl LocalRecorder for Sink {
+    fn record(
+        &self,
+        agreement: Option<AgreementRef<'_>>,
+        feature: &FeatureCode,
+        meter_type: MeterType,
+        value: u64,
+    ) {
+        self.add(agreement, feature, meter_type, value);
     }
-    innermost()
-}
 
-#[cold]
-fn innermost() -> Option<Arc<Sink>> {
-    STACK
-        .try_with(|s| s.borrow().last().cloned())
-        .ok()
-        .flatten()
-}
-
-/// Routes an invalid value to the innermost capture, if any.
-pub(crate) fn intercept_invalid(feature: &FeatureCode, invalid: InvalidValue) -> bool {
-    let Some(sink) = top() else { return false };
-    sink.data().invalid.push(format!("{feature}: {invalid}"));
-    true
-}
-
-/// Routes a call without an explicit agreement to the innermost capture, if any.
-#[inline]
-pub(crate) fn intercept_current(feature: &FeatureCode, meter_type: MeterType, value: u64) -> bool {
-    let Some(sink) = top() else { return false };
-    with_current(|found| {
-        sink.add(
-            found.agreement.map(AgreementRef::Id),
-            feature,
-            meter_type,
-            value,
-        );
-    });
-    true
-}
-
-/// Routes a call with an explicit agreement to the innermost capture, if any.
-#[inline]
-pub(crate) fn intercept(
-    agreement: AgreementRef<'_>,
-    feature: &FeatureCode,
-    meter_type: MeterType,
-    value: u64,
-) -> bool {
-    let Some(sink) = top() else { return false };
-    sink.add(Some(agreement), feature, meter_type, value);
-    true
+    fn invalid(&self, feature: &FeatureCode, invalid: &InvalidValue) {
+        self.data().invalid.push(format!("{feature}: {invalid}"));
+    }
 }
 
 fn install(sink: &Arc<Sink>) {
-    STACK.with(|s| s.borrow_mut().push(Arc::clone(sink)));
-    INSTALLED.fetch_add(1, Relaxed);
+    local::install(Arc::clone(sink) as Arc<dyn LocalRecorder>);
 }
 
 fn uninstall(sink: &Arc<Sink>) {
-    let _ = STACK.try_with(|s| {
-        let mut stack = s.borrow_mut();
-        if let Some(i) = stack.iter().rposition(|x| Arc::ptr_eq(x, sink)) {
-            stack.remove(i);
-        }
-    });
-    INSTALLED.fetch_sub(1, Relaxed);
+    local::uninstall(&(Arc::clone(sink) as Arc<dyn LocalRecorder>));
 }
 
 /// Starts capturing what metered code records on this thread, instead of sending it to

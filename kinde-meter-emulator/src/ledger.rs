@@ -3,18 +3,20 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::amount::Amount;
-use super::codes;
-use super::faults::{Draw, FaultKind, Faults};
-use super::limits::{RateLimit, TokenBucket, ceil_secs};
-use super::validate::{self, ApiError, EmulatedMeterType, Known};
+use crate::amount::Amount;
+use crate::codes;
+use crate::faults::{Draw, FaultKind, Faults};
+use crate::limits::{RateLimit, TokenBucket, ceil_secs};
+use crate::validate::{self, ApiError, EmulatedMeterType, Known};
 
 /// A usage record the emulator applied to its ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AcceptedRecord {
     /// `customer_agreement_id`.
     pub agreement: String,
@@ -34,7 +36,7 @@ pub struct AcceptedRecord {
     pub arrived_at: Instant,
     /// When the record was applied (after any injected latency).
     pub applied_at: Instant,
-    /// Index of the request in [`Emulator::requests`](super::Emulator::requests).
+    /// Index of the request in [`Emulator::requests`](crate::Emulator::requests).
     pub request_index: usize,
     /// Applied, but the client got no clean 200: an after-apply fault, or the
     /// client had gone (timed out, or the emulator went down) before the answer
@@ -45,6 +47,7 @@ pub struct AcceptedRecord {
 
 /// What became of a request to the emulator (other than a token request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum RequestOutcome {
     /// Still being handled.
     Pending,
@@ -61,6 +64,10 @@ pub enum RequestOutcome {
     Throttled,
     /// Unknown path or method: 404.
     NotFound,
+    /// Answered 503 without applying because the emulator was marked unavailable
+    /// ([`Emulator::unavailable_for`](crate::Emulator::unavailable_for), or
+    /// `POST /_emulator/down`).
+    Unavailable,
     /// An injected fault.
     Fault(FaultKind),
     /// The client closed the connection (or the emulator went down) before the
@@ -72,8 +79,12 @@ pub enum RequestOutcome {
     },
 }
 
-/// One HTTP request received by the emulator (every request except token requests).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One HTTP request received by the emulator (every request except token
+/// requests and the control API's).
+///
+/// Its `Debug` output hides the value of the `Authorization` header.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReceivedRequest {
     /// The request method, e.g. `POST`.
     pub method: String,
@@ -101,6 +112,49 @@ pub struct ReceivedRequest {
     pub retry_after: Option<u64>,
 }
 
+impl fmt::Debug for ReceivedRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReceivedRequest")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("headers", &RedactedHeaders(&self.headers))
+            .field("body", &self.body_str())
+            .field("arrived_at", &self.arrived_at)
+            .field("responded_at", &self.responded_at)
+            .field("status", &self.status)
+            .field("outcome", &self.outcome)
+            .field("error_codes", &self.error_codes)
+            .field("rate_limit_reset", &self.rate_limit_reset)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
+}
+
+/// Headers for `Debug`, credentials hidden.
+struct RedactedHeaders<'a>(&'a [(String, String)]);
+
+impl fmt::Debug for RedactedHeaders<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, value)| {
+                if is_secret_header(name) {
+                    (name.as_str(), "<redacted>")
+                } else {
+                    (name.as_str(), value.as_str())
+                }
+            }))
+            .finish()
+    }
+}
+
+/// Whether a header carries credentials (hidden from `Debug` and the control API).
+pub(crate) fn is_secret_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("authorization")
+        || name.eq_ignore_ascii_case("proxy-authorization")
+        || name.eq_ignore_ascii_case("cookie")
+}
+
 impl ReceivedRequest {
     /// The first value of a header (name matched case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -118,8 +172,10 @@ impl ReceivedRequest {
     }
 }
 
-/// One request to the token endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One request to the token endpoint (its body, which holds the client secret, is
+/// not kept). Its `Debug` output hides the value of the `Authorization` header.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TokenRequest {
     /// Every header in arrival order; names lower case, values decoded lossily as UTF-8.
     pub headers: Vec<(String, String)>,
@@ -137,6 +193,21 @@ pub struct TokenRequest {
     pub error: Option<String>,
     /// Whether a token was issued.
     pub issued: bool,
+}
+
+impl fmt::Debug for TokenRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenRequest")
+            .field("headers", &RedactedHeaders(&self.headers))
+            .field("arrived_at", &self.arrived_at)
+            .field("grant_type", &self.grant_type)
+            .field("client_id", &self.client_id)
+            .field("audience", &self.audience)
+            .field("status", &self.status)
+            .field("error", &self.error)
+            .field("issued", &self.issued)
+            .finish()
+    }
 }
 
 impl TokenRequest {
@@ -160,6 +231,7 @@ fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a st
 
 /// Tallies of what the emulator did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Counts {
     /// Records applied to the ledger, ambiguous ones included (`accepted().len()`).
     pub accepted: usize,
@@ -173,6 +245,8 @@ pub struct Counts {
     pub throttled: usize,
     /// 404s.
     pub not_found: usize,
+    /// 503s answered while the emulator was marked unavailable (meter requests only).
+    pub unavailable: usize,
     /// Injected faults that answered (500, 502, 503, 500 after apply, malformed 200).
     pub faults: usize,
     /// Connections closed on purpose without an answer (both drop faults).
@@ -231,8 +305,9 @@ impl Reply {
     }
 }
 
-/// Settings that may change while the emulator runs.
-#[derive(Debug, Clone)]
+/// Settings that may change while the emulator runs. `Debug` hides the secret
+/// and the static token.
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) client_id: String,
     pub(crate) client_secret: String,
@@ -248,6 +323,30 @@ pub(crate) struct Config {
     pub(crate) honor_idempotency_key: bool,
     pub(crate) faults: Faults,
     pub(crate) seed: u64,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field(
+                "static_token",
+                &self.static_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("token_lifetime", &self.token_lifetime)
+            .field("omit_expires_in", &self.omit_expires_in)
+            .field("unauthorized_status", &self.unauthorized_status)
+            .field("known_agreements", &self.known_agreements)
+            .field("known_features", &self.known_features)
+            .field("rate_limit", &self.rate_limit)
+            .field("concurrency_limit", &self.concurrency_limit)
+            .field("retry_after_header", &self.retry_after_header)
+            .field("honor_idempotency_key", &self.honor_idempotency_key)
+            .field("faults", &self.faults)
+            .field("seed", &self.seed)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -271,11 +370,15 @@ impl Default for Config {
     }
 }
 
-/// Everything behind the emulator's mutex.
-#[derive(Debug)]
+/// Everything behind the emulator's mutex. `Debug` shows the settings (secrets
+/// hidden) and sizes, never the tokens.
 pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) audience: String,
+    /// When the emulator was created: the origin of the control API's millisecond times.
+    pub(crate) started_at: Instant,
+    /// Until when the token and meter endpoints answer 503.
+    unavailable_until: Option<Instant>,
     ledger: BTreeMap<(String, String), Amount>,
     accepted: Vec<AcceptedRecord>,
     requests: Vec<ReceivedRequest>,
@@ -291,6 +394,21 @@ pub(crate) struct State {
     pub(crate) max_in_flight: usize,
 }
 
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("config", &self.config)
+            .field("audience", &self.audience)
+            .field("ledger", &self.ledger)
+            .field("accepted", &self.accepted.len())
+            .field("requests", &self.requests.len())
+            .field("token_requests", &self.token_requests.len())
+            .field("live_tokens", &self.tokens.len())
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The scope issued tokens carry.
 const SCOPE: &str = "create:meter_usage";
 
@@ -304,6 +422,8 @@ impl State {
             bucket: config.rate_limit.map(|l| TokenBucket::new(l, now)),
             config,
             audience: String::new(),
+            started_at: now,
+            unavailable_until: None,
             ledger: BTreeMap::new(),
             accepted: Vec::new(),
             requests: Vec::new(),
@@ -350,6 +470,7 @@ impl State {
                 RequestOutcome::Unauthorized => c.unauthorized += 1,
                 RequestOutcome::Throttled => c.throttled += 1,
                 RequestOutcome::NotFound => c.not_found += 1,
+                RequestOutcome::Unavailable => c.unavailable += 1,
                 RequestOutcome::Fault(k) if k.drops_connection() => c.dropped += 1,
                 RequestOutcome::Fault(_) => c.faults += 1,
                 RequestOutcome::Abandoned { .. } => c.abandoned += 1,
@@ -379,6 +500,49 @@ impl State {
 
     pub(crate) fn expire_tokens(&mut self) {
         self.tokens.clear();
+    }
+
+    /// Marks the token and meter endpoints unavailable (503) for `d` from now;
+    /// `Duration::ZERO` ends it.
+    pub(crate) fn unavailable_for(&mut self, d: Duration) {
+        self.unavailable_until = (!d.is_zero()).then(|| Instant::now() + d);
+    }
+
+    /// The seconds left (rounded up) while the endpoints are marked unavailable.
+    fn unavailable_secs(&mut self, now: Instant) -> Option<u64> {
+        let until = self.unavailable_until?;
+        if until > now {
+            return Some(ceil_secs(until - now));
+        }
+        self.unavailable_until = None;
+        None
+    }
+
+    /// Whether the endpoints are marked unavailable right now.
+    pub(crate) fn is_unavailable(&mut self) -> bool {
+        self.unavailable_secs(Instant::now()).is_some()
+    }
+
+    /// Forgets what happened: ledger, accepted records, request logs, counts,
+    /// applied idempotency keys; removes the faults, the throttling window and the
+    /// unavailability, and restarts the fault generator from the seed. Settings
+    /// and issued tokens stay.
+    pub(crate) fn reset(&mut self) {
+        self.ledger.clear();
+        self.accepted.clear();
+        self.requests.clear();
+        self.token_requests.clear();
+        self.tokens_issued = 0;
+        self.applied_keys.clear();
+        self.config.faults = Faults::default();
+        self.throttle_until = None;
+        self.unavailable_until = None;
+        self.rng = fastrand::Rng::with_seed(self.config.seed);
+        self.bucket = self
+            .config
+            .rate_limit
+            .map(|l| TokenBucket::new(l, Instant::now()));
+        self.max_in_flight = self.in_flight;
     }
 
     // ----- tokens -----
@@ -422,6 +586,15 @@ impl State {
     }
 
     fn token_reply(&mut self, record: &mut TokenRequest, body: Option<&[u8]>) -> Reply {
+        if let Some(secs) = self.unavailable_secs(Instant::now()) {
+            let mut reply = Reply::oauth_error(
+                503,
+                "temporarily_unavailable",
+                "the emulator is marked down",
+            );
+            reply.headers.push(("retry-after", secs.to_string()));
+            return reply;
+        }
         let invalid = |d: &str| Reply::oauth_error(400, "invalid_request", d);
         let Some(body) = body else {
             return Reply::oauth_error(413, "invalid_request", "the request body is too large");
@@ -546,6 +719,23 @@ impl State {
             format!("the body is larger than {limit} bytes"),
         );
         self.finish(idx, RequestOutcome::Rejected, Answer::Respond(reply), now)
+    }
+
+    /// A 503 when the endpoints are marked unavailable.
+    pub(crate) fn unavailable(&mut self, idx: usize, now: Instant) -> Option<Answer> {
+        let secs = self.unavailable_secs(now)?;
+        let mut reply = Reply::error(
+            503,
+            codes::SERVICE_UNAVAILABLE,
+            "Service unavailable (the emulator is marked down)",
+        );
+        reply.headers.push(("retry-after", secs.to_string()));
+        Some(self.finish(
+            idx,
+            RequestOutcome::Unavailable,
+            Answer::Respond(reply),
+            now,
+        ))
     }
 
     /// Answers an unknown route.

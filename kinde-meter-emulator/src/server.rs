@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::ledger::{Answer, ReceivedRequest, Reply, RequestOutcome, State};
+use crate::ledger::{Answer, ReceivedRequest, Reply, RequestOutcome, State};
 
 pub(crate) const TOKEN_PATH: &str = "/oauth2/token";
 pub(crate) const METER_PATH: &str = "/api/v1/billing/meter_usage";
@@ -28,7 +28,7 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// How long a caller waits for the server thread to act on a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// State shared by the server thread and the [`Emulator`](super::Emulator) handle.
+/// State shared by the server thread and the [`Emulator`](crate::Emulator) handle.
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
@@ -284,7 +284,7 @@ impl std::fmt::Display for CloseConnection {
 
 impl std::error::Error for CloseConnection {}
 
-type HttpResponse = Response<Full<Bytes>>;
+pub(crate) type HttpResponse = Response<Full<Bytes>>;
 
 async fn handle(
     shared: Arc<Shared>,
@@ -292,7 +292,11 @@ async fn handle(
 ) -> Result<HttpResponse, CloseConnection> {
     let arrived_at = Instant::now();
     let post = req.method() == Method::POST;
-    match req.uri().path() {
+    let path = req.uri().path();
+    if crate::control::is_control_path(path) {
+        return Ok(crate::control::handle(&shared, req).await);
+    }
+    match path {
         TOKEN_PATH if post => token(&shared, req, arrived_at).await,
         METER_PATH if post => meter(shared, req, arrived_at).await,
         _ => not_found(&shared, req, arrived_at).await,
@@ -300,7 +304,7 @@ async fn handle(
 }
 
 /// The body, `Ok(None)` when over the limit, or `Err` when the client went away.
-async fn read_body(body: Incoming) -> Result<Option<Bytes>, CloseConnection> {
+pub(crate) async fn read_body(body: Incoming) -> Result<Option<Bytes>, CloseConnection> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(Some(collected.to_bytes())),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Ok(None),
@@ -326,7 +330,7 @@ fn header_str(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
-fn to_response(reply: Reply) -> HttpResponse {
+pub(crate) fn to_response(reply: Reply) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(reply.body)));
     *response.status_mut() =
         StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -433,6 +437,9 @@ async fn meter(
         ));
         if body.is_none() {
             return to_result(state.too_large(idx, MAX_BODY, now));
+        }
+        if let Some(answer) = state.unavailable(idx, now) {
+            return to_result(answer);
         }
         let authorization = header_str(&parts.headers, "authorization");
         match state.admit(idx, authorization.as_deref(), now) {

@@ -17,7 +17,7 @@ pub(crate) const MAX_FRACTION_DIGITS: usize = 9;
 /// and decimal strings:
 ///
 /// ```
-/// use kinde_meter::testing::Amount;
+/// use kinde_meter_emulator::Amount;
 ///
 /// let a: Amount = "2.5".parse().unwrap();
 /// assert_eq!(a.to_string(), "2.5");

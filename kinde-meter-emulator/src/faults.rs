@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 /// Faults to inject on the meter usage endpoint (set with
-/// [`EmulatorBuilder::faults`](super::EmulatorBuilder::faults) or
-/// [`Emulator::set_faults`](super::Emulator::set_faults)).
+/// [`EmulatorBuilder::faults`](crate::EmulatorBuilder::faults) or
+/// [`Emulator::set_faults`](crate::Emulator::set_faults)).
 ///
 /// Each probability is in `0.0..=1.0` (out-of-range values are clamped, NaN is
 /// zero). For every meter request that passes authentication and throttling,
@@ -12,14 +12,27 @@ use std::time::Duration;
 /// one fault, walking the fields in declaration order: when probabilities sum
 /// past 1, the earlier ones win.
 ///
-/// ```
-/// use kinde_meter::testing::Faults;
+/// The struct is `#[non_exhaustive]`, so new kinds of fault can be added without
+/// breaking anyone: build it from [`Faults::none`] with the setters, which are named
+/// after the fields (the fields stay public to read, and to assign on a value you
+/// already have).
 ///
-/// let flaky = Faults { status_503: 0.1, drop_after_apply: 0.05, ..Faults::default() };
-/// assert_eq!(Faults::default(), Faults::none());
-/// # let _ = flaky;
 /// ```
+/// use std::time::Duration;
+/// use kinde_meter_emulator::Faults;
+///
+/// let flaky = Faults::none()
+///     .status_503(0.1)
+///     .drop_after_apply(0.05)
+///     .latency(Duration::from_millis(20));
+/// assert_eq!(flaky.status_503, 0.1);
+/// assert_eq!(Faults::default(), Faults::none());
+/// ```
+///
+/// Over the control API of the `kinde-emulator` binary the same settings are a JSON
+/// object with the same names (see the crate documentation).
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Faults {
     /// Answer 500 with a JSON error body, without applying.
     pub status_500: f64,
@@ -46,6 +59,103 @@ impl Faults {
     /// No faults (the same as `Faults::default()`).
     pub fn none() -> Self {
         Faults::default()
+    }
+
+    /// Sets [`status_500`](Self::status_500): answer 500 without applying.
+    #[must_use]
+    pub fn status_500(mut self, probability: f64) -> Self {
+        self.status_500 = probability;
+        self
+    }
+
+    /// Sets [`status_502`](Self::status_502): answer 502 (HTML) without applying.
+    #[must_use]
+    pub fn status_502(mut self, probability: f64) -> Self {
+        self.status_502 = probability;
+        self
+    }
+
+    /// Sets [`status_503`](Self::status_503): answer 503 without applying.
+    #[must_use]
+    pub fn status_503(mut self, probability: f64) -> Self {
+        self.status_503 = probability;
+        self
+    }
+
+    /// Sets [`drop_before_apply`](Self::drop_before_apply): close the connection
+    /// without answering, not applied.
+    #[must_use]
+    pub fn drop_before_apply(mut self, probability: f64) -> Self {
+        self.drop_before_apply = probability;
+        self
+    }
+
+    /// Sets [`status_500_after_apply`](Self::status_500_after_apply): apply, then answer 500.
+    #[must_use]
+    pub fn status_500_after_apply(mut self, probability: f64) -> Self {
+        self.status_500_after_apply = probability;
+        self
+    }
+
+    /// Sets [`drop_after_apply`](Self::drop_after_apply): apply, then close the
+    /// connection without answering.
+    #[must_use]
+    pub fn drop_after_apply(mut self, probability: f64) -> Self {
+        self.drop_after_apply = probability;
+        self
+    }
+
+    /// Sets [`malformed_200`](Self::malformed_200): apply, then answer 200 with a body
+    /// that is not the documented JSON.
+    #[must_use]
+    pub fn malformed_200(mut self, probability: f64) -> Self {
+        self.malformed_200 = probability;
+        self
+    }
+
+    /// Sets [`latency`](Self::latency): a delay before handling each request
+    /// (`Duration::ZERO` is the same as none).
+    #[must_use]
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.latency = (!latency.is_zero()).then_some(latency);
+        self
+    }
+
+    /// Sets [`latency_jitter`](Self::latency_jitter): an extra delay drawn uniformly
+    /// from `0..=jitter`.
+    #[must_use]
+    pub fn latency_jitter(mut self, jitter: Duration) -> Self {
+        self.latency_jitter = jitter;
+        self
+    }
+
+    /// The probabilities by their names in the control API's JSON, in draw order.
+    pub(crate) fn probabilities(&self) -> [(&'static str, f64); 7] {
+        [
+            ("status_500", self.status_500),
+            ("status_502", self.status_502),
+            ("status_503", self.status_503),
+            ("drop_before_apply", self.drop_before_apply),
+            ("status_500_after_apply", self.status_500_after_apply),
+            ("drop_after_apply", self.drop_after_apply),
+            ("malformed_200", self.malformed_200),
+        ]
+    }
+
+    /// Sets a probability by its name in the control API's JSON; `false` for an unknown name.
+    pub(crate) fn set_probability(&mut self, name: &str, p: f64) -> bool {
+        let field = match name {
+            "status_500" => &mut self.status_500,
+            "status_502" => &mut self.status_502,
+            "status_503" => &mut self.status_503,
+            "drop_before_apply" => &mut self.drop_before_apply,
+            "status_500_after_apply" => &mut self.status_500_after_apply,
+            "drop_after_apply" => &mut self.drop_after_apply,
+            "malformed_200" => &mut self.malformed_200,
+            _ => return false,
+        };
+        *field = p;
+        true
     }
 
     /// Draws the fault and the delay for one request.
@@ -94,6 +204,7 @@ pub(crate) struct Draw {
 
 /// One kind of injected fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FaultKind {
     /// 500 without applying.
     Status500,
@@ -112,6 +223,20 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// The fault's name: the name of its probability in [`Faults`] and in the control
+    /// API's JSON (`"status_503"`, `"drop_after_apply"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Status500 => "status_500",
+            FaultKind::Status502 => "status_502",
+            FaultKind::Status503 => "status_503",
+            FaultKind::DropBeforeApply => "drop_before_apply",
+            FaultKind::Status500AfterApply => "status_500_after_apply",
+            FaultKind::DropAfterApply => "drop_after_apply",
+            FaultKind::Malformed200 => "malformed_200",
+        }
+    }
+
     /// Whether the record is applied to the ledger before the fault strikes
     /// (such requests are ambiguous to the client).
     pub fn applies(self) -> bool {

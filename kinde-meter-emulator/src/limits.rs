@@ -9,12 +9,30 @@ use std::time::{Duration, Instant};
 /// `RateLimit-Reset` is the whole number of seconds, rounded up and at least 1,
 /// until the next request would pass. With a rate that is not positive the
 /// bucket never refills and the reset is 3600 s.
+///
+/// `#[non_exhaustive]`: build it with [`RateLimit::new`].
+///
+/// ```
+/// use kinde_meter_emulator::RateLimit;
+///
+/// let limit = RateLimit::new(5.0, 10);
+/// assert_eq!((limit.per_second, limit.burst), (5.0, 10));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RateLimit {
     /// Sustained requests per second.
     pub per_second: f64,
     /// Requests that may arrive back to back once the bucket is full.
     pub burst: u32,
+}
+
+impl RateLimit {
+    /// A limit of `per_second` sustained requests with bursts of up to `burst`
+    /// (at least one).
+    pub fn new(per_second: f64, burst: u32) -> Self {
+        RateLimit { per_second, burst }
+    }
 }
 
 /// Seconds reported when the bucket can never refill.

@@ -9,8 +9,8 @@ use std::fmt;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use super::amount::Amount;
-use super::codes;
+use crate::amount::Amount;
+use crate::codes;
 
 /// How a usage record changes the running total.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

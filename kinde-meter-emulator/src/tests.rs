@@ -1075,3 +1075,58 @@ async fn works_inside_a_multi_thread_runtime() {
     let emu = Emulator::start().unwrap();
     reqwest_roundtrip(&emu).await;
 }
+
+// ----- secrets stay out of Debug -----
+
+#[test]
+fn debug_output_shows_no_secret_or_token() {
+    let builder = Emulator::builder()
+        .client_credentials("the-id", "the-very-secret")
+        .static_token("the-static-token");
+    let emu = builder.clone().start().unwrap();
+    let token = emu.issue_token();
+    meter(&emu, &token, &usage("agr", "feat", "1", None)).unwrap();
+    let shown = [
+        format!("{builder:?}"),
+        format!("{emu:?}"),
+        format!("{:?}", emu.requests()),
+        format!("{:?}", emu.token_requests()),
+        format!("{:?}", emu.shared),
+    ];
+    for text in shown {
+        for secret in ["the-very-secret", "the-static-token", token.as_str()] {
+            assert!(!text.contains(secret), "{secret} shown in {text}");
+        }
+    }
+    assert!(format!("{:?}", emu.requests()).contains("<redacted>"));
+}
+
+#[test]
+fn unavailable_for_and_reset() {
+    let emu = Emulator::builder().seed(3).start().unwrap();
+    let token = emu.issue_token();
+    assert_eq!(delta(&emu, &token, "2").unwrap().status, 200);
+    emu.unavailable_for(Duration::from_secs(30));
+    let r = delta(&emu, &token, "5").unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("30"));
+    assert_eq!(r.codes(), [codes::SERVICE_UNAVAILABLE]);
+    assert_eq!(post_token(&emu, &token_form(&emu), &[]).status, 503);
+    assert_eq!(emu.counts().unavailable, 1);
+    assert_eq!(emu.requests()[1].outcome, RequestOutcome::Unavailable);
+    assert_eq!(emu.total("agr", "feat"), 2);
+    emu.unavailable_for(Duration::ZERO);
+    assert_eq!(delta(&emu, &token, "1").unwrap().status, 200);
+
+    emu.set_faults(Faults::none().status_500(1.0));
+    emu.throttle_for(Duration::from_secs(60));
+    emu.reset();
+    assert_eq!(emu.ledger_sum(), 0);
+    assert!(emu.accepted().is_empty() && emu.requests().is_empty());
+    assert!(emu.token_requests().is_empty());
+    assert_eq!(emu.counts(), Counts::default());
+    assert_eq!(emu.faults(), Faults::none());
+    // Tokens stay valid, throttling is gone.
+    assert_eq!(delta(&emu, &token, "4").unwrap().status, 200);
+    assert_eq!(emu.total("agr", "feat"), 4);
+}

@@ -1,16 +1,56 @@
-//! A local, in-process, stateful Kinde for tests and examples.
+//! A local, stateful Kinde for tests: what stripe-mock is for Stripe, with a ledger.
 //!
-//! [`Emulator`] serves the two endpoints kinde-meter talks to — the
+//! [`Emulator`] serves the two endpoints a Kinde billing client talks to — the
 //! client-credentials token endpoint and the meter usage endpoint — on
 //! `127.0.0.1`, checks every request against Kinde's documented contract,
 //! keeps a ledger of the usage it accepted, and can misbehave on demand:
 //! throttling, injected faults, latency, going down and coming back.
 //!
-//! It validates the raw JSON on the wire on its own and shares no types with
-//! the client, so it can referee it.
+//! It speaks HTTP and JSON only: it validates the raw JSON on the wire on its own
+//! and shares no code or types with any client (kinde-meter included), so it can
+//! referee it.
+//!
+//! Two ways to use it:
+//!
+//! - **As a library** (a dev-dependency) in Rust tests: [`Emulator::start`] or
+//!   [`Emulator::builder`] runs it on its own thread, and its methods read the
+//!   ledger and change its behaviour directly.
+//! - **As the `kinde-emulator` binary**, for tests in any language or a service run by
+//!   hand: `cargo run -p kinde-meter-emulator -- --port 8787`. It prints its base URL
+//!   (`http://127.0.0.1:PORT`) as one line on stdout when ready, and stops on SIGINT or
+//!   SIGTERM with exit status 0. `kinde-emulator --help` lists its flags.
+//!
+//! # The control API
+//!
+//! Every emulator (library or binary) also answers a control API under the reserved
+//! prefix `/_emulator/`, on the same port, JSON in and out. Its requests are never
+//! logged, throttled, faulted or marked down. Amounts are decimal strings (`"2.5"`),
+//! times are milliseconds since the emulator started; errors are `{"error": "..."}`
+//! with 400 (bad body), 404 (no such route) or 405 (wrong method, with `Allow`).
+//!
+//! | Method | Path | Does |
+//! | --- | --- | --- |
+//! | `GET` | `/_emulator/ledger` | `{"totals": [{"agreement", "feature", "total"}], "sum"}` |
+//! | `GET` | `/_emulator/accepted` | the records applied, in order ([`AcceptedRecord`]) |
+//! | `GET` | `/_emulator/requests` | every meter (and unknown-route) request, in order ([`ReceivedRequest`]; the `Authorization` value is hidden) |
+//! | `GET` | `/_emulator/token-requests` | every token request ([`TokenRequest`]) |
+//! | `GET` | `/_emulator/counts` | the tallies ([`Counts`]) |
+//! | `GET` | `/_emulator/status` | `{"down", "in_flight", "max_in_flight"}` |
+//! | `GET` | `/_emulator/faults` | the faults in effect |
+//! | `PUT` or `POST` | `/_emulator/faults` | replaces the faults: `{"status_503": 0.2, "latency_ms": 20}`; absent fields are zero (names as in [`Faults`], plus `latency_ms` and `latency_jitter_ms`) |
+//! | `POST` | `/_emulator/expire-tokens` | makes every issued token invalid ([`Emulator::expire_tokens`]) |
+//! | `POST` | `/_emulator/down` | `{"seconds": N}`: for N seconds the token and meter endpoints answer 503 with `Retry-After`, without applying; `0` ends it ([`Emulator::unavailable_for`]) |
+//! | `POST` | `/_emulator/up` | ends a `down` period early |
+//! | `POST` | `/_emulator/reset` | clears the ledger, the logs, the counts and the faults ([`Emulator::reset`]) |
+//!
+//! `down` keeps the port open so that the control API stays reachable: clients see a
+//! 503 (a failure that was certainly not applied), not a refused connection. To have
+//! connections refused, use [`Emulator::go_down`] or [`Emulator::down_for`] from the
+//! library.
 
 mod amount;
 pub mod codes;
+mod control;
 mod faults;
 mod ledger;
 mod limits;
@@ -49,9 +89,11 @@ use server::{Command, ServerHandle, Shared};
 /// - `POST /oauth2/token` — form-encoded `grant_type=client_credentials`,
 ///   `client_id`, `client_secret` and `audience` (= [`audience`](Self::audience));
 /// - `POST /api/v1/billing/meter_usage` — bearer token, JSON body checked field
-///   by field; errors use the emulator's own [`codes`].
+///   by field; errors use the emulator's own [`codes`];
+/// - the control API under `/_emulator/` (see the [crate documentation](crate)).
 ///
-/// Request handling on the meter endpoint, in order: authentication (403, or
+/// Request handling on the meter endpoint, in order: unavailability (503, see
+/// [`unavailable_for`](Self::unavailable_for)), authentication (403, or
 /// 401 when configured), throttling (429), then one fault draw, the latency,
 /// the not-applied faults, validation (400/415), the apply, and the
 /// after-apply faults.
@@ -70,11 +112,12 @@ use server::{Command, ServerHandle, Shared};
 /// refused too: a client should leave it out.
 ///
 /// Every method that reports state works from any thread; the ledger is
-/// exact ([`Amount`]).
+/// exact ([`Amount`]). `Debug` shows the address and the counts, never the
+/// client secret or a token.
 ///
 /// ```
 /// use std::io::{Read, Write};
-/// use kinde_meter::testing::Emulator;
+/// use kinde_meter_emulator::Emulator;
 ///
 /// let kinde = Emulator::start()?;
 /// let token = kinde.issue_token();
@@ -358,6 +401,24 @@ impl Emulator {
             .request(|reply| Command::DownFor(duration, reply));
     }
 
+    /// Keeps accepting connections but answers every token and meter request with
+    /// 503 and `Retry-After` (the seconds left), without applying, for `duration`
+    /// from now; `Duration::ZERO` ends it. The control API keeps answering. This is
+    /// what `POST /_emulator/down` does; such meter requests count in
+    /// [`Counts::unavailable`].
+    pub fn unavailable_for(&self, duration: Duration) {
+        self.shared.lock().unavailable_for(duration);
+    }
+
+    /// Forgets what happened: the ledger, the accepted records, the request logs and
+    /// the counts; removes the faults, any [`throttle_for`](Self::throttle_for) or
+    /// [`unavailable_for`](Self::unavailable_for) period, and restarts the fault
+    /// generator from its seed. Other settings stay, and so do the tokens issued.
+    /// This is what `POST /_emulator/reset` does.
+    pub fn reset(&self) {
+        self.shared.lock().reset();
+    }
+
     /// Whether the emulator accepts connections.
     pub fn is_up(&self) -> bool {
         self.shared.is_up()
@@ -375,17 +436,18 @@ impl Drop for Emulator {
     }
 }
 
-/// Settings for an [`Emulator`]; every one has a default that suits tests.
+/// Settings for an [`Emulator`]; every one has a default that suits tests. `Debug`
+/// leaves out the client secret and the static token.
 ///
 /// ```
 /// use std::time::Duration;
-/// use kinde_meter::testing::{Emulator, Faults};
+/// use kinde_meter_emulator::{Emulator, Faults};
 ///
 /// let kinde = Emulator::builder()
 ///     .client_credentials("my-client", "my-secret")
 ///     .token_lifetime(Duration::from_secs(120))
 ///     .known_agreements(["agreement_1"])
-///     .faults(Faults { status_503: 0.2, ..Faults::default() })
+///     .faults(Faults::none().status_503(0.2))
 ///     .seed(42)
 ///     .start()?;
 /// assert_eq!(kinde.client_id(), "my-client");
