@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kinde_meter::api::{
-    AgreementId, ApiError, ApiResponse, Client, CreateMeterUsageRecordRequest,
+    AgreementId, ApiError, ApiResponse, BuildError, Client, CreateMeterUsageRecordRequest,
     CreateMeterUsageRecordResponse, Credentials, Disposition, Domain, FeatureCode, MeterType,
     MeterValue, RequestOptions, StatusCode, Timestamp, TokenError,
 };
@@ -1177,7 +1177,7 @@ fn plain_http_is_refused_unless_loopback_or_allowed() {
     let insecure = Domain::parse("http://acme.kinde.com").expect("parses");
     let e = Client::new(insecure.clone(), creds.clone()).expect_err("refused");
     assert!(
-        matches!(&e, ConfigError::InsecureHttp { domain } if domain == "http://acme.kinde.com"),
+        matches!(&e, BuildError::InsecureHttp { domain } if domain == "http://acme.kinde.com"),
         "{e:?}"
     );
     assert!(e.to_string().contains("use https://"), "{e}");

@@ -4,14 +4,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{self, Client, Credentials, Domain, InvalidDomain};
-use crate::reporter::{MeterError, UnsentRecord};
+use crate::api::{self, Client, ClientBuilder, Credentials, Domain, InvalidDomain};
+use crate::usage::{MeterError, UnsentRecord};
 
 /// What to do with a record whose delivery may or may not have been applied (a timeout
 /// after sending, a 500/502/504, an unreadable success body).
 ///
 /// Kinde documents no idempotency key, so no choice is free: resending may count the
 /// usage twice, not resending may lose it.
+// Defined here, not beside the outbox policy that applies it: `Config::delivery` takes it,
+// and config sits below the reporter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Delivery {
     /// Resend it (the default). Kinde may count it twice; the value is counted in
@@ -110,6 +112,22 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// The client's own checks, under the names `Config` uses for the same options.
+impl From<api::BuildError> for ConfigError {
+    fn from(e: api::BuildError) -> Self {
+        match e {
+            api::BuildError::InsecureHttp { domain } => ConfigError::InsecureHttp { domain },
+            api::BuildError::InvalidAccessToken { reason } => {
+                ConfigError::InvalidAccessToken { reason }
+            }
+            api::BuildError::InvalidOption { option, reason } => {
+                ConfigError::InvalidOption { option, reason }
+            }
+            api::BuildError::Http { source } => ConfigError::Http { source },
+        }
+    }
+}
+
 impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -139,11 +157,8 @@ impl std::error::Error for ConfigError {
 /// ```
 #[derive(Clone)]
 pub struct Config {
-    pub(crate) domain: Domain,
-    pub(crate) credentials: Credentials,
-    pub(crate) allow_http: bool,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) request_timeout: Duration,
+    /// Where Kinde is and how to reach it: the client's own settings, not copies of them.
+    pub(crate) client: ClientBuilder,
     pub(crate) flush_interval: Duration,
     pub(crate) max_pending_keys: usize,
     pub(crate) max_in_flight: usize,
@@ -226,11 +241,7 @@ fn within<T: PartialOrd + fmt::Debug>(
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("domain", &self.domain)
-            .field("credentials", &self.credentials)
-            .field("allow_http", &self.allow_http)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
+            .field("client", &self.client)
             .field("flush_interval", &self.flush_interval)
             .field("max_pending_keys", &self.max_pending_keys)
             .field("max_in_flight", &self.max_in_flight)
@@ -248,11 +259,7 @@ impl Config {
     /// A configuration with every default.
     pub fn new(domain: Domain, credentials: Credentials) -> Self {
         Self {
-            domain,
-            credentials,
-            allow_http: false,
-            connect_timeout: api::DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: api::DEFAULT_REQUEST_TIMEOUT,
+            client: Client::builder(domain, credentials),
             flush_interval: defaults::FLUSH_INTERVAL,
             max_pending_keys: defaults::MAX_PENDING_KEYS,
             max_in_flight: defaults::MAX_IN_FLIGHT,
@@ -350,21 +357,21 @@ impl Config {
     /// Accept `http://` for a host that is not loopback (default `false`).
     #[must_use]
     pub fn allow_http(mut self, allow: bool) -> Self {
-        self.allow_http = allow;
+        self.client = self.client.allow_http(allow);
         self
     }
 
     /// Time allowed to open a connection (default 3 s).
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.client = self.client.connect_timeout(timeout);
         self
     }
 
     /// Time allowed per request, token included (default 10 s).
     #[must_use]
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.client = self.client.request_timeout(timeout);
         self
     }
 
@@ -445,15 +452,15 @@ impl Config {
 
     /// The domain usage is sent to.
     pub fn domain(&self) -> &Domain {
-        &self.domain
+        self.client.domain()
     }
 
     /// Checks every option against the range in [`limits`]; `init` calls this.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         use limits::*;
         within("flush_interval", self.flush_interval, FLUSH_INTERVAL)?;
-        within("connect_timeout", self.connect_timeout, TIMEOUT)?;
-        within("request_timeout", self.request_timeout, TIMEOUT)?;
+        within("connect_timeout", self.client.connect_timeout, TIMEOUT)?;
+        within("request_timeout", self.client.request_timeout, TIMEOUT)?;
         within("shutdown_timeout", self.shutdown_timeout, SHUTDOWN_TIMEOUT)?;
         within("coalesce_window", self.coalesce_window, COALESCE_WINDOW)?;
         within("backoff", self.backoff_initial, BACKOFF)?;
@@ -477,10 +484,6 @@ impl Config {
 
     /// Builds the API client these settings describe.
     pub fn client(&self) -> Result<Client, ConfigError> {
-        Client::builder(self.domain.clone(), self.credentials.clone())
-            .connect_timeout(self.connect_timeout)
-            .request_timeout(self.request_timeout)
-            .allow_http(self.allow_http)
-            .build()
+        self.client.clone().build().map_err(ConfigError::from)
     }
 }

@@ -34,6 +34,8 @@
 //!   [`with_agreement`], [`enter_agreement`], [`in_agreement`], [`AgreementFutureExt`].
 //! - The reporter: [`init`] and its [`Guard`], [`Config`], [`stats`], the hooks' [`MeterError`]
 //!   and [`UnsentRecord`], and [`Reporter`] for instances of your own.
+//! - Delivery: the [`Sink`] seam between the reporter's policy and what carries records;
+//!   [`KindeSink`] delivers to Kinde, [`Reporter::start_with_sink`] takes any other.
 //! - [`api`]: the typed client for Kinde's meter usage endpoint, usable on its own.
 //! - [`testing`] (feature `testing`): [`testing::capture`] for unit tests. A local Kinde
 //!   to test delivery against is the separate crate `kinde-meter-emulator`.
@@ -55,6 +57,7 @@ pub mod testing;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
+mod usage;
 
 #[doc(hidden)]
 pub mod __private;
@@ -67,6 +70,7 @@ pub use context::{
 };
 pub use kinde_meter_macros::meter;
 pub use reporter::{
-    FlushReport, Guard, InitError, MeterError, Outcome, Reporter, ShutdownReport, Stats,
-    UnsentReason, UnsentRecord, Usage, UsageRecord, init, record, record_for, stats,
+    FlushReport, Guard, InitError, KindeSink, Outcome, Reporter, SendResult, ShutdownReport, Sink,
+    Stats, Usage, init, record, record_for, stats,
 };
+pub use usage::{MeterError, UnsentReason, UnsentRecord, UsageRecord};

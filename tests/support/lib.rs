@@ -5,8 +5,8 @@ pub mod logs;
 pub mod reporter;
 
 use kinde_meter::Config;
+use kinde_meter::api::BuildError;
 use kinde_meter::api::{Client, Credentials, Domain};
-use kinde_meter::config::ConfigError;
 use kinde_meter_emulator::Emulator;
 
 use std::io::{self, Read, Write};
@@ -41,7 +41,7 @@ pub trait EmulatorExt {
     fn config(&self) -> Config;
 
     /// An API client pointed at the emulator.
-    fn client(&self) -> Result<Client, ConfigError>;
+    fn client(&self) -> Result<Client, BuildError>;
 }
 
 impl EmulatorExt for Emulator {
@@ -58,7 +58,7 @@ impl EmulatorExt for Emulator {
         Config::new(self.domain(), self.credentials())
     }
 
-    fn client(&self) -> Result<Client, ConfigError> {
+    fn client(&self) -> Result<Client, BuildError> {
         Client::new(self.domain(), self.credentials())
     }
 }

@@ -10,6 +10,62 @@ use super::model::KindeError;
 /// A boxed error from the HTTP layer, kept as the `source` of an [`ApiError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// Why a [`Client`](super::Client) could not be built. Nothing was sent.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `http://` for a host that is not loopback.
+    InsecureHttp {
+        /// The domain.
+        domain: String,
+    },
+    /// A static access token that cannot be sent in an `Authorization` header.
+    InvalidAccessToken {
+        /// What is wrong with it (the token itself is never shown).
+        reason: &'static str,
+    },
+    /// A builder option is out of range.
+    InvalidOption {
+        /// The option (builder method).
+        option: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The HTTP client could not be built (TLS initialisation).
+    Http {
+        /// The underlying error.
+        source: BoxError,
+    },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::InsecureHttp { domain } => write!(
+                f,
+                "{domain} uses plain http for a host that is not loopback, which would send access tokens \
+                 unencrypted; use https:// (or allow it explicitly with `allow_http(true)` for a trusted proxy)"
+            ),
+            BuildError::InvalidAccessToken { reason } => write!(
+                f,
+                "the access token cannot be sent: {reason}; check the token given to \
+                 `Credentials::access_token` (KINDE_ACCESS_TOKEN when read from the environment)"
+            ),
+            BuildError::InvalidOption { option, reason } => write!(f, "`{option}` {reason}"),
+            BuildError::Http { source } => write!(f, "could not build the HTTP client: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Http { source } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
 /// Whether a failed request may have changed Kinde's usage, which decides if resending
 /// it is safe. Kinde documents no idempotency key, so this is all a client can go by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,11 +1,19 @@
 //! Kinde's billing API: the wire model of `POST /api/v1/billing/meter_usage`, a typed
-//! client for it, and its errors. Usable on its own, without the reporter.
+//! client for it, and its errors. Usable on its own, without the reporter, and depends on
+//! no other module of this crate.
+//!
+//! Inside: `client.rs` (settings, pool, token cache), `request.rs` (the one request path:
+//! token, re-mint, deadline, capped body, classification), `endpoints/` (one module per
+//! endpoint), `model.rs` (validated wire types), `error.rs`, `token.rs`, `sent.rs`,
+//! `body.rs`, `domain.rs`.
 
 mod body;
 mod client;
 mod domain;
+mod endpoints;
 mod error;
 mod model;
+mod request;
 mod sent;
 mod token;
 
@@ -15,7 +23,7 @@ pub use client::{
     RequestOptions,
 };
 pub use domain::{Credentials, Domain, InvalidDomain, Secret};
-pub use error::{ApiError, BoxError, Disposition, TokenError};
+pub use error::{ApiError, BoxError, BuildError, Disposition, TokenError};
 /// HTTP types used in responses and errors (from the `http` crate).
 pub use http::{HeaderMap, StatusCode};
 pub(crate) use model::content_hash;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The longest id or code accepted, in bytes. Kinde's ids are about 42 bytes long.
 pub const MAX_ID_LEN: usize = 255;
@@ -113,7 +113,10 @@ fn check_agreement(s: &str) -> Result<(), &'static str> {
 /// assert!(AgreementId::new("not an id").is_err());
 /// # Ok::<(), kinde_meter::api::InvalidInput>(())
 /// ```
-#[derive(Clone)]
+///
+/// Serialized as the plain string; deserializing validates it like [`AgreementId::new`].
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
 pub struct AgreementId {
     /// [`content_hash`] of the id, computed once when built: the per-thread cells are
     /// found by it on every metered call (see `reporter::cells`).
@@ -274,7 +277,10 @@ enum FeatureRepr {
 /// # let _ = dynamic;
 /// # Ok::<(), kinde_meter::api::InvalidInput>(())
 /// ```
-#[derive(Clone)]
+///
+/// Serialized as the plain string; deserializing validates it like [`FeatureCode::new`].
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
 pub struct FeatureCode {
     /// [`content_hash`] of the code (computed at compile time for a literal).
     hash: u64,
@@ -376,6 +382,20 @@ impl fmt::Display for FeatureCode {
 impl std::str::FromStr for FeatureCode {
     type Err = InvalidInput;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<&str> for FeatureCode {
+    type Error = InvalidInput;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for FeatureCode {
+    type Error = InvalidInput;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
         Self::new(s)
     }
 }
@@ -521,6 +541,9 @@ impl Serialize for MeterValue {
 /// assert_eq!(t.to_string(), "2024-11-18T02:32:03Z");
 /// # Ok::<(), kinde_meter::api::InvalidInput>(())
 /// ```
+///
+/// Serialized as that text; deserializing (and [`str::parse`]) accept exactly that form,
+/// so a timestamp read back is the one written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Timestamp {
     /// Whole seconds since the Unix epoch.
@@ -570,6 +593,85 @@ impl TryFrom<SystemTime> for Timestamp {
             )
         })?;
         Self::from_unix_seconds(secs.as_secs())
+    }
+}
+
+/// A proleptic Gregorian date (year >= 1970) to days since 1970-01-01.
+/// Howard Hinnant's `days_from_civil`, the inverse of [`civil_from_days`].
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(year: u64, month: u64) -> u64 {
+    match month {
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+impl std::str::FromStr for Timestamp {
+    type Err = InvalidInput;
+
+    /// Parses `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds, 1970 to 9999), the form
+    /// [`Timestamp`] is written in.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| InvalidInput::new("meter usage timestamp", s, reason);
+        let b = s.as_bytes();
+        let shape_ok = b.len() == 20
+            && b.iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b'-',
+                10 => *c == b'T',
+                13 | 16 => *c == b':',
+                19 => *c == b'Z',
+                _ => c.is_ascii_digit(),
+            });
+        if !shape_ok {
+            return Err(err(
+                "a timestamp must be RFC 3339 in UTC to whole seconds, like `2024-11-18T02:32:03Z`",
+            ));
+        }
+        let num = |from: usize, to: usize| {
+            b[from..to]
+                .iter()
+                .fold(0u64, |n, c| n * 10 + u64::from(c - b'0'))
+        };
+        let (year, month, day) = (num(0, 4), num(5, 7), num(8, 10));
+        let (hour, minute, second) = (num(11, 13), num(14, 16), num(17, 19));
+        if year < 1970 {
+            return Err(err("a timestamp must not be before 1970"));
+        }
+        if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+            return Err(err("a timestamp must name a day of the calendar"));
+        }
+        if hour > 23 || minute > 59 || second > 59 {
+            return Err(err("a timestamp must name a time of day (no leap seconds)"));
+        }
+        let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+        Self::from_unix_seconds(secs)
+    }
+}
+
+impl TryFrom<String> for Timestamp {
+    type Error = InvalidInput;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -751,6 +853,76 @@ mod tests {
         let long = "x".repeat(300);
         let shown = AgreementId::new(&long).unwrap_err().to_string();
         assert!(shown.len() < 200, "error messages stay short: {shown}");
+    }
+
+    #[test]
+    fn timestamps_parse_what_they_print() {
+        for secs in [
+            0,
+            951_782_400,
+            1_731_897_123,
+            4_107_542_399,
+            MAX_SECS,
+            86_399,
+            86_400,
+        ] {
+            let t = Timestamp::from_unix_seconds(secs).unwrap();
+            assert_eq!(t.to_string().parse::<Timestamp>(), Ok(t), "{t}");
+        }
+        for bad in [
+            "",
+            "2024-11-18 02:32:03Z",
+            "2024-11-18T02:32:03",
+            "2024-11-18T02:32:03+00:00",
+            "2024-11-18T02:32:03.5Z",
+            "1969-12-31T23:59:59Z",
+            "2023-02-29T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "2024-00-10T00:00:00Z",
+            "2024-11-00T00:00:00Z",
+            "2024-11-18T24:00:00Z",
+            "2024-11-18T23:60:00Z",
+            "2024-11-18T23:59:60Z",
+            "２024-11-18T02:32:03Z",
+        ] {
+            let e = bad.parse::<Timestamp>().unwrap_err();
+            assert_eq!(e.what(), "meter usage timestamp", "{bad:?}");
+        }
+        assert!("2024-02-29T00:00:00Z".parse::<Timestamp>().is_ok());
+    }
+
+    #[test]
+    fn wire_types_round_trip_through_serde_and_refuse_invalid_input() {
+        let id = AgreementId::new("agreement_0195ac80a14c2ca2cec97d026d864de0").unwrap();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, r#""agreement_0195ac80a14c2ca2cec97d026d864de0""#);
+        assert_eq!(serde_json::from_str::<AgreementId>(&json).unwrap(), id);
+        let e = serde_json::from_str::<AgreementId>(r#""not an id""#).unwrap_err();
+        assert!(e.to_string().contains("customer agreement id"), "{e}");
+
+        let feature = FeatureCode::from_static("pro_gym");
+        let json = serde_json::to_string(&feature).unwrap();
+        assert_eq!(serde_json::from_str::<FeatureCode>(&json).unwrap(), feature);
+        let e = serde_json::from_str::<FeatureCode>(r#""pro gym""#).unwrap_err();
+        assert!(e.to_string().contains("billing feature code"), "{e}");
+
+        for meter_type in [MeterType::Delta, MeterType::Absolute] {
+            let json = serde_json::to_string(&meter_type).unwrap();
+            assert_eq!(json, format!("\"{meter_type}\""));
+            assert_eq!(
+                serde_json::from_str::<MeterType>(&json).unwrap(),
+                meter_type
+            );
+        }
+        assert!(serde_json::from_str::<MeterType>(r#""sum""#).is_err());
+
+        let t = Timestamp::from_unix_seconds(1_731_897_123).unwrap();
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, r#""2024-11-18T02:32:03Z""#);
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        let e = serde_json::from_str::<Timestamp>(r#""yesterday""#).unwrap_err();
+        assert!(e.to_string().contains("meter usage timestamp"), "{e}");
+        assert!(serde_json::from_str::<Timestamp>("1731897123").is_err());
     }
 
     #[test]

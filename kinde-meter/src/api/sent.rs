@@ -41,6 +41,11 @@ pub(crate) fn watch(body: Vec<u8>) -> (reqwest::Body, Sent) {
 pub(crate) struct Sent(Arc<AtomicU8>);
 
 impl Sent {
+    /// For a request without a body, which cannot tell: it may have been sent.
+    pub(crate) fn assumed() -> Self {
+        Sent(Arc::new(AtomicU8::new(READ)))
+    }
+
     /// Whether any of the body may have been sent. When not, the body is withheld from
     /// then on, so it never will be.
     pub(crate) fn may_have_been_sent(&self) -> bool {

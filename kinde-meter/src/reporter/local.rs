@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use super::cells::AgreementRef;
-use super::events::InvalidValue;
 use crate::api::{FeatureCode, MeterType};
+use crate::usage::InvalidValue;
 
 /// Receives a thread's metered calls while installed.
 pub(crate) trait LocalRecorder: Send + Sync {

@@ -5,13 +5,17 @@
 //! - [`init`] starts the global reporter's worker and returns a [`Guard`]; dropping the
 //!   guard (or [`Guard::shutdown`]) flushes what is left within a deadline.
 //! - [`Reporter::start`] runs a reporter of its own, fed only through
-//!   [`Reporter::record_for`], for libraries and tests that must not touch the global one.
+//!   [`Reporter::record_for`], for libraries and tests that must not touch the global one;
+//!   [`Reporter::start_with_sink`] delivers through a [`Sink`] of your own.
 
+mod accounting;
 mod cells;
+mod dispatch;
 mod events;
 pub(crate) mod local;
 mod outbox;
 mod shared;
+mod sink;
 mod worker;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -22,15 +26,15 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use self::cells::AgreementRef;
-pub use self::events::{
-    FlushReport, InvalidValue, MeterError, ShutdownReport, Stats, UnsentReason, UnsentRecord,
-    UsageRecord,
-};
+pub use self::events::{FlushReport, ShutdownReport, Stats};
 use self::shared::{CallProblem, Shared};
+pub use self::sink::{KindeSink, SendResult, Sink};
 use self::worker::{Command, Reply, Settings, Worker};
 use crate::api::{AgreementId, FeatureCode, MeterType, deadline_after};
 use crate::config::{Config, ConfigError, defaults};
 use crate::context::with_current;
+// Named here for `__private` and `testing::capture`, which take it from the reporter.
+pub use crate::usage::InvalidValue;
 
 /// The global reporter's cells and counters. They exist from the first recorded call, so
 /// usage recorded before [`init`] is kept.
@@ -404,10 +408,20 @@ impl std::fmt::Debug for Reporter {
 }
 
 impl Reporter {
-    /// Starts a reporter that is not the global one.
+    /// Starts a reporter that is not the global one, delivering to Kinde.
     pub fn start(config: Config) -> Result<Self, InitError> {
         let shared = Arc::new(Shared::new(config.max_pending_keys));
         Self::start_with(config, shared, None)
+    }
+
+    /// Starts a reporter that is not the global one, delivering through `sink` instead of
+    /// Kinde's client (a wrapper around [`KindeSink`], or a sink of your own in tests).
+    /// `config`'s connection options are not used; its policy (windows, retries, limits,
+    /// delivery guarantee, hooks) applies as with [`Reporter::start`].
+    pub fn start_with_sink(config: Config, sink: impl Sink) -> Result<Self, InitError> {
+        config.validate()?;
+        let shared = Arc::new(Shared::new(config.max_pending_keys));
+        Self::start_sink(config, shared, sink, None)
     }
 
     /// `on_stop` runs once the worker has shut down (the global reporter's release).
@@ -417,13 +431,22 @@ impl Reporter {
         on_stop: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<Self, InitError> {
         config.validate()?;
-        let client = config.client()?;
+        let sink = KindeSink::new(config.client()?);
+        Self::start_sink(config, shared, sink, on_stop)
+    }
+
+    fn start_sink<S: Sink>(
+        config: Config,
+        shared: Arc<Shared>,
+        sink: S,
+        on_stop: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<Self, InitError> {
         shared.registry.set_max_keys(config.max_pending_keys);
         shared.registry.restart();
         shared.set_hooks(config.on_error.clone(), config.on_unsent.clone());
         let settings = Settings {
             flush_interval: config.flush_interval,
-            request_timeout: config.request_timeout,
+            request_timeout: config.client.request_timeout,
             policy: outbox::Policy {
                 delivery: config.delivery,
                 max_in_flight: config.max_in_flight,
@@ -435,7 +458,7 @@ impl Reporter {
         };
         let (commands, receiver) = mpsc::unbounded_channel();
         let global = on_stop.is_some();
-        let mut worker = Worker::new(Arc::clone(&shared), client, settings, receiver);
+        let mut worker = Worker::new(Arc::clone(&shared), Arc::new(sink), settings, receiver);
         if let Some(on_stop) = on_stop {
             worker.on_stop(on_stop);
         }
@@ -503,37 +526,32 @@ impl Reporter {
 
     /// Closes the current window and delivers everything pending, waiting at most `timeout`.
     pub async fn flush(&self, timeout: Duration) -> FlushReport {
-        let (tx, rx) = oneshot::channel();
-        let deadline = deadline_after(timeout);
-        if self
-            .commands
-            .send(Command::Flush {
-                deadline,
-                reply: Reply::Async(tx),
-            })
-            .is_err()
-        {
-            return self.flush_failed();
-        }
-        rx.await.unwrap_or_else(|_| self.flush_failed())
+        self.ask_flush(timeout)
+            .await
+            .unwrap_or_else(|| self.flush_failed())
     }
 
     /// [`Reporter::flush`] for sync code.
     pub fn flush_blocking(&self, timeout: Duration) -> FlushReport {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        block_on(
+            self.ask_flush(timeout),
+            timeout.saturating_add(ANSWER_GRACE),
+        )
+        .flatten()
+        .unwrap_or_else(|| self.flush_failed())
+    }
+
+    /// The body of both flushes: `None` if the worker did not answer.
+    async fn ask_flush(&self, timeout: Duration) -> Option<FlushReport> {
+        let (tx, rx) = oneshot::channel();
         let deadline = deadline_after(timeout);
-        if self
-            .commands
+        self.commands
             .send(Command::Flush {
                 deadline,
-                reply: Reply::Blocking(tx),
+                reply: Reply(tx),
             })
-            .is_err()
-        {
-            return self.flush_failed();
-        }
-        rx.recv_timeout(timeout.saturating_add(Duration::from_secs(1)))
-            .unwrap_or_else(|_| self.flush_failed())
+            .ok()?;
+        rx.await.ok()
     }
 
     fn flush_failed(&self) -> FlushReport {
@@ -545,25 +563,10 @@ impl Reporter {
 
     /// Delivers what is pending within `timeout` and stops the reporter.
     pub async fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
-        self.stopping();
-        let (tx, rx) = oneshot::channel();
-        let deadline = deadline_after(timeout);
-        if self
-            .commands
-            .send(Command::Shutdown {
-                deadline,
-                reply: Reply::Async(tx),
-            })
-            .is_err()
-        {
-            return self.failed_report("the reporter's thread is gone");
-        }
         // The thread exits right after answering; it is not joined here, which would
         // block the caller's runtime.
         self.thread.take();
-        rx.await.unwrap_or_else(|_| {
-            self.failed_report("the reporter's thread stopped without answering")
-        })
+        self.ask_shutdown(timeout).await
     }
 
     /// [`Reporter::shutdown`] for sync code; returns within `timeout` plus one second.
@@ -580,30 +583,39 @@ impl Reporter {
         }
     }
 
-    fn stop_blocking(&mut self, timeout: Duration) -> ShutdownReport {
+    /// The body of both shutdowns.
+    async fn ask_shutdown(&self, timeout: Duration) -> ShutdownReport {
         self.stopping();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = oneshot::channel();
         let deadline = deadline_after(timeout);
         if self
             .commands
             .send(Command::Shutdown {
                 deadline,
-                reply: Reply::Blocking(tx),
+                reply: Reply(tx),
             })
             .is_err()
         {
             return self.failed_report("the reporter's thread is gone");
         }
-        match rx.recv_timeout(timeout.saturating_add(Duration::from_secs(1))) {
-            Ok(report) => {
+        rx.await.unwrap_or_else(|_| {
+            self.failed_report("the reporter's thread stopped without answering")
+        })
+    }
+
+    fn stop_blocking(&mut self, timeout: Duration) -> ShutdownReport {
+        match block_on(
+            self.ask_shutdown(timeout),
+            timeout.saturating_add(ANSWER_GRACE),
+        ) {
+            Some(report) => {
+                // It has answered (or is gone): it ends at once.
                 if let Some(thread) = self.thread.take() {
                     let _ = thread.join();
                 }
                 report
             }
-            Err(_) => {
-                self.failed_report("the reporter's thread did not answer within the deadline")
-            }
+            None => self.failed_report("the reporter's thread did not answer within the deadline"),
         }
     }
 
@@ -618,9 +630,42 @@ impl Reporter {
     }
 }
 
+/// How long past its deadline a blocking caller waits for the worker's answer.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs `future` on the calling thread for at most `limit`, parking it between wake-ups:
+/// how each blocking form runs its async twin. Safe on any thread, a runtime's included,
+/// because the futures it runs need no runtime (they wait on a channel the worker's own
+/// thread answers).
+fn block_on<F: Future>(future: F, limit: Duration) -> Option<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    let start = std::time::Instant::now();
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return Some(output);
+        }
+        let left = limit.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::park_timeout(left);
+    }
+}
+
 /// Runs the worker on its thread until it shuts down. A panic in it (a bug) is
 /// contained: what it held is handed back, and it serves on.
-fn serve(runtime: &tokio::runtime::Runtime, worker: &mut Worker) {
+fn serve<S: Sink>(runtime: &tokio::runtime::Runtime, worker: &mut Worker<S>) {
     loop {
         match catch_unwind(AssertUnwindSafe(|| runtime.block_on(worker.run()))) {
             Ok(()) => return,

@@ -10,6 +10,11 @@
 //! - Outcomes: accepted; not applied → retry after full-jitter backoff (429: after the
 //!   pause); ambiguous → retry (at-least-once) or hand back (at-most-once); rejected →
 //!   dropped and reported.
+//!
+//! A record's data ([`UsageRecord`]: what is billed, its window's timestamp and its
+//! idempotency key) is kept apart from its delivery history ([`Attempts`]) and from the
+//! scheduling state (when it may go next, an `Instant` that means nothing outside this
+//! process). The first two are what a journal keeps; [`Outbox::restore`] takes them back.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -17,9 +22,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cells::Key;
-use super::events::{UnsentReason, UnsentRecord, UsageRecord};
-use crate::api::{ApiError, Disposition, MeterType, Timestamp};
+use super::sink::SendResult;
+use crate::api::{AgreementId, ApiError, Disposition, FeatureCode, MeterType, Timestamp};
 use crate::config::Delivery;
+use crate::usage::{UnsentReason, UnsentRecord, UsageRecord};
 
 /// Longest 429 pause honoured, whatever the server says.
 const MAX_PAUSE: Duration = Duration::from_secs(600);
@@ -36,45 +42,63 @@ pub(crate) struct Policy {
     pub(crate) coalesce_secs: u64,
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct Record {
-    pub(crate) key: Key,
-    pub(crate) value: u64,
-    pub(crate) timestamp: Timestamp,
-    bucket: u64,
-    pub(crate) idempotency_key: String,
-    pub(crate) attempts: u32,
+/// What delivery has done to a record so far: kept with it across retries, and across
+/// restarts by a journal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Attempts {
+    /// Attempts made.
+    pub(crate) count: u32,
+    /// Whether an attempt may have been applied by Kinde.
     pub(crate) maybe_applied: bool,
-    not_before: Instant,
+    /// The last error, if an attempt failed.
     pub(crate) last_error: Option<String>,
 }
 
-impl Record {
-    pub(crate) fn usage(&self) -> UsageRecord {
-        UsageRecord {
-            agreement: self.key.agreement.clone(),
-            feature: self.key.feature.clone(),
-            meter_type: self.key.meter_type,
-            value: self.value,
-            timestamp: self.timestamp,
-            idempotency_key: self.idempotency_key.clone(),
-        }
-    }
+/// A record and its delivery history: what the outbox hands out and takes back.
+#[derive(Clone, Debug)]
+pub(crate) struct Record {
+    pub(crate) usage: UsageRecord,
+    pub(crate) attempts: Attempts,
+    /// The coalescing bucket of `usage.timestamp`.
+    bucket: u64,
+}
 
+impl Record {
     pub(crate) fn unsent(&self, reason: UnsentReason) -> UnsentRecord {
         UnsentRecord {
-            record: self.usage(),
+            record: self.usage.clone(),
             reason,
-            maybe_applied: self.maybe_applied,
-            attempts: self.attempts,
-            last_error: self.last_error.clone(),
+            maybe_applied: self.attempts.maybe_applied,
+            attempts: self.attempts.count,
+            last_error: self.attempts.last_error.clone(),
         }
     }
 
     /// The value as delta usage (0 for absolute records), for the counters.
     pub(crate) fn delta(&self) -> u64 {
-        super::events::delta(self.key.meter_type, self.value)
+        self.usage.delta()
     }
+
+    fn is_absolute(&self) -> bool {
+        self.usage.meter_type == MeterType::Absolute
+    }
+
+    /// The key absolute values are ordered by: (agreement, feature).
+    fn absolute_key(&self) -> (AgreementId, FeatureCode) {
+        (self.usage.agreement.clone(), self.usage.feature.clone())
+    }
+
+    fn same_key(&self, other: &Record) -> bool {
+        let (a, b) = (&self.usage, &other.usage);
+        a.agreement == b.agreement && a.feature == b.feature && a.meter_type == b.meter_type
+    }
+}
+
+/// A waiting record and when it may be sent: the scheduling state, which stays here.
+#[derive(Debug)]
+struct Entry {
+    record: Record,
+    not_before: Instant,
 }
 
 /// What an outcome led to, for counters, hooks and logs.
@@ -141,9 +165,10 @@ impl TokenBucket {
 
 pub(crate) struct Outbox {
     policy: Policy,
-    waiting: Vec<Record>,
+    waiting: Vec<Entry>,
     in_flight: usize,
-    absolute_in_flight: HashSet<Key>,
+    /// (agreement, feature) of absolute records in flight.
+    absolute_in_flight: HashSet<(AgreementId, FeatureCode)>,
     concurrency: usize,
     successes: usize,
     paused_until: Option<Instant>,
@@ -184,11 +209,12 @@ impl Outbox {
         timestamp.unix_seconds() / self.policy.coalesce_secs
     }
 
-    fn mergeable(&self, key: &Key, bucket: u64) -> Option<usize> {
-        self.waiting.iter().position(|r| {
-            r.key == *key
-                && r.bucket == bucket
-                && (!r.maybe_applied || key.meter_type == MeterType::Absolute)
+    fn mergeable(&self, record: &Record) -> Option<usize> {
+        self.waiting.iter().position(|e| {
+            let r = &e.record;
+            r.same_key(record)
+                && r.bucket == record.bucket
+                && (!r.attempts.maybe_applied || record.is_absolute())
         })
     }
 
@@ -196,36 +222,59 @@ impl Outbox {
         format!("{:016x}{:016x}", self.rng.u64(..), self.rng.u64(..))
     }
 
-    /// Adds a new record (merging it into a waiting one when allowed).
+    /// Adds a new record (merging it into a waiting one when allowed), with a fresh
+    /// idempotency key and no attempts.
     pub(crate) fn push(&mut self, key: Key, value: u64, timestamp: Timestamp, now: Instant) {
-        let bucket = self.bucket_of(timestamp);
-        let idempotency_key = self.idempotency_key();
-        if let Some(i) = self.mergeable(&key, bucket) {
-            let r = &mut self.waiting[i];
-            let merged = match key.meter_type {
-                MeterType::Delta => r.value.checked_add(value),
+        let record = Record {
+            bucket: self.bucket_of(timestamp),
+            usage: UsageRecord {
+                agreement: key.agreement,
+                feature: key.feature,
+                meter_type: key.meter_type,
+                value,
+                timestamp,
+                idempotency_key: self.idempotency_key(),
+            },
+            attempts: Attempts::default(),
+        };
+        if let Some(i) = self.mergeable(&record) {
+            let r = &mut self.waiting[i].record;
+            let merged = match record.usage.meter_type {
+                MeterType::Delta => r.usage.value.checked_add(value),
                 MeterType::Absolute => Some(value),
             };
             if let Some(merged) = merged {
-                r.value = merged;
-                r.timestamp = r.timestamp.max(timestamp);
+                r.usage.value = merged;
+                r.usage.timestamp = r.usage.timestamp.max(timestamp);
                 // A merged record is a new request: a key Kinde might have stored for the
                 // old content must not swallow the new part.
-                r.idempotency_key = idempotency_key;
-                r.maybe_applied = false;
+                r.usage.idempotency_key = record.usage.idempotency_key;
+                r.attempts.maybe_applied = false;
                 return;
             }
         }
-        self.waiting.push(Record {
-            key,
-            value,
-            timestamp,
-            bucket,
-            idempotency_key,
-            attempts: 0,
-            maybe_applied: false,
+        self.waiting.push(Entry {
+            record,
             not_before: now,
-            last_error: None,
+        });
+    }
+
+    /// Takes back a record from before (a journal's replay): its idempotency key and
+    /// attempts are kept, and it is never merged, since that would change what the key
+    /// stands for.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the journal's replay is its first caller")
+    )]
+    pub(crate) fn restore(&mut self, usage: UsageRecord, attempts: Attempts, now: Instant) {
+        let record = Record {
+            bucket: self.bucket_of(usage.timestamp),
+            usage,
+            attempts,
+        };
+        self.waiting.push(Entry {
+            record,
+            not_before: now,
         });
     }
 
@@ -250,39 +299,43 @@ impl Outbox {
         }
         // Absolute values of a key reach Kinde in the order they were recorded: one at a
         // time, oldest first (a retried older value must not land after a newer one).
-        let mut oldest_absolute: HashMap<&Key, Timestamp> = HashMap::new();
-        for r in &self.waiting {
-            if r.key.meter_type == MeterType::Absolute {
+        let mut oldest_absolute: HashMap<(&AgreementId, &FeatureCode), Timestamp> = HashMap::new();
+        for e in &self.waiting {
+            let u = &e.record.usage;
+            if u.meter_type == MeterType::Absolute {
                 oldest_absolute
-                    .entry(&r.key)
-                    .and_modify(|t| *t = (*t).min(r.timestamp))
-                    .or_insert(r.timestamp);
+                    .entry((&u.agreement, &u.feature))
+                    .and_modify(|t| *t = (*t).min(u.timestamp))
+                    .or_insert(u.timestamp);
             }
         }
-        let sendable = |r: &Record| {
-            r.key.meter_type == MeterType::Delta
-                || (!self.absolute_in_flight.contains(&r.key)
-                    && oldest_absolute.get(&r.key) == Some(&r.timestamp))
+        let sendable = |e: &Entry| {
+            let u = &e.record.usage;
+            u.meter_type == MeterType::Delta
+                || (!self
+                    .absolute_in_flight
+                    .contains(&(u.agreement.clone(), u.feature.clone()))
+                    && oldest_absolute.get(&(&u.agreement, &u.feature)) == Some(&u.timestamp))
         };
         // Oldest due record first (the list is in arrival order).
         let Some(i) = self
             .waiting
             .iter()
-            .position(|r| r.not_before <= now && sendable(r))
+            .position(|e| e.not_before <= now && sendable(e))
         else {
             let next_due = self
                 .waiting
                 .iter()
-                .filter(|r| sendable(r))
-                .map(|r| r.not_before)
+                .filter(|e| sendable(e))
+                .map(|e| e.not_before)
                 .min();
             return Err(next_due.map_or(Wait::InFlight, Wait::Until));
         };
         self.bucket.take(now).map_err(Wait::Until)?;
-        let record = self.waiting.remove(i);
+        let record = self.waiting.remove(i).record;
         self.in_flight += 1;
-        if record.key.meter_type == MeterType::Absolute {
-            self.absolute_in_flight.insert(record.key.clone());
+        if record.is_absolute() {
+            self.absolute_in_flight.insert(record.absolute_key());
         }
         Ok(record)
     }
@@ -301,14 +354,14 @@ impl Outbox {
     pub(crate) fn complete(
         &mut self,
         mut record: Record,
-        outcome: Result<(), ApiError>,
+        outcome: SendResult,
         now: Instant,
     ) -> Event {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if record.key.meter_type == MeterType::Absolute {
-            self.absolute_in_flight.remove(&record.key);
+        if record.is_absolute() {
+            self.absolute_in_flight.remove(&record.absolute_key());
         }
-        record.attempts += 1;
+        record.attempts.count += 1;
         let error = match outcome {
             Ok(()) => {
                 self.regain_concurrency();
@@ -317,21 +370,21 @@ impl Outbox {
             Err(e) => e,
         };
         let message = error.to_string();
-        record.last_error = Some(message.clone());
+        record.attempts.last_error = Some(message.clone());
         let disposition = error.disposition();
         if disposition == Disposition::Rejected {
             return Event::Rejected(record, error);
         }
         let mut ambiguous = None;
         if disposition == Disposition::Ambiguous {
-            record.maybe_applied = true;
+            record.attempts.maybe_applied = true;
             ambiguous = Some(record.delta());
             if self.policy.delivery == Delivery::AtMostOnce {
                 return Event::Unsent(record.unsent(UnsentReason::Ambiguous));
             }
         }
         let throttled = matches!(error, ApiError::Throttled { .. });
-        record.not_before = if let ApiError::Throttled { retry_after, .. } = error {
+        let not_before = if let ApiError::Throttled { retry_after, .. } = error {
             let wait = retry_after.unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE);
             // Plus up to a second of jitter so many clients do not return at once.
             let until = now + wait + Duration::from_secs_f64(self.rng.f64());
@@ -340,18 +393,18 @@ impl Outbox {
             self.successes = 0;
             until
         } else {
-            now + self.backoff(record.attempts - 1)
+            now + self.backoff(record.attempts.count - 1)
         };
-        if record.key.meter_type == MeterType::Absolute
+        if record.is_absolute()
             && self
                 .waiting
                 .iter()
-                .any(|r| r.key == record.key && r.bucket == record.bucket)
+                .any(|e| e.record.same_key(&record) && e.record.bucket == record.bucket)
         {
             // A newer value of this key is waiting; this one must not overwrite it later.
             return Event::Superseded;
         }
-        self.waiting.push(record);
+        self.waiting.push(Entry { record, not_before });
         Event::Retrying {
             ambiguous,
             throttled,
@@ -372,13 +425,15 @@ impl Outbox {
 
     /// Takes every waiting record out (at the shutdown deadline).
     pub(crate) fn take_all(&mut self) -> Vec<Record> {
-        std::mem::take(&mut self.waiting)
+        self.waiting.drain(..).map(|e| e.record).collect()
     }
 
     /// Forgets records that were in flight when they were abandoned (at the deadline).
     pub(crate) fn abandon_in_flight(&mut self, record: &Record) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.absolute_in_flight.remove(&record.key);
+        if record.is_absolute() {
+            self.absolute_in_flight.remove(&record.absolute_key());
+        }
     }
 }
 
@@ -429,7 +484,7 @@ mod tests {
         o.push(k.clone(), 4, ts(10_800), now);
         assert_eq!(o.len(), 2, "next hour: separate");
         let first = o.next(now).expect("due");
-        assert_eq!((first.value, first.timestamp), (3, ts(7201)));
+        assert_eq!((first.usage.value, first.usage.timestamp), (3, ts(7201)));
         assert!(matches!(
             o.complete(first, Err(server(502)), now),
             Event::Retrying {
@@ -438,7 +493,7 @@ mod tests {
             }
         ));
         o.push(k.clone(), 8, ts(7202), now);
-        let values: Vec<u64> = o.waiting.iter().map(|r| r.value).collect();
+        let values: Vec<u64> = o.waiting.iter().map(|e| e.record.usage.value).collect();
         assert_eq!(
             values,
             vec![4, 3, 8],
@@ -452,13 +507,57 @@ mod tests {
         let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(2));
         o.push(key("agreement_a", MeterType::Delta), 1, ts(1), now);
         let r = o.next(now).expect("due");
-        let idem = r.idempotency_key.clone();
+        let idem = r.usage.idempotency_key.clone();
         assert_eq!(idem.len(), 32);
         o.complete(r, Err(server(503)), now);
         let later = now + Duration::from_secs(10);
         let r = o.next(later).expect("due after backoff");
-        assert_eq!(r.idempotency_key, idem);
-        assert_eq!(r.attempts, 1);
+        assert_eq!(r.usage.idempotency_key, idem);
+        assert_eq!(r.attempts.count, 1);
+    }
+
+    #[test]
+    fn a_restored_record_keeps_its_key_and_attempts() {
+        let now = Instant::now();
+        let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(8));
+        let usage = UsageRecord {
+            agreement: AgreementId::new("agreement_a").expect("id"),
+            feature: FeatureCode::from_static("f"),
+            meter_type: MeterType::Delta,
+            value: 7,
+            timestamp: ts(7200),
+            idempotency_key: "journal-key-1".to_owned(),
+        };
+        let before = Attempts {
+            count: 2,
+            maybe_applied: true,
+            last_error: Some("timed out".to_owned()),
+        };
+        o.restore(usage.clone(), before.clone(), now);
+        // A new record of the same key and hour is not merged into one that may have
+        // been applied, so the restored key keeps standing for exactly its content.
+        o.push(key("agreement_a", MeterType::Delta), 1, ts(7201), now);
+        assert_eq!(o.len(), 2);
+        let r = o.next(now).expect("due");
+        assert_eq!(r.usage, usage, "data and idempotency key as restored");
+        assert_eq!(r.attempts, before);
+        o.complete(r, Err(server(503)), now);
+        let later = now + Duration::from_secs(60);
+        let mut sent = Vec::new();
+        while let Ok(r) = o.next(later) {
+            sent.push(r);
+        }
+        let again = sent
+            .iter()
+            .find(|r| r.usage.idempotency_key == "journal-key-1")
+            .expect("retried under its key");
+        assert_eq!(
+            again.attempts.count, 3,
+            "attempts go on from the restored count"
+        );
+        assert!(again.attempts.maybe_applied);
+        let unsent = again.unsent(UnsentReason::DeadlineExceeded);
+        assert_eq!((unsent.attempts, unsent.record.value), (3, 7));
     }
 
     #[test]
@@ -539,7 +638,7 @@ mod tests {
             o.complete(first, Err(server(503)), now),
             Event::Superseded
         ));
-        assert_eq!(o.next(now).expect("newer").value, 20);
+        assert_eq!(o.next(now).expect("newer").usage.value, 20);
     }
 
     #[test]
@@ -556,13 +655,13 @@ mod tests {
         o.complete(older, Err(server(503)), now);
         let later = now + Duration::from_secs(60);
         let first = o.next(later).expect("due after backoff");
-        assert_eq!(first.value, 10, "the older value goes first");
+        assert_eq!(first.usage.value, 10, "the older value goes first");
         assert!(o.next(later).is_err(), "the newer waits for it");
         assert!(matches!(
             o.complete(first, Ok(()), later),
             Event::Delivered(_)
         ));
-        assert_eq!(o.next(later).expect("then the newer").value, 20);
+        assert_eq!(o.next(later).expect("then the newer").usage.value, 20);
     }
 
     #[test]
@@ -635,7 +734,7 @@ mod properties {
         ]
     }
 
-    fn outcome(code: u8) -> Result<(), ApiError> {
+    fn outcome(code: u8) -> SendResult {
         let server = |s: u16| ApiError::Server {
             status: StatusCode::from_u16(s).expect("status"),
             errors: vec![],
@@ -730,7 +829,7 @@ mod properties {
                 }
                 // Limits hold at every step.
                 prop_assert!(sending.len() <= 3);
-                let mut absolute_out: Vec<_> = sending.iter().filter(|r| r.key.meter_type == MeterType::Absolute).map(|r| &r.key).collect();
+                let mut absolute_out: Vec<_> = sending.iter().filter(|r| r.is_absolute()).map(Record::absolute_key).collect();
                 absolute_out.sort();
                 let n = absolute_out.len();
                 absolute_out.dedup();
@@ -738,7 +837,7 @@ mod properties {
                 // Conservation holds at every step, counting what is still out.
                 prop_assert_eq!(
                     ledger.pushed,
-                    ledger.delivered + ledger.rejected + ledger.unsent + delta_of(&o.waiting) + delta_of(&sending)
+                    ledger.delivered + ledger.rejected + ledger.unsent + delta_of(&o.waiting.iter().map(|e| e.record.clone()).collect::<Vec<_>>()) + delta_of(&sending)
                 );
             }
             // Finally let everything succeed: the outbox drains and nothing is missing.

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 
 use super::cells::{AgreementRef, Lookup, Problem, Registry};
-use super::events::{InvalidValue, MeterError, Stats, UnsentRecord, delta};
+use super::events::Stats;
 use crate::api::{FeatureCode, MeterType};
 use crate::config::{ErrorHook, UnsentHook};
+use crate::usage::{InvalidValue, MeterError, UnsentRecord, delta};
 
 #[derive(Default)]
 pub(crate) struct Counters {

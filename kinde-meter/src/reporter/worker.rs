@@ -1,25 +1,27 @@
 //! The flush worker: its own OS thread with a private current-thread tokio runtime, so it
 //! runs whatever the application runs (no runtime, a current-thread or a multi-thread one)
-//! and outlives the application's runtime. It turns cells into records every interval,
-//! sends them under the [`Outbox`] policy, and drains on `flush` and `shutdown`.
+//! and outlives the application's runtime.
+//!
+//! Its pieces, each apart: *flush* (cells to records, here), *dispatch* (the outbox
+//! policy and the [`Sink`], `dispatch.rs`), *accounting* (counters, hooks and logs,
+//! `accounting.rs`) and *shutdown* (the last drains and what is handed back, here). The
+//! loop in [`Worker::run`] only wires them to time and commands.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::events::{FlushReport, MeterError, ShutdownReport, UnsentReason, UnsentRecord};
-use super::outbox::{Event, Outbox, Policy, Record, Wait};
-use super::shared::{Shared, add};
-use crate::api::{
-    ApiError, Client, CreateMeterUsageRecordRequest, RequestOptions, Timestamp, deadline_after,
-};
-
-/// A request is not started with less time than this left before a deadline.
-const MIN_ATTEMPT: Duration = Duration::from_millis(20);
+use super::accounting::{Accounts, delta_of};
+use super::cells::Drained;
+use super::dispatch::{Dispatch, Finished};
+use super::events::{FlushReport, ShutdownReport};
+use super::outbox::{Policy, Wait};
+use super::shared::Shared;
+use super::sink::Sink;
+use crate::api::{Timestamp, deadline_after};
+use crate::usage::UnsentReason;
 
 pub(crate) struct Settings {
     pub(crate) flush_interval: Duration,
@@ -27,19 +29,14 @@ pub(crate) struct Settings {
     pub(crate) policy: Policy,
 }
 
-/// Where the worker sends an answer: to an async caller or a blocking one.
-pub(crate) enum Reply<T> {
-    Async(oneshot::Sender<T>),
-    Blocking(std::sync::mpsc::SyncSender<T>),
-}
+/// Where the worker sends an answer. Async and blocking callers alike wait on it (the
+/// blocking ones through `block_on`).
+pub(crate) struct Reply<T>(pub(crate) oneshot::Sender<T>);
 
 impl<T> Reply<T> {
     fn send(self, value: T) {
         // The caller may have stopped waiting (its own timeout); nothing to do then.
-        match self {
-            Reply::Async(tx) => drop(tx.send(value)),
-            Reply::Blocking(tx) => drop(tx.send(value)),
-        }
+        drop(self.0.send(value));
     }
 }
 
@@ -54,45 +51,30 @@ pub(crate) enum Command {
     },
 }
 
-pub(crate) struct Worker {
+pub(crate) struct Worker<S> {
     shared: Arc<Shared>,
-    client: Client,
-    settings: Settings,
-    outbox: Outbox,
-    sending: HashMap<Id, Record>,
-    tasks: JoinSet<Result<(), ApiError>>,
+    flush_interval: Duration,
+    dispatch: Dispatch<S>,
+    accounts: Accounts,
     commands: mpsc::UnboundedReceiver<Command>,
-    /// In a failure episode: warned once, quiet until a success.
-    failing: bool,
     /// Dropped when this worker stops taking commands (see [`Worker::on_stop`]).
     on_stop: Option<Box<dyn FnOnce() + Send>>,
-    /// (feature, status) pairs already logged as rejected.
-    rejections_logged: HashSet<(String, Option<u16>)>,
 }
 
-impl Worker {
+impl<S: Sink> Worker<S> {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        client: Client,
+        sink: Arc<S>,
         settings: Settings,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Self {
-        let outbox = Outbox::new(
-            settings.policy.clone(),
-            Instant::now(),
-            fastrand::Rng::new(),
-        );
         Self {
+            accounts: Accounts::new(Arc::clone(&shared)),
             shared,
-            client,
-            settings,
-            outbox,
-            sending: HashMap::new(),
-            tasks: JoinSet::new(),
+            flush_interval: settings.flush_interval,
+            dispatch: Dispatch::new(sink, settings.policy, settings.request_timeout),
             commands,
-            failing: false,
             on_stop: None,
-            rejections_logged: HashSet::new(),
         }
     }
 
@@ -103,22 +85,17 @@ impl Worker {
         self.on_stop = Some(Box::new(f));
     }
 
-    fn stopped(&mut self) {
-        if let Some(f) = self.on_stop.take() {
-            f();
-        }
-    }
-
     /// Serves commands until a shutdown. Callable again after it unwinds (see
     /// [`Worker::salvage`]).
     pub(crate) async fn run(&mut self) {
-        let interval = self.settings.flush_interval;
+        let interval = self.flush_interval;
         let mut next_flush = deadline_after(interval);
         loop {
-            let wake = match self.dispatch(None) {
+            let wake = match self.start_due(None) {
                 Wait::Until(t) => t.min(next_flush),
                 Wait::InFlight | Wait::Idle => next_flush,
             };
+            let has_tasks = self.dispatch.has_tasks();
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(Command::Flush { deadline, reply }) => {
@@ -139,7 +116,7 @@ impl Worker {
                         return;
                     }
                 },
-                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finished(joined),
+                Some(finished) = self.dispatch.next_finished(), if has_tasks => self.finished(finished),
                 () = self.shared.registry.flush_wanted() => {
                     self.flush();
                     next_flush = deadline_after(interval);
@@ -153,6 +130,14 @@ impl Worker {
         }
     }
 
+    fn stopped(&mut self) {
+        if let Some(f) = self.on_stop.take() {
+            f();
+        }
+    }
+
+    // ----- flush: cells to records -----
+
     /// Closes the window: every cell with new usage becomes a record stamped now.
     /// Returns whether it found any.
     fn flush(&mut self) -> bool {
@@ -160,7 +145,7 @@ impl Worker {
         self.push_drained(drained)
     }
 
-    fn push_drained(&mut self, drained: Vec<super::cells::Drained>) -> bool {
+    fn push_drained(&mut self, drained: Vec<Drained>) -> bool {
         let timestamp = Timestamp::now();
         let now = Instant::now();
         let found = !drained.is_empty();
@@ -169,7 +154,7 @@ impl Worker {
             loop {
                 // A delta sum beyond u64 (many threads, one window) goes out in parts.
                 let part = u64::try_from(left).unwrap_or(u64::MAX);
-                self.outbox.push(d.key.clone(), part, timestamp, now);
+                self.dispatch.push(d.key.clone(), part, timestamp, now);
                 left -= u128::from(part);
                 if left == 0 {
                     break;
@@ -181,138 +166,22 @@ impl Worker {
     }
 
     fn publish_waiting(&self) {
-        self.shared.registry.set_waiting(self.outbox.len());
+        self.shared.registry.set_waiting(self.dispatch.len());
     }
 
-    /// Starts every request the policy allows now; says what to wait for next.
-    fn dispatch(&mut self, deadline: Option<Instant>) -> Wait {
-        loop {
-            let now = Instant::now();
-            let timeout = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(now);
-                    if left < MIN_ATTEMPT {
-                        return Wait::Until(d);
-                    }
-                    left.min(self.settings.request_timeout)
-                }
-                None => self.settings.request_timeout,
-            };
-            let record = match self.outbox.next(now) {
-                Ok(record) => record,
-                Err(wait) => return wait,
-            };
-            let request = CreateMeterUsageRecordRequest::new(
-                record.key.agreement.clone(),
-                record.key.feature.clone(),
-                record.value,
-            )
-            .with_meter_type(record.key.meter_type)
-            .with_timestamp(record.timestamp);
-            let options = RequestOptions::new()
-                .idempotency_key(record.idempotency_key.clone())
-                .timeout(timeout);
-            let client = self.client.clone();
-            let handle = self.tasks.spawn(async move {
-                client
-                    .create_meter_usage_record_with_options(&request, &options)
-                    .await
-                    .map(drop)
-            });
-            add(&self.shared.counters.requests, 1);
-            self.sending.insert(handle.id(), record);
+    // ----- dispatch and accounting, wired -----
+
+    fn start_due(&mut self, deadline: Option<Instant>) -> Wait {
+        let (wait, started) = self.dispatch.start_due(deadline);
+        self.accounts.requests(started);
+        wait
+    }
+
+    fn finished(&mut self, finished: Finished) {
+        if let Some(event) = finished {
+            self.accounts.account(event);
+            self.publish_waiting();
         }
-    }
-
-    fn finished(&mut self, joined: Result<(Id, Result<(), ApiError>), JoinError>) {
-        let (id, outcome) = match joined {
-            Ok((id, outcome)) => (id, outcome),
-            // The request task panicked or was aborted: whether it was sent is unknown.
-            Err(e) => {
-                let id = e.id();
-                let outcome = Err(ApiError::Transport {
-                    source: Box::new(e),
-                });
-                (id, outcome)
-            }
-        };
-        let Some(record) = self.sending.remove(&id) else {
-            return;
-        };
-        let event = self.outbox.complete(record, outcome, Instant::now());
-        self.account(event);
-        self.publish_waiting();
-    }
-
-    fn account(&mut self, event: Event) {
-        let c = &self.shared.counters;
-        match event {
-            Event::Delivered(record) => {
-                add(&c.delivered, record.delta());
-                add(&c.records_delivered, 1);
-                if self.failing {
-                    self.failing = false;
-                    tracing::info!(target: "kinde_meter", "delivery to Kinde recovered");
-                }
-            }
-            Event::Retrying {
-                ambiguous,
-                throttled,
-                error,
-            } => {
-                add(&c.retried, 1);
-                if let Some(value) = ambiguous {
-                    add(&c.ambiguous, value);
-                }
-                if throttled {
-                    add(&c.throttled, 1);
-                }
-                self.episode_failure(error);
-            }
-            Event::Rejected(record, error) => {
-                add(&c.rejected, record.delta());
-                let message = error.to_string();
-                self.shared.set_last_error(message.clone());
-                let first = self.rejections_logged.len() < 1000
-                    && self.rejections_logged.insert((
-                        record.key.feature.to_string(),
-                        error.status().map(|s| s.as_u16()),
-                    ));
-                if first {
-                    tracing::error!(
-                        target: "kinde_meter",
-                        feature = record.key.feature.as_str(),
-                        agreement = record.key.agreement.as_str(),
-                        value = record.value,
-                        "Kinde rejected a usage record, which is dropped: {message} (logged once per feature and \
-                         status; see `Stats::rejected`)"
-                    );
-                }
-                self.shared.error(MeterError::Rejected {
-                    record: record.usage(),
-                    error,
-                });
-            }
-            Event::Unsent(unsent) => {
-                let delta = unsent.record.delta();
-                add(&c.ambiguous, delta);
-                add(&c.unsent, delta);
-                self.episode_failure(unsent.last_error.clone().unwrap_or_default());
-                self.shared.unsent(&[unsent]);
-            }
-            Event::Superseded => {}
-        }
-    }
-
-    fn episode_failure(&mut self, error: String) {
-        if !self.failing {
-            self.failing = true;
-            tracing::warn!(
-                target: "kinde_meter",
-                "delivery to Kinde is failing; retrying with backoff (warned once until it recovers): {error}"
-            );
-        }
-        self.shared.set_last_error(error);
     }
 
     /// Closes the window, then sends until nothing waits or `deadline` passes.
@@ -320,27 +189,30 @@ impl Worker {
         self.flush();
         self.send_until(deadline).await;
         FlushReport {
-            waiting: self.outbox.len(),
-            timed_out: !self.outbox.is_empty(),
+            waiting: self.dispatch.len(),
+            timed_out: !self.dispatch.is_empty(),
         }
     }
 
     /// Sends until nothing waits or `deadline` passes.
     async fn send_until(&mut self, deadline: Instant) {
         loop {
-            if self.outbox.is_empty() || Instant::now() >= deadline {
+            if self.dispatch.is_empty() || Instant::now() >= deadline {
                 return;
             }
-            let wake = match self.dispatch(Some(deadline)) {
+            let wake = match self.start_due(Some(deadline)) {
                 Wait::Until(t) => t.min(deadline),
                 Wait::InFlight | Wait::Idle => deadline,
             };
+            let has_tasks = self.dispatch.has_tasks();
             tokio::select! {
-                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.finished(joined),
+                Some(finished) = self.dispatch.next_finished(), if has_tasks => self.finished(finished),
                 () = tokio::time::sleep_until(wake) => {}
             }
         }
     }
+
+    // ----- shutdown -----
 
     /// Delivers until `deadline`, usage recorded meanwhile included, then hands back what
     /// is left. Accounts for every unit its last drain took.
@@ -354,52 +226,32 @@ impl Worker {
                 break;
             }
         }
-        let deadline_reached = !self.outbox.is_empty();
+        let deadline_reached = !self.dispatch.is_empty();
         // Requests still out at the deadline are abandoned; they may have been applied.
-        self.tasks.abort_all();
-        let mut left: Vec<UnsentRecord> = Vec::new();
-        while let Some(joined) = self.tasks.join_next_with_id().await {
-            match joined {
-                Ok(done) => self.finished(Ok(done)),
-                Err(e) => {
-                    if let Some(mut record) = self.sending.remove(&e.id()) {
-                        self.outbox.abandon_in_flight(&record);
-                        record.attempts += 1;
-                        record.maybe_applied = true;
-                        record.last_error =
-                            Some("abandoned in flight at the shutdown deadline".to_owned());
-                        left.push(record.unsent(UnsentReason::DeadlineExceeded));
-                    }
-                }
-            }
+        let (events, mut left) = self.dispatch.abandon_in_flight().await;
+        for event in events {
+            self.finished(Some(event));
         }
         // The last drain: what other threads recorded up to here is in the report, and
         // what they record after it is reported as `MeterError::AfterShutdown`.
         let last = self.shared.registry.drain_final();
         let recorded = self.shared.registry.taken_delta();
         self.push_drained(last);
-        left.extend(
-            self.outbox
-                .take_all()
-                .iter()
-                .map(|r| r.unsent(UnsentReason::DeadlineExceeded)),
-        );
+        left.extend(self.dispatch.take_waiting(UnsentReason::DeadlineExceeded));
         self.publish_waiting();
-        let left_delta = delta_of(&left);
-        add(&self.shared.counters.unsent, left_delta);
         if !left.is_empty() {
             tracing::warn!(
                 target: "kinde_meter",
                 records = left.len(),
-                value = left_delta,
+                value = delta_of(&left),
                 "shutdown deadline reached with usage undelivered; it is passed to `on_unsent` and the report"
             );
         }
-        self.shared.unsent(&left);
+        self.accounts.hand_back(&left);
         ShutdownReport {
             stats: self.shared.stats_with(recorded),
             left,
-            deadline_reached: deadline_reached || !self.outbox.is_empty(),
+            deadline_reached: deadline_reached || !self.dispatch.is_empty(),
             failure: None,
         }
     }
@@ -408,50 +260,23 @@ impl Worker {
     /// `on_unsent` (its state may be inconsistent, so it is not trusted to send them),
     /// and starts afresh. Usage still in the cells is not affected.
     pub(crate) fn salvage(&mut self) {
-        let mut held: Vec<UnsentRecord> = self
-            .sending
-            .drain()
-            .map(|(_, mut r)| {
-                // Its request may still complete: treat it as possibly applied.
-                r.maybe_applied = true;
-                r.unsent(UnsentReason::WorkerFailed)
-            })
-            .collect();
-        held.extend(
-            self.outbox
-                .take_all()
-                .iter()
-                .map(|r| r.unsent(UnsentReason::WorkerFailed)),
-        );
-        self.outbox = Outbox::new(
-            self.settings.policy.clone(),
-            Instant::now(),
-            fastrand::Rng::new(),
-        );
-        let delta = delta_of(&held);
-        add(&self.shared.counters.unsent, delta);
+        let held = self.dispatch.salvage();
         tracing::error!(
             target: "kinde_meter",
             records = held.len(),
-            value = delta,
+            value = delta_of(&held),
             "the kinde-meter worker panicked (a bug; please report it); the records it held are passed to \
              `on_unsent` and it restarts"
         );
         self.publish_waiting();
-        self.shared.unsent(&held);
+        self.accounts.hand_back(&held);
     }
 }
 
-/// The delta usage in `records` (absolute values do not add up).
-fn delta_of(records: &[UnsentRecord]) -> u64 {
-    records
-        .iter()
-        .map(|u| u.record.delta())
-        .fold(0, u64::saturating_add)
-}
-
-impl Drop for Worker {
+impl<S> Drop for Worker<S> {
     fn drop(&mut self) {
-        self.stopped();
+        if let Some(f) = self.on_stop.take() {
+            f();
+        }
     }
 }

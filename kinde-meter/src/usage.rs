@@ -1,0 +1,341 @@
+//! What hooks and reports carry about usage: the record of one key in one window, the
+//! errors the error hook receives, and records handed back undelivered.
+//!
+//! Below [`config`](crate::config) (whose hooks take these types) and the reporter (which
+//! produces them); it depends only on [`api`](crate::api).
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::api::{
+    AgreementId, ApiError, CreateMeterUsageRecordRequest, FeatureCode, MAX_ID_LEN, MeterType,
+    Timestamp,
+};
+
+/// A value given to `#[meter(value = ...)]` that cannot be billed: negative, or larger
+/// than `u64::MAX`. It is refused (counted in [`Stats::invalid`](crate::Stats::invalid) and passed to the error
+/// hook), never truncated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidValue(InvalidRepr);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InvalidRepr {
+    /// Saturated at `i64::MIN` for smaller `i128` values.
+    Negative(i64),
+    TooLarge,
+}
+
+impl InvalidValue {
+    pub(crate) fn negative(value: i128) -> Self {
+        Self(InvalidRepr::Negative(
+            i64::try_from(value).unwrap_or(i64::MIN),
+        ))
+    }
+
+    pub(crate) fn too_large() -> Self {
+        Self(InvalidRepr::TooLarge)
+    }
+}
+
+impl fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            InvalidRepr::Negative(v) => {
+                write!(
+                    f,
+                    "the value {v} is negative; usage values must be zero or more"
+                )
+            }
+            InvalidRepr::TooLarge => f.write_str("the value is larger than u64::MAX"),
+        }
+    }
+}
+
+impl std::error::Error for InvalidValue {}
+
+/// One unit of delivery: usage of one key in one flush window.
+///
+/// Serializes to and from JSON (or any serde format) with every field checked on the way
+/// in, as a journal or a hand-off needs: an invalid agreement id, feature code, timestamp
+/// or idempotency key is an error naming it.
+///
+/// ```
+/// use kinde_meter::UsageRecord;
+///
+/// let json = r#"{"agreement":"agreement_acme","feature":"api_calls","meter_type":"delta",
+///     "value":3,"timestamp":"2024-11-18T02:32:03Z","idempotency_key":"0123abcd"}"#;
+/// let record: UsageRecord = serde_json::from_str(json)?;
+/// assert_eq!(record.value, 3);
+/// let bad = json.replace("agreement_acme", "not an id");
+/// assert!(serde_json::from_str::<UsageRecord>(&bad).unwrap_err().to_string().contains("agreement id"));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct UsageRecord {
+    /// The agreement billed.
+    pub agreement: AgreementId,
+    /// The feature.
+    pub feature: FeatureCode,
+    /// Delta (summed) or absolute (last value).
+    pub meter_type: MeterType,
+    /// The value.
+    pub value: u64,
+    /// When the window closed; sent as `meter_usage_timestamp` on every attempt.
+    pub timestamp: Timestamp,
+    /// Sent as `Idempotency-Key` on every attempt of this record.
+    #[serde(deserialize_with = "idempotency_key")]
+    pub idempotency_key: String,
+}
+
+/// An idempotency key as the client sends one: 1 to 255 bytes of visible ASCII.
+fn idempotency_key<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let key = String::deserialize(d)?;
+    if key.is_empty() || key.len() > MAX_ID_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(serde::de::Error::custom(format_args!(
+            "invalid idempotency key: it must be 1 to {MAX_ID_LEN} bytes of visible ASCII (no spaces)"
+        )));
+    }
+    Ok(key)
+}
+
+/// `value` as delta usage: 0 for an absolute value, which does not add up. The one
+/// place the counters and reports turn a value into delta units.
+pub(crate) fn delta(meter_type: MeterType, value: u64) -> u64 {
+    match meter_type {
+        MeterType::Delta => value,
+        MeterType::Absolute => 0,
+    }
+}
+
+impl UsageRecord {
+    /// The body of the `POST /api/v1/billing/meter_usage` that delivers this record (its
+    /// idempotency key goes in a header: [`RequestOptions::idempotency_key`](crate::api::RequestOptions::idempotency_key)).
+    pub fn request(&self) -> CreateMeterUsageRecordRequest {
+        CreateMeterUsageRecordRequest::new(self.agreement.clone(), self.feature.clone(), self.value)
+            .with_meter_type(self.meter_type)
+            .with_timestamp(self.timestamp)
+    }
+
+    /// The value as delta usage (0 for absolute records).
+    pub(crate) fn delta(&self) -> u64 {
+        delta(self.meter_type, self.value)
+    }
+}
+
+/// Usage that was recorded but will not be delivered, reported through
+/// [`MeterError`] (`on_error`) as it happens. None of these stop the application.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MeterError {
+    /// A metered call ran with no agreement in scope: nothing was sent.
+    Unattributed {
+        /// The feature.
+        feature: FeatureCode,
+        /// The value that was not billed.
+        value: u64,
+    },
+    /// A new key arrived while `max_pending_keys` keys were pending: refused.
+    Overflow {
+        /// The agreement.
+        agreement: AgreementId,
+        /// The feature.
+        feature: FeatureCode,
+        /// The value that was not billed.
+        value: u64,
+        /// The bound.
+        max_pending_keys: usize,
+    },
+    /// The feature code, agreement id or value of a call is invalid: refused.
+    Invalid {
+        /// The feature code as given.
+        feature: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Usage was recorded after the reporter shut down. It is kept in memory and
+    /// delivered by the next [`init`](crate::init), but no report covers it until then.
+    AfterShutdown {
+        /// The agreement.
+        agreement: AgreementId,
+        /// The feature.
+        feature: FeatureCode,
+        /// The value.
+        value: u64,
+    },
+    /// Kinde rejected a record (400, 401/403 after a fresh token, other 4xx): it is not
+    /// retried.
+    Rejected {
+        /// The record.
+        record: UsageRecord,
+        /// Kinde's answer.
+        error: ApiError,
+    },
+}
+
+impl fmt::Display for MeterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MeterError::Unattributed { feature, value } => write!(
+                f,
+                "usage of `{feature}` (value {value}) had no customer agreement in scope and was not sent; run the \
+                 call inside `with_agreement`/`enter_agreement`, or give `#[meter]` an `agreement = ...`"
+            ),
+            MeterError::Overflow {
+                agreement,
+                feature,
+                value,
+                max_pending_keys,
+            } => write!(
+                f,
+                "usage of `{feature}` for {agreement} (value {value}) was refused: {max_pending_keys} keys are \
+                 already pending; raise `Config::max_pending_keys`, or check that agreement ids are not unbounded"
+            ),
+            MeterError::Invalid { feature, reason } => {
+                write!(f, "usage of `{feature}` was refused: {reason}")
+            }
+            MeterError::AfterShutdown {
+                agreement,
+                feature,
+                value,
+            } => write!(
+                f,
+                "usage of `{feature}` for {agreement} (value {value}) was recorded after the reporter shut down; it \
+                 waits in memory for the next `init`: shut the reporter down after the work that records usage"
+            ),
+            MeterError::Rejected { record, error } => write!(
+                f,
+                "Kinde rejected usage of `{}` for {} (value {}), which will not be retried: {error}",
+                record.feature, record.agreement, record.value
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MeterError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MeterError::Rejected { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Why a record was not delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UnsentReason {
+    /// The shutdown deadline passed before it could be delivered.
+    DeadlineExceeded,
+    /// Under [`Delivery::AtMostOnce`](crate::Delivery::AtMostOnce), an attempt may have
+    /// been applied, so it is not resent.
+    Ambiguous,
+    /// The reporter's worker failed (a bug: it panicked) while it held the record. The
+    /// worker restarts; the record is handed back rather than trusted to its state.
+    WorkerFailed,
+}
+
+impl fmt::Display for UnsentReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnsentReason::DeadlineExceeded => "the shutdown deadline passed",
+            UnsentReason::Ambiguous => {
+                "an attempt may have been applied and at-most-once delivery forbids resending"
+            }
+            UnsentReason::WorkerFailed => "the reporter's worker failed while holding it",
+        })
+    }
+}
+
+/// A record handed back undelivered (to `on_unsent` and in the [`ShutdownReport`](crate::ShutdownReport)).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct UnsentRecord {
+    /// The record, with its original timestamp and idempotency key.
+    pub record: UsageRecord,
+    /// Why it was not delivered.
+    pub reason: UnsentReason,
+    /// Whether an earlier attempt may have been applied by Kinde: resending it later may
+    /// count it twice.
+    pub maybe_applied: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error, if an attempt failed.
+    pub last_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> UsageRecord {
+        UsageRecord {
+            agreement: AgreementId::new("agreement_acme").unwrap(),
+            feature: FeatureCode::from_static("api_calls"),
+            meter_type: MeterType::Absolute,
+            value: 12,
+            timestamp: Timestamp::from_unix_seconds(1_731_897_123).unwrap(),
+            idempotency_key: "0123456789abcdef0123456789abcdef".to_owned(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let r = record();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "agreement": "agreement_acme",
+                "feature": "api_calls",
+                "meter_type": "absolute",
+                "value": 12,
+                "timestamp": "2024-11-18T02:32:03Z",
+                "idempotency_key": "0123456789abcdef0123456789abcdef",
+            })
+        );
+        assert_eq!(serde_json::from_value::<UsageRecord>(json).unwrap(), r);
+    }
+
+    #[test]
+    fn invalid_records_are_refused_naming_the_field() {
+        let good = serde_json::to_value(record()).unwrap();
+        let cases = [
+            (
+                "agreement",
+                serde_json::json!("agreement acme"),
+                "customer agreement id",
+            ),
+            (
+                "feature",
+                serde_json::json!("api calls"),
+                "billing feature code",
+            ),
+            ("meter_type", serde_json::json!("sum"), "unknown variant"),
+            ("value", serde_json::json!(-1), "invalid value"),
+            (
+                "timestamp",
+                serde_json::json!("2024-02-30T00:00:00Z"),
+                "meter usage timestamp",
+            ),
+            (
+                "idempotency_key",
+                serde_json::json!("has space"),
+                "idempotency key",
+            ),
+            ("idempotency_key", serde_json::json!(""), "idempotency key"),
+        ];
+        for (field, value, named) in cases {
+            let mut bad = good.clone();
+            bad[field] = value;
+            let e = serde_json::from_value::<UsageRecord>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(named), "{field}: {e}");
+        }
+        let mut missing = good;
+        missing.as_object_mut().unwrap().remove("timestamp");
+        assert!(serde_json::from_value::<UsageRecord>(missing).is_err());
+    }
+}
