@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::outbox::Event;
-use super::shared::{Shared, add};
+use super::shared::{Shared, saturating_add};
 use crate::usage::{MeterError, UnsentRecord};
 
 pub(crate) struct Accounts {
@@ -28,7 +28,7 @@ impl Accounts {
     /// Counts `started` requests (retries included).
     pub(crate) fn requests(&self, started: u64) {
         if started > 0 {
-            add(&self.shared.counters.requests, started);
+            saturating_add(&self.shared.counters.requests, started);
         }
     }
 
@@ -36,8 +36,8 @@ impl Accounts {
         let c = &self.shared.counters;
         match event {
             Event::Delivered(record) => {
-                add(&c.delivered, record.delta());
-                add(&c.records_delivered, 1);
+                saturating_add(&c.delivered, record.delta());
+                saturating_add(&c.records_delivered, 1);
                 if self.failing {
                     self.failing = false;
                     tracing::info!(target: "kinde_meter", "delivery to Kinde recovered");
@@ -48,17 +48,17 @@ impl Accounts {
                 throttled,
                 error,
             } => {
-                add(&c.retried, 1);
+                saturating_add(&c.retried, 1);
                 if let Some(value) = ambiguous {
-                    add(&c.ambiguous, value);
+                    saturating_add(&c.ambiguous, value);
                 }
                 if throttled {
-                    add(&c.throttled, 1);
+                    saturating_add(&c.throttled, 1);
                 }
                 self.episode_failure(error);
             }
             Event::Rejected(record, error) => {
-                add(&c.rejected, record.delta());
+                saturating_add(&c.rejected, record.delta());
                 let message = error.to_string();
                 self.shared.set_last_error(message.clone());
                 let usage = &record.usage;
@@ -84,8 +84,8 @@ impl Accounts {
             }
             Event::Unsent(unsent) => {
                 let delta = unsent.record.delta();
-                add(&c.ambiguous, delta);
-                add(&c.unsent, delta);
+                saturating_add(&c.ambiguous, delta);
+                saturating_add(&c.unsent, delta);
                 self.episode_failure(unsent.last_error.clone().unwrap_or_default());
                 self.shared.unsent(&[unsent]);
             }
@@ -107,7 +107,7 @@ impl Accounts {
     /// Records handed back undelivered: counted as unsent and passed to `on_unsent`.
     pub(crate) fn hand_back(&self, records: &[UnsentRecord]) -> u64 {
         let delta = delta_of(records);
-        add(&self.shared.counters.unsent, delta);
+        saturating_add(&self.shared.counters.unsent, delta);
         self.shared.unsent(records);
         delta
     }

@@ -20,7 +20,7 @@
 //! most two slots per key of the bound, and once the table is crowded every drain asks all
 //! threads to drop their caches, so memory stays bounded by `max_pending_keys` keys per
 //! thread that records, and an idle thread pins memory but never the bound.
-use std::cell::Cell as StdCell;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
@@ -69,7 +69,8 @@ impl<'a> From<&'a str> for AgreementRef<'a> {
 }
 
 impl AgreementRef<'_> {
-    fn to_id(self) -> Result<AgreementId, InvalidInput> {
+    /// The id, validating a string.
+    pub(crate) fn to_id(self) -> Result<AgreementId, InvalidInput> {
         match self {
             AgreementRef::Id(id) => Ok(id.clone()),
             AgreementRef::Str(s) => AgreementId::new(s),
@@ -81,7 +82,7 @@ impl AgreementRef<'_> {
 /// allocated on that thread (allocators serve threads from separate arenas or caches),
 /// and padding would double the memory of every key.
 #[derive(Debug)]
-pub(crate) struct Cell {
+pub(crate) struct UsageCell {
     /// Delta: monotonic (wrapping) sum of everything added. Absolute: the last value set.
     total: AtomicU64,
     /// Absolute: bumped on every set, so the flusher sees that a value is new.
@@ -96,7 +97,7 @@ pub(crate) struct Cell {
     key: Key,
 }
 
-impl Cell {
+impl UsageCell {
     fn new(owner: Option<ThreadId>, registry: u64, key: Key) -> Self {
         Self {
             total: AtomicU64::new(0),
@@ -181,7 +182,7 @@ impl Cell {
 
 #[derive(Debug, Default)]
 struct Slot {
-    cells: Vec<Arc<Cell>>,
+    cells: Vec<Arc<UsageCell>>,
     /// Whether this slot counts toward the bound: it took usage through the table since
     /// the last drain.
     counted: bool,
@@ -204,7 +205,7 @@ pub(crate) enum Problem {
     /// Refused: the bound is reached and this key is not pending.
     Overflow {
         agreement: AgreementId,
-        max_keys: usize,
+        max_pending_keys: usize,
     },
     /// Refused: the feature code is invalid.
     InvalidFeature(InvalidInput),
@@ -230,10 +231,10 @@ pub(crate) struct Registry {
     id: u64,
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
-    keys: AtomicUsize,
+    slots_pending: AtomicUsize,
     /// Records the worker holds (waiting or in flight); they count toward the bound.
-    waiting: AtomicUsize,
-    max_keys: AtomicUsize,
+    records_held: AtomicUsize,
+    max_pending_keys: AtomicUsize,
     /// Set when a new key arrives past the high-water mark or is refused; the worker
     /// flushes early when it sees it.
     wants_flush: tokio::sync::Notify,
@@ -243,16 +244,16 @@ impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("id", &self.id)
-            .field("keys", &self.keys.load(Relaxed))
-            .field("max_keys", &self.max_keys.load(Relaxed))
+            .field("keys", &self.slots_pending.load(Relaxed))
+            .field("max_pending_keys", &self.max_pending_keys.load(Relaxed))
             .finish_non_exhaustive()
     }
 }
 
-/// Lets thread caches grow to hold `max_keys` keys (they never shrink: a smaller bound
+/// Lets thread caches grow to hold `max_pending_keys` keys (they never shrink: a smaller bound
 /// only means fewer keys reach them).
-fn let_caches_hold(max_keys: usize) {
-    let slots = max_keys
+fn let_caches_hold(max_pending_keys: usize) {
+    let slots = max_pending_keys
         .saturating_mul(2)
         .clamp(CACHE_MIN_SLOTS, MAX_CACHE_SLOTS)
         .next_power_of_two();
@@ -265,50 +266,50 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    pub(crate) fn new(max_keys: usize) -> Self {
-        Self::with_id(NEXT_REGISTRY_ID.fetch_add(1, Relaxed), max_keys)
+    pub(crate) fn new(max_pending_keys: usize) -> Self {
+        Self::with_id(NEXT_REGISTRY_ID.fetch_add(1, Relaxed), max_pending_keys)
     }
 
     /// The registry behind `record` and `#[meter]`.
-    pub(crate) fn global(max_keys: usize) -> Self {
-        Self::with_id(GLOBAL_ID, max_keys)
+    pub(crate) fn global(max_pending_keys: usize) -> Self {
+        Self::with_id(GLOBAL_ID, max_pending_keys)
     }
 
-    fn with_id(id: u64, max_keys: usize) -> Self {
-        let_caches_hold(max_keys);
+    fn with_id(id: u64, max_pending_keys: usize) -> Self {
+        let_caches_hold(max_pending_keys);
         Self {
             id,
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            keys: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            max_keys: AtomicUsize::new(max_keys),
+            slots_pending: AtomicUsize::new(0),
+            records_held: AtomicUsize::new(0),
+            max_pending_keys: AtomicUsize::new(max_pending_keys),
             wants_flush: tokio::sync::Notify::new(),
         }
     }
 
-    pub(crate) fn set_max_keys(&self, max_keys: usize) {
-        let_caches_hold(max_keys);
-        self.max_keys.store(max_keys, Relaxed);
+    pub(crate) fn set_max_pending_keys(&self, max_pending_keys: usize) {
+        let_caches_hold(max_pending_keys);
+        self.max_pending_keys.store(max_pending_keys, Relaxed);
     }
 
-    pub(crate) fn max_keys(&self) -> usize {
-        self.max_keys.load(Relaxed)
+    pub(crate) fn max_pending_keys(&self) -> usize {
+        self.max_pending_keys.load(Relaxed)
     }
 
     /// Slots that count toward the bound.
-    pub(crate) fn keys(&self) -> usize {
-        self.keys.load(Relaxed)
+    pub(crate) fn pending_slots(&self) -> usize {
+        self.slots_pending.load(Relaxed)
     }
 
     /// Records the worker holds; they count toward the bound.
-    pub(crate) fn set_waiting(&self, records: usize) {
-        self.waiting.store(records, Relaxed);
+    pub(crate) fn set_records_held(&self, records: usize) {
+        self.records_held.store(records, Relaxed);
     }
 
     /// Keys in the table plus records the worker holds: what the bound limits.
-    pub(crate) fn occupancy(&self) -> usize {
-        self.keys() + self.waiting.load(Relaxed)
+    pub(crate) fn pending_keys(&self) -> usize {
+        self.pending_slots() + self.records_held.load(Relaxed)
     }
 
     /// Resolves when a caller asked for an early flush.
@@ -317,7 +318,7 @@ impl Registry {
     }
 
     fn high_water(&self) -> usize {
-        self.max_keys() / 2
+        self.max_pending_keys() / 2
     }
 
     fn shard(&self, key: &Key) -> &Mutex<Shard> {
@@ -327,7 +328,7 @@ impl Registry {
 
     /// Adds `value` for a key. `Err` says what to report.
     #[inline]
-    pub(crate) fn add(
+    pub(crate) fn record(
         &self,
         agreement: AgreementRef<'_>,
         feature: &FeatureCode,
@@ -335,18 +336,18 @@ impl Registry {
         value: u64,
     ) -> Result<(), Problem> {
         let lookup = match agreement {
-            AgreementRef::Id(id) => add_cached(self.id, id, feature, meter_type, value),
-            AgreementRef::Str(s) => add_cached(self.id, s, feature, meter_type, value),
+            AgreementRef::Id(id) => record_cached(self.id, id, feature, meter_type, value),
+            AgreementRef::Str(s) => record_cached(self.id, s, feature, meter_type, value),
         };
         match lookup {
             Lookup::Hit => Ok(()),
-            miss => self.add_slow(agreement, feature, meter_type, value, miss),
+            miss => self.record_in_table(agreement, feature, meter_type, value, miss),
         }
     }
 
     /// Adds through the table (its shard lock), caching the cell for next time.
     #[cold]
-    pub(crate) fn add_slow(
+    pub(crate) fn record_in_table(
         &self,
         agreement: AgreementRef<'_>,
         feature: &FeatureCode,
@@ -386,7 +387,7 @@ impl Registry {
         feature: &FeatureCode,
         meter_type: MeterType,
         per_thread: bool,
-    ) -> Result<(Arc<Cell>, AgreementId, bool), Problem> {
+    ) -> Result<(Arc<UsageCell>, AgreementId, bool), Problem> {
         let key = Key {
             agreement: agreement.to_id().map_err(Problem::InvalidAgreement)?,
             feature: FeatureCode::new_checked(feature).map_err(Problem::InvalidFeature)?,
@@ -402,26 +403,26 @@ impl Registry {
         let counted = shard.slots.get(&key).is_some_and(|slot| slot.counted);
         if !counted {
             // New to the bound: a new key, or one whose usage a drain took.
-            let keys = self.occupancy();
-            let max_keys = self.max_keys();
-            if keys >= max_keys {
+            let keys = self.pending_keys();
+            let max_pending_keys = self.max_pending_keys();
+            if keys >= max_pending_keys {
                 self.wants_flush.notify_one();
                 return Err(Problem::Overflow {
                     agreement,
-                    max_keys,
+                    max_pending_keys,
                 });
             }
             if keys + 1 >= self.high_water() {
                 self.wants_flush.notify_one();
             }
-            self.keys.fetch_add(1, Relaxed);
+            self.slots_pending.fetch_add(1, Relaxed);
         }
         let slot = shard.slots.entry(key.clone()).or_default();
         slot.counted = true;
         if let Some(cell) = slot.cells.iter().find(|c| c.owner == owner) {
             return Ok((Arc::clone(cell), agreement, stopped));
         }
-        let cell = Arc::new(Cell::new(owner, self.id, key.clone()));
+        let cell = Arc::new(UsageCell::new(owner, self.id, key.clone()));
         slot.cells.push(Arc::clone(&cell));
         Ok((cell, agreement, stopped))
     }
@@ -486,13 +487,13 @@ impl Registry {
                 }
                 // Nothing is pending in this slot any more: it leaves the bound.
                 if std::mem::take(&mut slot.counted) {
-                    self.keys.fetch_sub(1, Relaxed);
+                    self.slots_pending.fetch_sub(1, Relaxed);
                 }
                 !slot.cells.is_empty()
             });
             slots_left += slots.len();
         }
-        if self.occupancy() >= self.high_water() || slots_left >= self.max_keys() {
+        if self.pending_keys() >= self.high_water() || slots_left >= self.max_pending_keys() {
             // Crowded: ask every thread to let go of its cached cells so that idle keys
             // can be freed by the next drain.
             GENERATION.fetch_add(1, Relaxed);
@@ -545,14 +546,14 @@ pub(crate) enum Lookup {
 /// active, up to the cache's size (see [`LocalCache`]). Every argument is a plain word:
 /// an enum passed through memory here stalls store forwarding on every call.
 #[inline(always)]
-pub(crate) fn add_cached<A: ProbeAgreement>(
+pub(crate) fn record_cached<A: ProbeAgreement>(
     registry: u64,
     agreement: A,
     feature: &FeatureCode,
     meter_type: MeterType,
     value: u64,
 ) -> Lookup {
-    let cache = CACHE.with(StdCell::get);
+    let cache = CACHE.with(Cell::get);
     if cache.is_null() || cache == GONE {
         // Created (or found gone) by the slow path.
         return if cache.is_null() {
@@ -595,7 +596,7 @@ pub(crate) fn add_cached<A: ProbeAgreement>(
     Lookup::Hit
 }
 
-/// An agreement as a call gives it to [`add_cached`].
+/// An agreement as a call gives it to [`record_cached`].
 pub(crate) trait ProbeAgreement: Copy {
     /// The id's content hash.
     fn hash(self) -> u64;
@@ -641,11 +642,11 @@ fn key_hash(agreement: u64, feature: u64, registry: u64, meter_type: MeterType) 
         ^ meter_type as u64
 }
 
-/// One cached cell. The key it stands for is the cell's own ([`Cell::key`]), which also
+/// One cached cell. The key it stands for is the cell's own ([`UsageCell::key`]), which also
 /// keeps the strings whose addresses the probe compares alive.
 struct CacheEntry {
     hash: u64,
-    cell: Arc<Cell>,
+    cell: Arc<UsageCell>,
 }
 
 /// How many slots a lookup tries, from the key's home slot on, before it counts as a
@@ -684,7 +685,7 @@ impl LocalCache {
     }
 
     #[inline(always)]
-    fn find(&self, hash: u64, is: impl Fn(&Cell) -> bool) -> Option<&Cell> {
+    fn find(&self, hash: u64, is: impl Fn(&UsageCell) -> bool) -> Option<&UsageCell> {
         if self.generation != GENERATION.load(Relaxed) {
             return None;
         }
@@ -701,7 +702,7 @@ impl LocalCache {
     }
 
     /// Caches `cell` under `hash`, after a miss.
-    fn insert(&mut self, hash: u64, cell: Arc<Cell>) {
+    fn insert(&mut self, hash: u64, cell: Arc<UsageCell>) {
         let generation = GENERATION.load(Relaxed);
         if self.generation != generation {
             // Start small again: a cache as large as the keys of a crowded past window
@@ -782,7 +783,7 @@ thread_local! {
     // This thread's cache: null until first used, `GONE` once freed. A raw pointer in a
     // `const`, destructor-free thread-local is one load on the hot path (a thread-local
     // with a destructor adds a registration check and a `RefCell` a borrow flag).
-    static CACHE: StdCell<*mut LocalCache> = const { StdCell::new(ptr::null_mut()) };
+    static CACHE: Cell<*mut LocalCache> = const { Cell::new(ptr::null_mut()) };
     // Frees the cache when the thread exits, releasing its cells so they can be reaped.
     static CACHE_OWNER: CacheOwner = const { CacheOwner };
 }
@@ -820,7 +821,7 @@ fn new_cache() -> *mut LocalCache {
 
 /// Runs `f` on this thread's cache; `None` during thread teardown or if re-entered.
 fn with_cache<R>(f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
-    let mut cache = CACHE.with(StdCell::get);
+    let mut cache = CACHE.with(Cell::get);
     if cache.is_null() {
         cache = new_cache();
     }
@@ -831,7 +832,7 @@ fn with_cache<R>(f: impl FnOnce(&mut LocalCache) -> R) -> Option<R> {
     // `GONE` replaced it, so it is live. The `busy` flag makes this the only `&mut`: it is
     // read through the raw pointer first, and a nested call (impossible today: nothing
     // here runs user code) would get `None` instead of a second reference. No shared
-    // reference from `add_cached` is live: that function returns before the slow path
+    // reference from `record_cached` is live: that function returns before the slow path
     // that calls this one runs.
     unsafe {
         if (*cache).busy {
@@ -872,12 +873,12 @@ mod tests {
     fn a_pending_sum_past_u64_max_is_refused_not_wrapped() {
         let r = Registry::new(10);
         let a = id("agreement_a");
-        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, u64::MAX)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, u64::MAX)
             .expect("added");
         // Through the cache (hit) and through the table: both refuse.
         for _ in 0..2 {
             assert!(matches!(
-                r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 2),
+                r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 2),
                 Err(Problem::PendingSumTooLarge)
             ));
         }
@@ -885,7 +886,7 @@ mod tests {
             drain_all(&r),
             vec![("agreement_a/pro_gym/delta".to_owned(), u128::from(u64::MAX))]
         );
-        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
             .expect("room again after the drain");
         assert_eq!(
             drain_all(&r),
@@ -901,7 +902,7 @@ mod tests {
         let ids: Vec<AgreementId> = (0..keys).map(|i| id(&format!("agreement_{i}"))).collect();
         for round in 1..=3u64 {
             for a in &ids {
-                r.add(AgreementRef::Id(a), &F, MeterType::Delta, round)
+                r.record(AgreementRef::Id(a), &F, MeterType::Delta, round)
                     .expect("added");
             }
         }
@@ -919,21 +920,21 @@ mod tests {
         let first = id("agreement_same_text");
         let again = id("agreement_same_text");
         let other = id("agreement_other_text");
-        r.add(AgreementRef::Id(&first), &F, MeterType::Delta, 1)
+        r.record(AgreementRef::Id(&first), &F, MeterType::Delta, 1)
             .expect("added");
-        r.add(AgreementRef::Id(&again), &F, MeterType::Delta, 2)
+        r.record(AgreementRef::Id(&again), &F, MeterType::Delta, 2)
             .expect("added");
-        r.add(
+        r.record(
             AgreementRef::Str("agreement_same_text"),
             &F,
             MeterType::Delta,
             4,
         )
         .expect("added");
-        r.add(AgreementRef::Id(&other), &F, MeterType::Delta, 8)
+        r.record(AgreementRef::Id(&other), &F, MeterType::Delta, 8)
             .expect("added");
         let dynamic = FeatureCode::new("pro_gym").expect("valid");
-        r.add(AgreementRef::Id(&first), &dynamic, MeterType::Delta, 16)
+        r.record(AgreementRef::Id(&first), &dynamic, MeterType::Delta, 16)
             .expect("added");
         assert_eq!(
             drain_all(&r),
@@ -949,17 +950,17 @@ mod tests {
         let r = Registry::new(100);
         let a = id("agreement_a");
         for _ in 0..10 {
-            r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 3)
+            r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 3)
                 .expect("added");
         }
-        r.add(AgreementRef::Str("agreement_a"), &F, MeterType::Delta, 1)
+        r.record(AgreementRef::Str("agreement_a"), &F, MeterType::Delta, 1)
             .expect("added");
         assert_eq!(
             drain_all(&r),
             vec![("agreement_a/pro_gym/delta".to_owned(), 31)]
         );
         assert_eq!(drain_all(&r), vec![]);
-        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
             .expect("added");
         assert_eq!(
             drain_all(&r),
@@ -976,7 +977,7 @@ mod tests {
                 let (r, a) = (Arc::clone(&r), a.clone());
                 std::thread::spawn(move || {
                     for _ in 0..10_000 {
-                        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+                        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
                             .expect("added");
                     }
                 })
@@ -990,18 +991,18 @@ mod tests {
         drained += r.drain().iter().map(|d| d.value).sum::<u128>();
         assert_eq!(drained, 40_000);
         // The threads are gone, so their cells and the key were freed.
-        assert_eq!(r.keys(), 0);
+        assert_eq!(r.pending_slots(), 0);
     }
 
     #[test]
     fn absolute_is_last_write_wins_and_separate_from_delta() {
         let r = Registry::new(100);
         let a = id("agreement_a");
-        r.add(AgreementRef::Id(&a), &F, MeterType::Absolute, 7)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Absolute, 7)
             .expect("added");
-        r.add(AgreementRef::Id(&a), &F, MeterType::Absolute, 5)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Absolute, 5)
             .expect("added");
-        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 4)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 4)
             .expect("added");
         assert_eq!(
             drain_all(&r),
@@ -1015,7 +1016,7 @@ mod tests {
             vec![],
             "an unchanged absolute is not sent again"
         );
-        r.add(AgreementRef::Id(&a), &F, MeterType::Absolute, 0)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Absolute, 0)
             .expect("added");
         assert_eq!(
             drain_all(&r),
@@ -1027,16 +1028,22 @@ mod tests {
     fn new_keys_past_the_bound_are_refused_and_existing_ones_still_add() {
         let r = Registry::new(2);
         let (a, b, c) = (id("agreement_a"), id("agreement_b"), id("agreement_c"));
-        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
             .expect("added");
-        r.add(AgreementRef::Id(&b), &F, MeterType::Delta, 1)
+        r.record(AgreementRef::Id(&b), &F, MeterType::Delta, 1)
             .expect("added");
-        let refused = r.add(AgreementRef::Id(&c), &F, MeterType::Delta, 1);
+        let refused = r.record(AgreementRef::Id(&c), &F, MeterType::Delta, 1);
         assert!(
-            matches!(refused, Err(Problem::Overflow { max_keys: 2, .. })),
+            matches!(
+                refused,
+                Err(Problem::Overflow {
+                    max_pending_keys: 2,
+                    ..
+                })
+            ),
             "{refused:?}"
         );
-        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
             .expect("existing key");
         assert_eq!(r.drain().iter().map(|d| d.value).sum::<u128>(), 3);
     }
@@ -1047,14 +1054,14 @@ mod tests {
         let bad = FeatureCode::unchecked_static("pro gym");
         let a = id("agreement_a");
         assert!(matches!(
-            r.add(AgreementRef::Id(&a), &bad, MeterType::Delta, 1),
+            r.record(AgreementRef::Id(&a), &bad, MeterType::Delta, 1),
             Err(Problem::InvalidFeature(_))
         ));
         assert!(matches!(
-            r.add(AgreementRef::Str("not valid!"), &F, MeterType::Delta, 1),
+            r.record(AgreementRef::Str("not valid!"), &F, MeterType::Delta, 1),
             Err(Problem::InvalidAgreement(_))
         ));
-        assert_eq!(r.keys(), 0);
+        assert_eq!(r.pending_slots(), 0);
     }
 
     #[test]
@@ -1070,7 +1077,7 @@ mod tests {
                     (Arc::clone(&r), parked_tx.clone(), Arc::clone(&release_rx));
                 std::thread::spawn(move || {
                     let a = id(&format!("agreement_idle_{i}"));
-                    r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+                    r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
                         .expect("added");
                     parked.send(()).expect("parked");
                     let _ = lock(&release).recv();
@@ -1081,11 +1088,11 @@ mod tests {
             parked_rx.recv().expect("parked");
         }
         assert_eq!(r.drain().iter().map(|d| d.value).sum::<u128>(), 4);
-        assert_eq!(r.keys(), 0, "drained keys are not pending");
+        assert_eq!(r.pending_slots(), 0, "drained keys are not pending");
         // New customers still get in, though the idle caches keep their slots alive.
         for i in 0..4 {
             let a = id(&format!("agreement_new_{i}"));
-            r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+            r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
                 .expect("a new key fits: nothing is pending");
         }
         drop(release_tx);
@@ -1098,18 +1105,18 @@ mod tests {
     fn usage_added_after_the_final_drain_is_kept_and_reported() {
         let r = Registry::new(10);
         let a = id("agreement_a");
-        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
             .expect("added");
         assert_eq!(r.drain_final().iter().map(|d| d.value).sum::<u128>(), 2);
         for _ in 0..3 {
             assert!(matches!(
-                r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 5),
+                r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 5),
                 Err(Problem::AfterShutdown { .. })
             ));
         }
         assert_eq!(r.recorded_delta(), 17, "kept in the cells");
         r.restart();
-        r.add(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 1)
             .expect("accepted again after a restart");
         assert_eq!(r.drain().iter().map(|d| d.value).sum::<u128>(), 16);
     }

@@ -168,9 +168,9 @@ pub(crate) fn record_current(feature: &FeatureCode, meter_type: MeterType, value
         });
     }
     let added = with_current(|found| match found.agreement {
-        Some(id) => match cells::add_cached(cells::GLOBAL_ID, id, feature, meter_type, value) {
+        Some(id) => match cells::record_cached(cells::GLOBAL_ID, id, feature, meter_type, value) {
             cells::Lookup::Hit => Ok(()),
-            miss => add_uncached(AgreementRef::Id(id), feature, meter_type, value, miss),
+            miss => record_in_global_table(AgreementRef::Id(id), feature, meter_type, value, miss),
         },
         None => Err(CallProblem::Unattributed {
             hidden: found.hidden,
@@ -194,9 +194,10 @@ pub(crate) fn record_explicit<'a, A: cells::ProbeAgreement + Into<AgreementRef<'
     if let Some(recorder) = local::current() {
         return recorder.record(Some(agreement.into()), feature, meter_type, value);
     }
-    let added = match cells::add_cached(cells::GLOBAL_ID, agreement, feature, meter_type, value) {
+    let added = match cells::record_cached(cells::GLOBAL_ID, agreement, feature, meter_type, value)
+    {
         cells::Lookup::Hit => Ok(()),
-        miss => add_uncached(agreement.into(), feature, meter_type, value, miss),
+        miss => record_in_global_table(agreement.into(), feature, meter_type, value, miss),
     };
     if let Err(problem) = added {
         GLOBAL.report(problem, feature, meter_type, value);
@@ -207,14 +208,16 @@ pub(crate) fn record_explicit<'a, A: cells::ProbeAgreement + Into<AgreementRef<'
 /// it may be inside a scope lookup, where no user code may run.
 #[cold]
 #[inline(never)]
-fn add_uncached(
+fn record_in_global_table(
     agreement: AgreementRef<'_>,
     feature: &FeatureCode,
     meter_type: MeterType,
     value: u64,
     miss: cells::Lookup,
 ) -> Result<(), CallProblem> {
-    Ok(GLOBAL.add_uncached(agreement, feature, meter_type, value, miss)?)
+    Ok(GLOBAL
+        .registry
+        .record_in_table(agreement, feature, meter_type, value, miss)?)
 }
 
 /// A `#[meter(value = ...)]` that cannot be billed.
@@ -441,7 +444,9 @@ impl Reporter {
         sink: S,
         on_stop: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<Self, InitError> {
-        shared.registry.set_max_keys(config.max_pending_keys);
+        shared
+            .registry
+            .set_max_pending_keys(config.max_pending_keys);
         shared.registry.restart();
         shared.set_hooks(config.on_error.clone(), config.on_unsent.clone());
         let settings = Settings {
@@ -516,7 +521,7 @@ impl Reporter {
     ) {
         let (meter_type, value) = usage.into().parts();
         self.shared
-            .add(AgreementRef::Id(agreement), feature, meter_type, value);
+            .record(AgreementRef::Id(agreement), feature, meter_type, value);
     }
 
     /// This reporter's counters.
@@ -556,7 +561,7 @@ impl Reporter {
 
     fn flush_failed(&self) -> FlushReport {
         FlushReport {
-            waiting: self.shared.registry.occupancy(),
+            waiting: self.shared.registry.pending_keys(),
             timed_out: true,
         }
     }

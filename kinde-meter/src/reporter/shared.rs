@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 
-use super::cells::{AgreementRef, Lookup, Problem, Registry};
+use super::cells::{AgreementRef, Problem, Registry};
 use super::events::Stats;
 use crate::api::{FeatureCode, MeterType};
 use crate::config::{ErrorHook, UnsentHook};
@@ -76,18 +76,18 @@ impl std::fmt::Debug for Shared {
 }
 
 /// Adds to a counter, saturating at `u64::MAX` rather than wrapping to a small number.
-pub(crate) fn add(counter: &AtomicU64, value: u64) {
+pub(crate) fn saturating_add(counter: &AtomicU64, value: u64) {
     let _ = counter.fetch_update(Relaxed, Relaxed, |c| Some(c.saturating_add(value)));
 }
 
 impl Shared {
-    pub(crate) fn new(max_keys: usize) -> Self {
-        Self::with_registry(Registry::new(max_keys))
+    pub(crate) fn new(max_pending_keys: usize) -> Self {
+        Self::with_registry(Registry::new(max_pending_keys))
     }
 
     /// The state behind `record` and `#[meter]`.
-    pub(crate) fn global(max_keys: usize) -> Self {
-        Self::with_registry(Registry::global(max_keys))
+    pub(crate) fn global(max_pending_keys: usize) -> Self {
+        Self::with_registry(Registry::global(max_pending_keys))
     }
 
     fn with_registry(registry: Registry) -> Self {
@@ -112,31 +112,16 @@ impl Shared {
 
     /// Adds usage for an explicit agreement, reporting what goes wrong.
     #[inline]
-    pub(crate) fn add(
+    pub(crate) fn record(
         &self,
         agreement: AgreementRef<'_>,
         feature: &FeatureCode,
         meter_type: MeterType,
         value: u64,
     ) {
-        if let Err(problem) = self.registry.add(agreement, feature, meter_type, value) {
+        if let Err(problem) = self.registry.record(agreement, feature, meter_type, value) {
             self.report(problem.into(), feature, meter_type, value);
         }
-    }
-
-    /// The slow half of an add, for a caller that already missed the cache. Reporting is
-    /// the caller's: it may be inside a scope lookup, where no user code may run.
-    #[cold]
-    pub(crate) fn add_uncached(
-        &self,
-        agreement: AgreementRef<'_>,
-        feature: &FeatureCode,
-        meter_type: MeterType,
-        value: u64,
-        lookup: Lookup,
-    ) -> Result<(), Problem> {
-        self.registry
-            .add_slow(agreement, feature, meter_type, value, lookup)
     }
 
     /// A value that cannot be billed (negative, too large).
@@ -157,7 +142,7 @@ impl Shared {
     ) {
         match problem {
             CallProblem::Unattributed { hidden } => {
-                add(&self.counters.unattributed, delta(meter_type, value));
+                saturating_add(&self.counters.unattributed, delta(meter_type, value));
                 if hidden {
                     crate::context::warn_hidden();
                 }
@@ -176,13 +161,13 @@ impl Shared {
             }
             CallProblem::Cells(Problem::Overflow {
                 agreement,
-                max_keys,
+                max_pending_keys,
             }) => {
-                add(&self.counters.refused_overflow, delta(meter_type, value));
+                saturating_add(&self.counters.refused_overflow, delta(meter_type, value));
                 if self.first_time("overflow", "") {
                     tracing::warn!(
                         target: "kinde_meter",
-                        max_pending_keys = max_keys,
+                        max_pending_keys = max_pending_keys,
                         "usage for new keys is refused: the pending-key bound is reached (warned once; see \
                          `Stats::refused_overflow`)"
                     );
@@ -191,7 +176,7 @@ impl Shared {
                     agreement,
                     feature: feature.clone(),
                     value,
-                    max_pending_keys: max_keys,
+                    max_pending_keys: max_pending_keys,
                 });
             }
             CallProblem::Cells(Problem::InvalidFeature(e) | Problem::InvalidAgreement(e)) => {
@@ -207,7 +192,7 @@ impl Shared {
                 );
             }
             CallProblem::Cells(Problem::AfterShutdown { agreement }) => {
-                add(&self.counters.after_shutdown, delta(meter_type, value));
+                saturating_add(&self.counters.after_shutdown, delta(meter_type, value));
                 if self.first_time("after_shutdown", "") {
                     tracing::warn!(
                         target: "kinde_meter",
@@ -226,7 +211,7 @@ impl Shared {
 
     #[cold]
     fn invalid(&self, feature: &str, reason: &str) {
-        add(&self.counters.invalid, 1);
+        saturating_add(&self.counters.invalid, 1);
         if self.first_time("invalid", feature) {
             tracing::warn!(
                 target: "kinde_meter",
@@ -259,7 +244,7 @@ impl Shared {
         let outcome = catch_unwind(AssertUnwindSafe(hook));
         IN_HOOK.set(false);
         if outcome.is_err() {
-            add(&self.counters.hook_panics, 1);
+            saturating_add(&self.counters.hook_panics, 1);
             if self.first_time("hook_panic", "") {
                 tracing::error!(
                     target: "kinde_meter",
@@ -315,7 +300,7 @@ impl Shared {
             unsent: get(&c.unsent),
             after_shutdown: get(&c.after_shutdown),
             hook_panics: get(&c.hook_panics),
-            pending_keys: self.registry.occupancy() as u64,
+            pending_keys: self.registry.pending_keys() as u64,
             last_error: c
                 .last_error
                 .lock()

@@ -166,7 +166,7 @@ impl<S: Sink> Worker<S> {
     }
 
     fn publish_waiting(&self) {
-        self.shared.registry.set_waiting(self.dispatch.len());
+        self.shared.registry.set_records_held(self.dispatch.len());
     }
 
     // ----- dispatch and accounting, wired -----

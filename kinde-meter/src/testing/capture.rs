@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
-use crate::api::{AgreementId, FeatureCode, MeterType};
+use crate::api::{FeatureCode, MeterType};
 use crate::reporter::local::{self, LocalRecorder};
 use crate::reporter::{AgreementRef, InvalidValue};
 
@@ -21,16 +21,16 @@ struct Data {
 }
 
 #[derive(Default, Debug)]
-struct Sink {
+struct CaptureLog {
     data: Mutex<Data>,
 }
 
-impl Sink {
+impl CaptureLog {
     fn data(&self) -> std::sync::MutexGuard<'_, Data> {
         self.data.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn add(
+    fn add_usage(
         &self,
         agreement: Option<AgreementRef<'_>>,
         feature: &FeatureCode,
@@ -46,8 +46,7 @@ impl Sink {
                 *data.unattributed.entry(feature.to_string()).or_default() += value;
                 return;
             }
-            Some(AgreementRef::Id(id)) => id.to_string(),
-            Some(AgreementRef::Str(s)) => match AgreementId::new(s) {
+            Some(agreement) => match agreement.to_id() {
                 Ok(id) => id.to_string(),
                 Err(e) => return data.invalid.push(e.to_string()),
             },
@@ -63,7 +62,7 @@ impl Sink {
     }
 }
 
-impl LocalRecorder for Sink {
+impl LocalRecorder for CaptureLog {
     fn record(
         &self,
         agreement: Option<AgreementRef<'_>>,
@@ -71,7 +70,7 @@ impl LocalRecorder for Sink {
         meter_type: MeterType,
         value: u64,
     ) {
-        self.add(agreement, feature, meter_type, value);
+        self.add_usage(agreement, feature, meter_type, value);
     }
 
     fn invalid(&self, feature: &FeatureCode, invalid: &InvalidValue) {
@@ -79,11 +78,11 @@ impl LocalRecorder for Sink {
     }
 }
 
-fn install(sink: &Arc<Sink>) {
+fn install(sink: &Arc<CaptureLog>) {
     local::install(Arc::clone(sink) as Arc<dyn LocalRecorder>);
 }
 
-fn uninstall(sink: &Arc<Sink>) {
+fn uninstall(sink: &Arc<CaptureLog>) {
     local::uninstall(&(Arc::clone(sink) as Arc<dyn LocalRecorder>));
 }
 
@@ -109,7 +108,7 @@ fn uninstall(sink: &Arc<Sink>) {
 /// # Ok::<(), kinde_meter::api::InvalidInput>(())
 /// ```
 pub fn capture() -> Capture {
-    let sink = Arc::new(Sink::default());
+    let sink = Arc::new(CaptureLog::default());
     install(&sink);
     Capture {
         sink,
@@ -121,7 +120,7 @@ pub fn capture() -> Capture {
 #[derive(Debug)]
 #[must_use = "usage is captured only while the `Capture` is alive"]
 pub struct Capture {
-    sink: Arc<Sink>,
+    sink: Arc<CaptureLog>,
     // Installed on the creating thread, so it must be dropped there.
     _not_send: PhantomData<*const ()>,
 }
@@ -213,7 +212,7 @@ pin_project! {
     /// A future run under a capture. Created by [`Capture::scope`].
     #[must_use = "futures do nothing unless polled"]
     pub struct CaptureScope<F> {
-        sink: Arc<Sink>,
+        sink: Arc<CaptureLog>,
         #[pin]
         future: F,
     }
@@ -230,7 +229,7 @@ impl<F: Future> Future for CaptureScope<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        struct Installed<'a>(&'a Arc<Sink>);
+        struct Installed<'a>(&'a Arc<CaptureLog>);
         impl Drop for Installed<'_> {
             fn drop(&mut self) {
                 uninstall(self.0);
@@ -245,7 +244,7 @@ impl<F: Future> Future for CaptureScope<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{enter_agreement, record};
+    use crate::{AgreementId, enter_agreement, record};
 
     #[test]
     fn captures_on_parallel_threads_see_only_their_own_usage() {
