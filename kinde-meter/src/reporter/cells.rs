@@ -715,17 +715,19 @@ impl LocalCache {
         if (self.len + 1) * 2 > self.slots.len() && self.slots.len() < max_slots {
             self.grow();
         }
-        let entry = CacheEntry { hash, cell };
-        if let Err(entry) = self.place(entry) {
-            if self.slots.len() < max_slots {
+        let mut entry = CacheEntry { hash, cell };
+        if self.slots.len() < max_slots {
+            match self.place(entry) {
+                Ok(()) => return,
                 // A crowded window: more room beats evicting a key that is still in use.
-                self.grow();
-                if self.place(entry).is_ok() {
-                    return;
+                Err(crowded) => {
+                    self.grow();
+                    entry = crowded;
                 }
-            } else {
-                self.evict_home(entry);
             }
+        }
+        if let Err(entry) = self.place(entry) {
+            self.evict_home(entry);
         }
     }
 
