@@ -159,3 +159,60 @@ async fn an_async_resolver_scopes_each_request_and_the_missing_policy_applies() 
     assert_eq!(emulator.total("agreement_ada", "tower_admin"), 1u64);
     assert_eq!(emulator.ledger().len(), 4, "{:?}", emulator.ledger());
 }
+
+#[meter(feature = "tower_lookups")]
+async fn lookup() -> &'static str {
+    "found"
+}
+
+/// The synchronous resolver's paths that `examples/axum.rs` (which rejects) leaves out:
+/// an agreement in the header is billed, a request without one passes through unmetered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_sync_resolver_passes_requests_without_an_agreement_through() {
+    // The server runs on this thread (a current-thread runtime), so the capture sees it.
+    let usage = kinde_meter::testing::capture();
+    let app = Router::new()
+        .route("/lookup", get(lookup))
+        .layer(AgreementLayer::new(|head: &Parts| {
+            head.headers
+                .get("x-agreement-id")?
+                .to_str()
+                .ok()?
+                .parse()
+                .ok()
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}/lookup", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+
+    let billed = client
+        .get(&base)
+        .header("x-agreement-id", "agreement_ada")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(billed.text().await.expect("body"), "found");
+    let unscoped = client.get(&base).send().await.expect("request");
+    assert_eq!(unscoped.status(), 200);
+    // An id that does not parse is no agreement either.
+    let malformed = client
+        .get(&base)
+        .header("x-agreement-id", "not an id")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(malformed.status(), 200);
+    server.abort();
+
+    assert_eq!(usage.total("agreement_ada", "tower_lookups"), 1);
+    assert_eq!(usage.unattributed("tower_lookups"), 2);
+    assert_eq!(
+        usage.usage().len(),
+        1,
+        "billed to no one else: {:?}",
+        usage.usage()
+    );
+}
