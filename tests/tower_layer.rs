@@ -166,45 +166,35 @@ async fn lookup() -> &'static str {
 }
 
 /// The synchronous resolver's paths that `examples/axum.rs` (which rejects) leaves out:
-/// an agreement in the header is billed, a request without one passes through unmetered.
+/// a known user is billed to its agreement, a request without one passes through
+/// unmetered.
 #[tokio::test(flavor = "current_thread")]
 async fn a_sync_resolver_passes_requests_without_an_agreement_through() {
     // The server runs on this thread (a current-thread runtime), so the capture sees it.
     let usage = kinde_meter::testing::capture();
+    let store = store();
     let app = Router::new()
         .route("/lookup", get(lookup))
-        .layer(AgreementLayer::new(|head: &Parts| {
-            head.headers
-                .get("x-agreement-id")?
-                .to_str()
-                .ok()?
-                .parse()
-                .ok()
+        .layer(AgreementLayer::new(move |head: &Parts| {
+            store
+                .get(head.headers.get("x-user")?.to_str().ok()?)
+                .cloned()
         }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let base = format!("http://{}/lookup", listener.local_addr().expect("addr"));
+    let url = format!("http://{}/lookup", listener.local_addr().expect("addr"));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let client = reqwest::Client::new();
-
-    let billed = client
-        .get(&base)
-        .header("x-agreement-id", "agreement_ada")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(billed.text().await.expect("body"), "found");
-    let unscoped = client.get(&base).send().await.expect("request");
-    assert_eq!(unscoped.status(), 200);
-    // An id that does not parse is no agreement either.
-    let malformed = client
-        .get(&base)
-        .header("x-agreement-id", "not an id")
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(malformed.status(), 200);
+    for user in [Some("ada"), None, Some("mallory")] {
+        let mut request = client.get(&url);
+        if let Some(user) = user {
+            request = request.header("x-user", user);
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status(), 200, "{user:?}");
+        assert_eq!(response.text().await.expect("body"), "found");
+    }
     server.abort();
 
     assert_eq!(usage.total("agreement_ada", "tower_lookups"), 1);
