@@ -110,13 +110,18 @@ fn send(
 }
 
 fn token_form(emu: &Emulator) -> String {
-    serde_urlencoded::to_string([
+    token_form_for(emu, Some(&emu.audience()))
+}
+
+/// A client-credentials form with the emulator's credentials, for `audience` (or none).
+fn token_form_for(emu: &Emulator, audience: Option<&str>) -> String {
+    let mut fields = vec![
         ("grant_type", "client_credentials"),
         ("client_id", emu.client_id()),
         ("client_secret", emu.client_secret()),
-        ("audience", &emu.audience()),
-    ])
-    .unwrap()
+    ];
+    fields.extend(audience.map(|audience| ("audience", audience)));
+    serde_urlencoded::to_string(fields).unwrap()
 }
 
 fn post_token(emu: &Emulator, form: &str, extra: &[(&str, &str)]) -> Resp {
@@ -225,26 +230,11 @@ fn token_endpoint_issues_tokens_for_the_right_credentials() {
             "invalid_client",
         ),
         (
-            serde_urlencoded::to_string([
-                ("grant_type", "client_credentials"),
-                ("client_id", emu.client_id()),
-                ("client_secret", emu.client_secret()),
-                ("audience", "https://example.kinde.com/api"),
-            ])
-            .unwrap(),
+            token_form_for(&emu, Some("https://example.kinde.com/api")),
             400,
             "invalid_audience",
         ),
-        (
-            serde_urlencoded::to_string([
-                ("grant_type", "client_credentials"),
-                ("client_id", emu.client_id()),
-                ("client_secret", emu.client_secret()),
-            ])
-            .unwrap(),
-            400,
-            "invalid_request",
-        ),
+        (token_form_for(&emu, None), 400, "invalid_request"),
         (
             token_form(&emu).replace("client_credentials", "password"),
             400,
