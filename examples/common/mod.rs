@@ -3,9 +3,25 @@
 //! A service of yours needs only the first branch, `Config::from_env()`. The examples also
 //! run with nothing configured, so they start the local Kinde emulator in that case.
 
+use std::process::ExitCode;
+
 use kinde_meter::Config;
 use kinde_meter::api::Credentials;
 use kinde_meter_emulator::{Emulator, EmulatorBuilder};
+
+/// The exit status of an example that checks what was delivered: 0 when it matched, 1
+/// when it did not, 2 (with the error on stderr) when it could not run, a missing
+/// environment variable for one.
+pub(crate) fn exit_code(run: Result<bool, Box<dyn std::error::Error>>) -> ExitCode {
+    match run {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
 
 /// The configuration to report with: from the environment when `KINDE_DOMAIN` is set
 /// (its errors name the variable that is missing or malformed), else pointed at an

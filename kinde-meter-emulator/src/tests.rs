@@ -1022,29 +1022,22 @@ async fn reqwest_roundtrip(emu: &Emulator) {
         .unwrap();
     let token: serde_json::Value = serde_json::from_slice(&token).unwrap();
     let token = token["access_token"].as_str().unwrap().to_owned();
-    let r = client
-        .post(emu.meter_usage_url())
-        .bearer_auth(&token)
-        .header("Content-Type", "application/json")
-        .body(usage("agr", "feat", "2", Some("delta")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let send_delta = |value: &str| {
+        client
+            .post(emu.meter_usage_url())
+            .bearer_auth(&token)
+            .header("Content-Type", "application/json")
+            .body(usage("agr", "feat", value, Some("delta")))
+            .send()
+    };
+    assert_eq!(send_delta("2").await.unwrap().status(), 200);
 
     // A dropped connection is a transport error, not a response.
     emu.set_faults(Faults {
         drop_after_apply: 1.0,
         ..Faults::default()
     });
-    let err = client
-        .post(emu.meter_usage_url())
-        .bearer_auth(&token)
-        .header("Content-Type", "application/json")
-        .body(usage("agr", "feat", "3", Some("delta")))
-        .send()
-        .await
-        .unwrap_err();
+    let err = send_delta("3").await.unwrap_err();
     assert!(err.status().is_none(), "{err:?}");
     emu.set_faults(Faults::none());
     assert_eq!(emu.total("agr", "feat"), 5);
