@@ -389,46 +389,29 @@ fn validation_over_http() {
 
     // Non-UTF-8 garbage.
     let auth = format!("Bearer {token}");
-    let r = send(
-        emu.addr(),
-        "POST",
-        "/api/v1/billing/meter_usage",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        &[0xff, 0x00, 0xfe, b'{'],
-    )
-    .unwrap();
+    let post = |content_type: &str, body: &[u8]| {
+        send(
+            emu.addr(),
+            "POST",
+            "/api/v1/billing/meter_usage",
+            &[("Authorization", &auth), ("Content-Type", content_type)],
+            body,
+        )
+    };
+    let r = post("application/json", &[0xff, 0x00, 0xfe, b'{']).unwrap();
     assert_eq!(
         (r.status, r.codes()),
         (400, vec!["INVALID_JSON".to_owned()])
     );
     // Wrong content type.
-    let r = send(
-        emu.addr(),
-        "POST",
-        "/api/v1/billing/meter_usage",
-        &[("Authorization", &auth), ("Content-Type", "text/plain")],
-        usage("agr", "feat", "1", None).as_bytes(),
-    )
-    .unwrap();
+    let r = post("text/plain", usage("agr", "feat", "1", None).as_bytes()).unwrap();
     assert_eq!(
         (r.status, r.codes()),
         (415, vec!["UNSUPPORTED_MEDIA_TYPE".to_owned()])
     );
     // Huge body.
     let huge = vec![b' '; 100 * 1024];
-    let r = send(
-        emu.addr(),
-        "POST",
-        "/api/v1/billing/meter_usage",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        &huge,
-    );
+    let r = post("application/json", &huge);
     if let Ok(r) = r {
         assert_eq!(r.status, 413);
     }
