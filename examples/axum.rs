@@ -23,6 +23,11 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use kinde_meter::meter;
 use kinde_meter::tower::{AgreementLayer, MissingAgreement};
+use kinde_meter_emulator::Emulator;
+
+#[path = "common/mod.rs"]
+#[allow(dead_code)] // The integration test includes this file for `app()` only.
+mod common;
 
 /// One report view: one `reports` unit.
 #[meter(feature = "reports")]
@@ -63,34 +68,11 @@ pub(crate) fn app() -> Router {
         .route("/health", get(health))
 }
 
-/// A reporter configuration pointed at the local emulator.
-#[allow(dead_code)] // The integration test includes this file for `app()` only.
-fn emulator_config(
-    emulator: &kinde_meter_emulator::Emulator,
-) -> Result<kinde_meter::Config, kinde_meter::api::InvalidDomain> {
-    Ok(kinde_meter::Config::new(
-        emulator.base_url().parse()?,
-        kinde_meter::api::Credentials::client_credentials(
-            emulator.client_id(),
-            emulator.client_secret(),
-        ),
-    ))
-}
-
 #[allow(dead_code)] // The integration test includes this file for `app()` only.
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (config, _emulator) = match std::env::var_os("KINDE_DOMAIN") {
-        Some(_) => (kinde_meter::Config::from_env()?, None),
-        None => {
-            let emulator = kinde_meter_emulator::Emulator::start()?;
-            println!(
-                "reporting to the local Kinde emulator at {}",
-                emulator.base_url()
-            );
-            (emulator_config(&emulator)?, Some(emulator))
-        }
-    };
+    // Keep the emulator, when used, alive while the reporter sends.
+    let (config, _emulator) = common::kinde_or_emulator(Emulator::builder())?;
     let guard = kinde_meter::init(config)?;
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".to_owned());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;

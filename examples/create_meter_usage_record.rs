@@ -11,11 +11,14 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kinde_meter::api::{
-    ApiError, Client, CreateMeterUsageRecordRequest, Credentials, MeterType, RequestOptions,
-    Timestamp,
+    ApiError, Client, CreateMeterUsageRecordRequest, MeterType, RequestOptions, Timestamp,
 };
-use kinde_meter::{AgreementId, Config, FeatureCode};
+use kinde_meter::{AgreementId, FeatureCode};
 use kinde_meter_emulator::Emulator;
+
+#[path = "common/mod.rs"]
+#[allow(dead_code)] // The integration test includes this file for `record()` only.
+mod common;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -30,22 +33,8 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Keep the emulator alive for the whole run when it is used.
-    let (client, _emulator) = match std::env::var_os("KINDE_DOMAIN") {
-        Some(_) => (Config::from_env()?.client()?, None),
-        None => {
-            let emulator = Emulator::start()?;
-            println!(
-                "KINDE_DOMAIN is not set: using the local emulator at {}",
-                emulator.base_url()
-            );
-            // The emulator speaks HTTP only: point a client at its URL.
-            let client = Client::new(
-                emulator.base_url().parse()?,
-                Credentials::client_credentials(emulator.client_id(), emulator.client_secret()),
-            )?;
-            (client, Some(emulator))
-        }
-    };
+    let (config, _emulator) = common::kinde_or_emulator(Emulator::builder())?;
+    let client = config.client()?;
     let agreement: AgreementId = env_or(
         "KINDE_AGREEMENT_ID",
         "agreement_0195ac80a14c2ca2cec97d026d864de0",

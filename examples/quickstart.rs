@@ -16,9 +16,11 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kinde_meter::api::Credentials;
-use kinde_meter::{AgreementId, Config, enter_agreement, meter, with_agreement};
+use kinde_meter::{AgreementId, enter_agreement, meter, with_agreement};
 use kinde_meter_emulator::{Emulator, Faults};
+
+#[path = "common/mod.rs"]
+mod common;
 
 // ---------------------------------------------------------------------------------------
 // The service: billable operations, each metered with one attribute.
@@ -55,51 +57,26 @@ const ROUNDS: usize = 40;
 type Tally = BTreeMap<(String, String), u64>;
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+    common::exit_code(run())
 }
 
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
     // 1. Configuration: real Kinde from the environment, else the local emulator.
-    let (config, emulator, customers) = match std::env::var_os("KINDE_DOMAIN") {
-        Some(_) => {
-            let config = Config::from_env()?;
-            let ids = std::env::var("QUICKSTART_AGREEMENTS")
-                .map_err(|_| "QUICKSTART_AGREEMENTS is not set: give three customer agreement ids, comma-separated")?;
-            let customers: Vec<String> = ids.split(',').map(|s| s.trim().to_owned()).collect();
-            println!("Reporting to {}", config.domain());
-            (config, None, customers)
-        }
-        None => {
-            let emulator = Emulator::builder()
-                .seed(2024)
-                .faults(Faults::none().status_503(0.15))
-                .start()?;
-            println!(
-                "KINDE_DOMAIN is not set: reporting to the local Kinde emulator at {} (15% of requests fail with 503)",
-                emulator.base_url()
-            );
-            // The emulator speaks HTTP only: point a configuration at its URL.
-            let config = Config::new(
-                emulator.base_url().parse()?,
-                Credentials::client_credentials(emulator.client_id(), emulator.client_secret()),
-            );
-            (
-                config,
-                Some(emulator),
-                CUSTOMERS.map(str::to_owned).to_vec(),
-            )
-        }
+    //    The emulator, when used, fails 15% of requests with 503, to show retries.
+    let faulty = Emulator::builder()
+        .seed(2024)
+        .faults(Faults::none().status_503(0.15));
+    let (config, emulator) = common::kinde_or_emulator(faulty)?;
+    // Your own customers on a real Kinde; three made-up ones on the emulator.
+    let customers = match &emulator {
+        Some(_) => CUSTOMERS.join(","),
+        None => std::env::var("QUICKSTART_AGREEMENTS").map_err(|_| {
+            "QUICKSTART_AGREEMENTS is not set: give three customer agreement ids, comma-separated"
+        })?,
     };
     let customers: Vec<AgreementId> = customers
-        .iter()
-        .map(|c| c.parse())
+        .split(',')
+        .map(|c| c.trim().parse())
         .collect::<Result<_, _>>()?;
 
     // 2. Start the reporter once, at startup.

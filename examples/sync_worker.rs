@@ -15,6 +15,10 @@ use std::thread;
 use std::time::Duration;
 
 use kinde_meter::{AgreementId, enter_agreement, meter};
+use kinde_meter_emulator::Emulator;
+
+#[path = "common/mod.rs"]
+mod common;
 
 /// Renders a document: billed per page.
 #[meter(feature = "pdf_pages", value = pages)]
@@ -39,36 +43,11 @@ struct Job {
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+    common::exit_code(run())
 }
 
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
-    let (config, emulator) = match std::env::var_os("KINDE_DOMAIN") {
-        Some(_) => (kinde_meter::Config::from_env()?, None),
-        None => {
-            let emulator = kinde_meter_emulator::Emulator::start()?;
-            println!(
-                "reporting to the local Kinde emulator at {}",
-                emulator.base_url()
-            );
-            // The emulator speaks HTTP only: point a configuration at its URL.
-            let config = kinde_meter::Config::new(
-                emulator.base_url().parse()?,
-                kinde_meter::api::Credentials::client_credentials(
-                    emulator.client_id(),
-                    emulator.client_secret(),
-                ),
-            );
-            (config, Some(emulator))
-        }
-    };
+    let (config, emulator) = common::kinde_or_emulator(Emulator::builder())?;
     let guard = kinde_meter::init(config)?;
 
     let (tx, rx) = mpsc::channel::<Job>();

@@ -855,6 +855,7 @@ async fn raw_400_with_html_is_rejected_without_errors() {
     assert!(e.to_string().contains("no error detail"), "{e}");
 }
 
+// One test per raw response, alike in shape: each matches its own error variant.
 #[tokio::test]
 async fn raw_302_is_redirected_and_not_followed() {
     // Following it would send a second request (with the token) to the same server.

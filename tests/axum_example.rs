@@ -12,6 +12,8 @@ use kinde_meter_workspace::reporter::fast_config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_axum_example_bills_each_request_to_its_agreement() {
+    // The same setup as tests/tower_layer.rs: the support library has no axum or socket
+    // dependency to share it through, and it is the setup a service's own test writes.
     let emulator = Emulator::start().expect("emulator");
     let guard = kinde_meter::init(fast_config(&emulator)).expect("init");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -548,6 +548,7 @@ fn options_out_of_range_are_refused_and_options_at_their_limits_work() {
             other => panic!("{option}: expected InvalidOption, got {other:?}"),
         }
     }
+    // Both ends spelled out in full, each a configuration that must start.
     let at_limits = [
         base()
             .requests_per_second(limits::REQUESTS_PER_SECOND.0)

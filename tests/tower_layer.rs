@@ -159,3 +159,50 @@ async fn an_async_resolver_scopes_each_request_and_the_missing_policy_applies() 
     assert_eq!(emulator.total("agreement_ada", "tower_admin"), 1u64);
     assert_eq!(emulator.ledger().len(), 4, "{:?}", emulator.ledger());
 }
+
+#[meter(feature = "tower_lookups")]
+async fn lookup() -> &'static str {
+    "found"
+}
+
+/// The synchronous resolver's paths that `examples/axum.rs` (which rejects) leaves out:
+/// a known user is billed to its agreement, a request without one passes through
+/// unmetered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_sync_resolver_passes_requests_without_an_agreement_through() {
+    // The server runs on this thread (a current-thread runtime), so the capture sees it.
+    let usage = kinde_meter::testing::capture();
+    let store = store();
+    let app = Router::new()
+        .route("/lookup", get(lookup))
+        .layer(AgreementLayer::new(move |head: &Parts| {
+            store
+                .get(head.headers.get("x-user")?.to_str().ok()?)
+                .cloned()
+        }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/lookup", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+    for user in [Some("ada"), None, Some("mallory")] {
+        let mut request = client.get(&url);
+        if let Some(user) = user {
+            request = request.header("x-user", user);
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status(), 200, "{user:?}");
+        assert_eq!(response.text().await.expect("body"), "found");
+    }
+    server.abort();
+
+    assert_eq!(usage.total("agreement_ada", "tower_lookups"), 1);
+    assert_eq!(usage.unattributed("tower_lookups"), 2);
+    assert_eq!(
+        usage.usage().len(),
+        1,
+        "billed to no one else: {:?}",
+        usage.usage()
+    );
+}

@@ -110,13 +110,18 @@ fn send(
 }
 
 fn token_form(emu: &Emulator) -> String {
-    serde_urlencoded::to_string([
+    token_form_for(emu, Some(&emu.audience()))
+}
+
+/// A client-credentials form with the emulator's credentials, for `audience` (or none).
+fn token_form_for(emu: &Emulator, audience: Option<&str>) -> String {
+    let mut fields = vec![
         ("grant_type", "client_credentials"),
         ("client_id", emu.client_id()),
         ("client_secret", emu.client_secret()),
-        ("audience", &emu.audience()),
-    ])
-    .unwrap()
+    ];
+    fields.extend(audience.map(|audience| ("audience", audience)));
+    serde_urlencoded::to_string(fields).unwrap()
 }
 
 fn post_token(emu: &Emulator, form: &str, extra: &[(&str, &str)]) -> Resp {
@@ -225,26 +230,11 @@ fn token_endpoint_issues_tokens_for_the_right_credentials() {
             "invalid_client",
         ),
         (
-            serde_urlencoded::to_string([
-                ("grant_type", "client_credentials"),
-                ("client_id", emu.client_id()),
-                ("client_secret", emu.client_secret()),
-                ("audience", "https://example.kinde.com/api"),
-            ])
-            .unwrap(),
+            token_form_for(&emu, Some("https://example.kinde.com/api")),
             400,
             "invalid_audience",
         ),
-        (
-            serde_urlencoded::to_string([
-                ("grant_type", "client_credentials"),
-                ("client_id", emu.client_id()),
-                ("client_secret", emu.client_secret()),
-            ])
-            .unwrap(),
-            400,
-            "invalid_request",
-        ),
+        (token_form_for(&emu, None), 400, "invalid_request"),
         (
             token_form(&emu).replace("client_credentials", "password"),
             400,
@@ -399,46 +389,29 @@ fn validation_over_http() {
 
     // Non-UTF-8 garbage.
     let auth = format!("Bearer {token}");
-    let r = send(
-        emu.addr(),
-        "POST",
-        "/api/v1/billing/meter_usage",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        &[0xff, 0x00, 0xfe, b'{'],
-    )
-    .unwrap();
+    let post = |content_type: &str, body: &[u8]| {
+        send(
+            emu.addr(),
+            "POST",
+            "/api/v1/billing/meter_usage",
+            &[("Authorization", &auth), ("Content-Type", content_type)],
+            body,
+        )
+    };
+    let r = post("application/json", &[0xff, 0x00, 0xfe, b'{']).unwrap();
     assert_eq!(
         (r.status, r.codes()),
         (400, vec!["INVALID_JSON".to_owned()])
     );
     // Wrong content type.
-    let r = send(
-        emu.addr(),
-        "POST",
-        "/api/v1/billing/meter_usage",
-        &[("Authorization", &auth), ("Content-Type", "text/plain")],
-        usage("agr", "feat", "1", None).as_bytes(),
-    )
-    .unwrap();
+    let r = post("text/plain", usage("agr", "feat", "1", None).as_bytes()).unwrap();
     assert_eq!(
         (r.status, r.codes()),
         (415, vec!["UNSUPPORTED_MEDIA_TYPE".to_owned()])
     );
     // Huge body.
     let huge = vec![b' '; 100 * 1024];
-    let r = send(
-        emu.addr(),
-        "POST",
-        "/api/v1/billing/meter_usage",
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/json"),
-        ],
-        &huge,
-    );
+    let r = post("application/json", &huge);
     if let Ok(r) = r {
         assert_eq!(r.status, 413);
     }
@@ -1032,29 +1005,22 @@ async fn reqwest_roundtrip(emu: &Emulator) {
         .unwrap();
     let token: serde_json::Value = serde_json::from_slice(&token).unwrap();
     let token = token["access_token"].as_str().unwrap().to_owned();
-    let r = client
-        .post(emu.meter_usage_url())
-        .bearer_auth(&token)
-        .header("Content-Type", "application/json")
-        .body(usage("agr", "feat", "2", Some("delta")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let send_delta = |value: &str| {
+        client
+            .post(emu.meter_usage_url())
+            .bearer_auth(&token)
+            .header("Content-Type", "application/json")
+            .body(usage("agr", "feat", value, Some("delta")))
+            .send()
+    };
+    assert_eq!(send_delta("2").await.unwrap().status(), 200);
 
     // A dropped connection is a transport error, not a response.
     emu.set_faults(Faults {
         drop_after_apply: 1.0,
         ..Faults::default()
     });
-    let err = client
-        .post(emu.meter_usage_url())
-        .bearer_auth(&token)
-        .header("Content-Type", "application/json")
-        .body(usage("agr", "feat", "3", Some("delta")))
-        .send()
-        .await
-        .unwrap_err();
+    let err = send_delta("3").await.unwrap_err();
     assert!(err.status().is_none(), "{err:?}");
     emu.set_faults(Faults::none());
     assert_eq!(emu.total("agr", "feat"), 5);

@@ -23,13 +23,7 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Running {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kinde-emulator");
+        let mut child = spawn(args);
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -116,14 +110,19 @@ fn faults_from_flags_apply() {
     assert_eq!(running.terminate().code(), Some(0));
 }
 
-fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
+/// Starts `kinde-emulator` with `args`, its stdout and stderr piped to the test.
+fn spawn(args: &[&str]) -> Child {
+    Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn kinde-emulator");
+        .expect("spawn kinde-emulator")
+}
+
+fn run_to_end(args: &[&str]) -> (Option<i32>, String, String) {
+    let mut child = spawn(args);
     let (mut out, mut err) = (String::new(), String::new());
     child
         .stdout

@@ -26,15 +26,16 @@
 
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
 pub use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::api::AgreementId;
-use crate::context::{WithAgreement, with_agreement};
+use crate::context::{WithAgreement, in_poll};
 
 /// What to do with a request whose agreement cannot be resolved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -163,22 +164,17 @@ pub struct AgreementService<S, R> {
     missing: MissingAgreement,
 }
 
-/// The response future of [`AgreementService`].
-pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
 impl<S, R, B, ResBody> Service<Request<B>> for AgreementService<S, R>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone,
     R: ResolveAgreement,
-    B: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: Default,
 {
     /// The response body runs in the request's scope too, so metered code in a streaming
     /// body (polled by the server after the handler returned) bills the same customer.
     type Response = Response<WithAgreement<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<Self::Response, Self::Error>;
+    type Future = ResponseFuture<R, S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -190,28 +186,133 @@ where
         // The service made ready by `poll_ready` handles this request; its clone takes
         // its place for the next one.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let missing = self.missing;
-        Box::pin(async move {
-            let request = Request::from_parts(head, body);
-            match (resolving.await, missing) {
-                // The inner call itself runs in the scope too, not just its future.
-                (Some(agreement), _) => {
-                    let body_scope = agreement.clone();
-                    let response =
-                        with_agreement(agreement, async move { inner.call(request).await }).await?;
-                    Ok(response.map(|body| WithAgreement::new(Some(body_scope), body)))
+        let service = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Resolving {
+                resolving,
+                call: Some((service, Request::from_parts(head, body))),
+                missing: self.missing,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`AgreementService`]: resolves the request's agreement, then
+    /// runs your service's call and response future in its scope (or answers at once, for a
+    /// request without an agreement that the layer rejects).
+    ///
+    /// `R` is the resolver, `S` your service and `B` the request body.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<R, S, B>
+    where
+        R: ResolveAgreement,
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<R::Future, S, B>,
+    }
+}
+
+pin_project! {
+    /// Where a [`ResponseFuture`] is.
+    #[project = StateProj]
+    enum State<Resolving, S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        /// Waiting for the resolver; holds the service and the request for the call.
+        Resolving {
+            #[pin]
+            resolving: Resolving,
+            call: Option<(S, Request<B>)>,
+            missing: MissingAgreement,
+        },
+        /// Waiting for the service's response, in the agreement's scope if there is one.
+        Responding {
+            #[pin]
+            response: WithAgreement<S::Future>,
+            body_scope: Option<AgreementId>,
+        },
+        /// The response has been returned.
+        Done,
+    }
+}
+
+impl<R, S, B, ResBody> Future for ResponseFuture<R, S, B>
+where
+    R: ResolveAgreement,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Output = Result<Response<WithAgreement<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Resolving {
+                    resolving,
+                    call,
+                    missing,
+                } => {
+                    let agreement = ready!(resolving.poll(cx));
+                    let Some((mut service, request)) = call.take() else {
+                        unreachable!("the call is taken only when leaving this state")
+                    };
+                    let (response, body_scope) = match (agreement, *missing) {
+                        // The inner call itself runs in the scope too, not just its future.
+                        (Some(agreement), _) => {
+                            let future = in_poll(&agreement, || service.call(request));
+                            let body_scope = Some(agreement.clone());
+                            (WithAgreement::new(Some(agreement), future), body_scope)
+                        }
+                        (None, MissingAgreement::PassThrough) => {
+                            (WithAgreement::new(None, service.call(request)), None)
+                        }
+                        (None, MissingAgreement::Reject(status)) => {
+                            state.set(State::Done);
+                            let mut response =
+                                Response::new(WithAgreement::new(None, ResBody::default()));
+                            *response.status_mut() = status;
+                            return Poll::Ready(Ok(response));
+                        }
+                    };
+                    state.set(State::Responding {
+                        response,
+                        body_scope,
+                    });
                 }
-                (None, MissingAgreement::PassThrough) => Ok(inner
-                    .call(request)
-                    .await?
-                    .map(|body| WithAgreement::new(None, body))),
-                (None, MissingAgreement::Reject(status)) => {
-                    let mut response = Response::new(WithAgreement::new(None, ResBody::default()));
-                    *response.status_mut() = status;
-                    Ok(response)
+                StateProj::Responding {
+                    response,
+                    body_scope,
+                } => {
+                    let result = ready!(response.poll(cx));
+                    let body_scope = body_scope.take();
+                    state.set(State::Done);
+                    return Poll::Ready(result.map(|response| {
+                        response.map(|body| WithAgreement::new(body_scope, body))
+                    }));
                 }
+                StateProj::Done => panic!("`ResponseFuture` polled after it completed"),
             }
-        })
+        }
+    }
+}
+
+impl<R, S, B> std::fmt::Debug for ResponseFuture<R, S, B>
+where
+    R: ResolveAgreement,
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Resolving { .. } => "resolving",
+            State::Responding { .. } => "responding",
+            State::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
     }
 }

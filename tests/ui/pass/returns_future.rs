@@ -45,6 +45,8 @@ fn block_ok(n: u64) -> impl Future<Output = Option<u64>> {
     async move { doubled.checked_sub(2) }
 }
 
+// Each fixture is a program of its own (trybuild builds them one by one): helpers and
+// the capture setup are repeated in each rather than shared.
 fn assert_send<T: Send>(value: T) -> T {
     value
 }
