@@ -361,6 +361,8 @@ pub enum TokenError {
         /// The OAuth `error_description`.
         description: Option<String>,
     },
+    // These transport variants mirror `ApiError`'s on purpose: a token request fails in
+    // the same ways, and the meter request classifies them the same.
     /// The connection failed before the token request was sent.
     NotSent {
         /// The underlying error.

@@ -176,7 +176,7 @@ impl Shared {
                     agreement,
                     feature: feature.clone(),
                     value,
-                    max_pending_keys: max_pending_keys,
+                    max_pending_keys,
                 });
             }
             CallProblem::Cells(Problem::InvalidFeature(e) | Problem::InvalidAgreement(e)) => {
