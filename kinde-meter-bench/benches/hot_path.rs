@@ -133,6 +133,14 @@ fn warm(n: usize, mut op: impl FnMut(usize)) {
     }
 }
 
+/// One untimed pass over the `n` agreements, then `iters` timed operations round robin.
+fn timed_round_robin(n: usize, iters: u64, mut op: impl FnMut(usize)) -> Duration {
+    warm(n, &mut op);
+    let start = Instant::now();
+    round_robin(n, iters, op);
+    start.elapsed()
+}
+
 fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -187,10 +195,7 @@ fn cases() -> Vec<Case> {
                 let count = |i: usize| {
                     metrics::counter!("bench_labeled", "customer" => labels[i].clone()).increment(1)
                 };
-                warm(n, count);
-                let start = Instant::now();
-                round_robin(n, iters, count);
-                start.elapsed()
+                timed_round_robin(n, iters, count)
             },
         },
         Case {
@@ -200,10 +205,7 @@ fn cases() -> Vec<Case> {
             body: |n, iters| {
                 let ids = ids(n);
                 let record = |i: usize| kinde_meter::record_for(&ids[i], &RECORD_FOR, 1);
-                warm(n, record);
-                let start = Instant::now();
-                round_robin(n, iters, record);
-                start.elapsed()
+                timed_round_robin(n, iters, record)
             },
         },
         Case {
@@ -216,10 +218,7 @@ fn cases() -> Vec<Case> {
                     let _scope = enter_agreement(ids[i].clone());
                     three_calls(i as u64);
                 };
-                warm(n, request);
-                let start = Instant::now();
-                round_robin(n, iters, request);
-                start.elapsed()
+                timed_round_robin(n, iters, request)
             },
         },
         Case {
@@ -233,10 +232,7 @@ fn cases() -> Vec<Case> {
                         three_calls(i as u64);
                     }))
                 };
-                warm(n, request);
-                let start = Instant::now();
-                round_robin(n, iters, request);
-                start.elapsed()
+                timed_round_robin(n, iters, request)
             },
         },
     ]

@@ -521,24 +521,16 @@ fn idempotency_switch() {
     let emu = Emulator::start().unwrap();
     let token = emu.issue_token();
     let body = usage("a", "f", "3", Some("delta"));
-    for _ in 0..2 {
-        assert_eq!(
-            meter_with(&emu, &token, &body, &[("Idempotency-Key", "same")])
-                .unwrap()
-                .status,
-            200
-        );
-    }
+    let send_twice = || {
+        for _ in 0..2 {
+            let sent = meter_with(&emu, &token, &body, &[("Idempotency-Key", "same")]).unwrap();
+            assert_eq!(sent.status, 200);
+        }
+    };
+    send_twice();
     assert_eq!(emu.total("a", "f"), 6);
     emu.set_honor_idempotency_key(true);
-    for _ in 0..2 {
-        assert_eq!(
-            meter_with(&emu, &token, &body, &[("Idempotency-Key", "same")])
-                .unwrap()
-                .status,
-            200
-        );
-    }
+    send_twice();
     assert_eq!(
         meter_with(&emu, &token, &body, &[("Idempotency-Key", "other")])
             .unwrap()
