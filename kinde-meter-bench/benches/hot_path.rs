@@ -101,9 +101,9 @@ fn labels(n: usize) -> Rc<Vec<SharedString>> {
 }
 
 /// What one case does on a bench thread: `iters` operations over `n` agreements,
-/// returning the time taken. Each case warms up (one untimed pass over its agreements)
-/// before it times.
-type Body = fn(n: usize, iters: u64) -> Duration;
+/// returning the time taken. Each case warms up (one untimed pass over its agreements),
+/// then waits at `ready` for the other bench threads, then times.
+type Body = fn(n: usize, iters: u64, ready: &Barrier) -> Duration;
 
 struct Case {
     name: &'static str,
@@ -133,9 +133,11 @@ fn warm(n: usize, mut op: impl FnMut(usize)) {
     }
 }
 
-/// One untimed pass over the `n` agreements, then `iters` timed operations round robin.
-fn timed_round_robin(n: usize, iters: u64, mut op: impl FnMut(usize)) -> Duration {
+/// One untimed pass over the `n` agreements, then (once every bench thread is ready)
+/// `iters` timed operations round robin.
+fn timed_round_robin(n: usize, iters: u64, ready: &Barrier, mut op: impl FnMut(usize)) -> Duration {
     warm(n, &mut op);
+    ready.wait();
     let start = Instant::now();
     round_robin(n, iters, op);
     start.elapsed()
@@ -147,7 +149,8 @@ fn cases() -> Vec<Case> {
             name: "plain fn (no metering)",
             unit: "call",
             per_agreement_count: false,
-            body: |_, iters| {
+            body: |_, iters, ready| {
+                ready.wait();
                 let start = Instant::now();
                 for i in 0..iters {
                     black_box(plain(i));
@@ -159,8 +162,10 @@ fn cases() -> Vec<Case> {
             name: "metrics: static handle increment(1)",
             unit: "call",
             per_agreement_count: false,
-            body: |_, iters| {
+            body: |_, iters, ready| {
                 let counter = metrics::counter!("bench_static");
+                counter.increment(1);
+                ready.wait();
                 let start = Instant::now();
                 for _ in 0..iters {
                     counter.increment(1);
@@ -172,12 +177,11 @@ fn cases() -> Vec<Case> {
             name: "#[meter] fn, task scope, one key",
             unit: "call",
             per_agreement_count: false,
-            body: |_, iters| {
+            body: |_, iters, ready| {
                 let id = ids(1)[0].clone();
                 poll_once(with_agreement(id, async move {
-                    warm(1, |_| {
-                        search(0);
-                    });
+                    search(0);
+                    ready.wait();
                     let start = Instant::now();
                     for i in 0..iters {
                         black_box(search(i));
@@ -190,49 +194,49 @@ fn cases() -> Vec<Case> {
             name: "metrics: counter! with a customer label, round robin",
             unit: "call",
             per_agreement_count: true,
-            body: |n, iters| {
+            body: |n, iters, ready| {
                 let labels = labels(n);
                 let count = |i: usize| {
                     metrics::counter!("bench_labeled", "customer" => labels[i].clone()).increment(1)
                 };
-                timed_round_robin(n, iters, count)
+                timed_round_robin(n, iters, ready, count)
             },
         },
         Case {
             name: "record_for, round robin",
             unit: "call",
             per_agreement_count: true,
-            body: |n, iters| {
+            body: |n, iters, ready| {
                 let ids = ids(n);
                 let record = |i: usize| kinde_meter::record_for(&ids[i], &RECORD_FOR, 1);
-                timed_round_robin(n, iters, record)
+                timed_round_robin(n, iters, ready, record)
             },
         },
         Case {
             name: "request: enter_agreement + 3 #[meter] calls",
             unit: "request",
             per_agreement_count: true,
-            body: |n, iters| {
+            body: |n, iters, ready| {
                 let ids = ids(n);
                 let request = |i: usize| {
                     let _scope = enter_agreement(ids[i].clone());
                     three_calls(i as u64);
                 };
-                timed_round_robin(n, iters, request)
+                timed_round_robin(n, iters, ready, request)
             },
         },
         Case {
             name: "request: with_agreement poll + 3 #[meter] calls",
             unit: "request",
             per_agreement_count: true,
-            body: |n, iters| {
+            body: |n, iters, ready| {
                 let ids = ids(n);
                 let request = |i: usize| {
                     poll_once(with_agreement(ids[i].clone(), async move {
                         three_calls(i as u64);
                     }))
                 };
-                timed_round_robin(n, iters, request)
+                timed_round_robin(n, iters, ready, request)
             },
         },
     ]
@@ -289,11 +293,8 @@ impl Pool {
         let barrier = Arc::new(Barrier::new(threads));
         for job in &self.jobs[..threads] {
             let barrier = Arc::clone(&barrier);
-            job.send(Box::new(move || {
-                barrier.wait();
-                body(n, iters)
-            }))
-            .expect("bench thread alive");
+            job.send(Box::new(move || body(n, iters, &barrier)))
+                .expect("bench thread alive");
         }
         let total: Duration = (0..threads)
             .map(|_| self.done.recv().expect("bench thread alive"))

@@ -13,10 +13,13 @@
 //! either in this flush or the next, never lost. A drain takes every key: usage is stamped
 //! with the window it was recorded in, never held back for a later one.
 //!
-//! The pending-key bound counts slots that took usage through the table since the last
-//! drain (a drain leaves every slot with nothing pending, so it uncounts them all), plus
-//! the records the worker holds. A slot that a thread cache still holds stays in the table
-//! after a drain, uncounted, and is freed once no cache holds it. A thread cache holds at
+//! The pending-key bound counts slots that took usage since the last drain, plus the
+//! records the worker holds. A drain leaves every slot with nothing pending, so it uncounts
+//! them all and clears each cell's admission: the first add to a key after a drain goes
+//! through the table, which counts the key again (or refuses it at the bound), and so does
+//! every add after the final drain of a shutdown, which the table reports. A slot that a
+//! thread cache still holds stays in the table after a drain, uncounted, and is freed once
+//! no cache holds it. A thread cache holds at
 //! most two slots per key of the bound, and once the table is crowded every drain asks all
 //! threads to drop their caches, so memory stays bounded by `max_pending_keys` keys per
 //! thread that records, and an idle thread pins memory but never the bound.
@@ -25,7 +28,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::ptr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::ThreadId;
 
@@ -91,6 +94,11 @@ pub(crate) struct UsageCell {
     taken: AtomicU64,
     /// The only thread that adds to this cell; `None` for shared cells.
     owner: Option<ThreadId>,
+    /// [`ADMITTED`] while a cached add may go straight into this cell: set by the table path
+    /// once it has counted the key toward the bound, cleared by every drain (the key leaves
+    /// the bound), and left clear by the final drain of a shutdown (usage after it must
+    /// reach the table to be reported). Read by the hot path on the line the add touches.
+    admitted: AtomicBool,
     registry: u64,
     /// The key, with the agreement id object of the call that made the cell: the thread
     /// caches compare its address first.
@@ -104,9 +112,16 @@ impl UsageCell {
             version: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             owner,
+            admitted: AtomicBool::new(false),
             registry,
             key,
         }
+    }
+
+    /// Whether a cached add may go into this cell without the table (see `admitted`).
+    #[inline(always)]
+    fn is_admitted(&self) -> bool {
+        self.admitted.load(Relaxed)
     }
 
     /// Adds to a cell this thread owns. A plain load and store: no other thread writes it.
@@ -419,11 +434,17 @@ impl Registry {
         }
         let slot = shard.slots.entry(key.clone()).or_default();
         slot.counted = true;
-        if let Some(cell) = slot.cells.iter().find(|c| c.owner == owner) {
-            return Ok((Arc::clone(cell), agreement, stopped));
-        }
-        let cell = Arc::new(UsageCell::new(owner, self.id, key.clone()));
-        slot.cells.push(Arc::clone(&cell));
+        let cell = match slot.cells.iter().find(|c| c.owner == owner) {
+            Some(cell) => Arc::clone(cell),
+            None => {
+                let cell = Arc::new(UsageCell::new(owner, self.id, key.clone()));
+                slot.cells.push(Arc::clone(&cell));
+                cell
+            }
+        };
+        // Under the shard lock, so a drain cannot clear it in between: counted, and not
+        // stopped, so cached adds may go straight in until the next drain.
+        cell.admitted.store(!stopped, Relaxed);
         Ok((cell, agreement, stopped))
     }
 
@@ -460,6 +481,9 @@ impl Registry {
                 let mut sum: u128 = 0;
                 let mut absolute = None;
                 slot.cells.retain_mut(|cell| {
+                    // The key leaves the bound: the next add to this cell goes through the
+                    // table, which counts it again (or, after the final drain, reports it).
+                    cell.admitted.store(false, Relaxed);
                     // Unique means no thread cache holds it, so nobody can add to it again
                     // (`get_mut` synchronises with the last holder's drop).
                     let orphan = Arc::get_mut(cell).is_some();
@@ -580,7 +604,7 @@ pub(crate) fn record_cached<A: ProbeAgreement>(
             && agreement.is(&cell.key.agreement)
             && same_feature(feature, &cell.key.feature)
     });
-    let Some(cell) = found else {
+    let Some(cell) = found.filter(|cell| cell.is_admitted()) else {
         return Lookup::Miss;
     };
     // A cached delta cell is always this thread's own.
@@ -945,6 +969,154 @@ mod tests {
                 ("agreement_same_text/pro_gym/delta".to_owned(), 23),
             ]
         );
+    }
+
+    #[test]
+    fn a_cached_key_is_counted_again_after_a_drain_so_the_bound_holds() {
+        let r = Registry::new(100);
+        let ids: Vec<_> = (0..149).map(|i| id(&format!("agreement_r{i}"))).collect();
+        for a in &ids[..49] {
+            r.record(AgreementRef::Id(a), &F, MeterType::Delta, 1)
+                .expect("added");
+        }
+        assert_eq!(r.drain().len(), 49);
+        // The 49 are cached on this thread; after the drain they count again when used.
+        let accepted = ids
+            .iter()
+            .filter(|a| {
+                r.record(AgreementRef::Id(a), &F, MeterType::Delta, 1)
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(accepted, 100, "no more keys pending at once than the bound");
+        assert_eq!(r.drain().len(), 100);
+    }
+
+    #[test]
+    fn a_key_pending_through_cache_hits_is_not_refused_for_another_thread() {
+        let r = Arc::new(Registry::new(2));
+        let k1 = id("agreement_k1");
+        r.record(AgreementRef::Id(&k1), &F, MeterType::Delta, 1)
+            .expect("added");
+        r.drain();
+        r.record(AgreementRef::Id(&k1), &F, MeterType::Delta, 5)
+            .expect("cached key");
+        r.record(
+            AgreementRef::Id(&id("agreement_k2")),
+            &F,
+            MeterType::Delta,
+            1,
+        )
+        .expect("second key");
+        let refused = r.record(
+            AgreementRef::Id(&id("agreement_k3")),
+            &F,
+            MeterType::Delta,
+            1,
+        );
+        assert!(
+            matches!(refused, Err(Problem::Overflow { .. })),
+            "{refused:?}"
+        );
+        let (r2, k1b) = (Arc::clone(&r), k1.clone());
+        let other =
+            std::thread::spawn(move || r2.record(AgreementRef::Id(&k1b), &F, MeterType::Delta, 1))
+                .join()
+                .expect("thread");
+        assert!(
+            other.is_ok(),
+            "k1 is pending, so it is not new to the bound: {other:?}"
+        );
+    }
+
+    #[test]
+    fn a_call_between_the_final_drains_steps_is_reported_after_it() {
+        let r = Registry::new(10);
+        let a = id("agreement_a");
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 2)
+            .expect("added");
+        // The final drain's steps with a call in between, as another thread may make it.
+        GENERATION.fetch_add(1, Relaxed);
+        r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 3)
+            .expect("before the stop");
+        let last: u128 = r.drain_shards(true).iter().map(|d| d.value).sum();
+        assert_eq!(last, 5);
+        for _ in 0..3 {
+            let after = r.record(AgreementRef::Id(&a), &F, MeterType::Delta, 5);
+            assert!(
+                matches!(after, Err(Problem::AfterShutdown { .. })),
+                "{after:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn calls_after_a_concurrent_final_drain_are_all_reported() {
+        for _ in 0..if cfg!(miri) { 2 } else { 50 } {
+            let r = Arc::new(Registry::new(10_000));
+            let keys: Arc<Vec<AgreementId>> =
+                Arc::new((0..64).map(|i| id(&format!("agreement_x{i}"))).collect());
+            let stop = Arc::new(AtomicBool::new(false));
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let recorder = {
+                let (r, keys, stop) = (Arc::clone(&r), Arc::clone(&keys), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    for k in keys.iter() {
+                        let _ = r.record(AgreementRef::Id(k), &F, MeterType::Delta, 1);
+                    }
+                    ready_tx.send(()).expect("main thread");
+                    let mut i = 0;
+                    while !stop.load(Acquire) {
+                        let _ = r.record(
+                            AgreementRef::Id(&keys[i % keys.len()]),
+                            &F,
+                            MeterType::Delta,
+                            1,
+                        );
+                        i += 1;
+                    }
+                    // After the final drain: nothing may be taken silently.
+                    keys.iter()
+                        .filter(|k| {
+                            r.record(AgreementRef::Id(k), &F, MeterType::Delta, 1)
+                                .is_ok()
+                        })
+                        .count()
+                })
+            };
+            ready_rx.recv().expect("recorder");
+            let _ = r.drain_final();
+            stop.store(true, Release);
+            assert_eq!(recorder.join().expect("recorder"), 0);
+        }
+    }
+
+    #[test]
+    fn the_cache_takes_repeated_adds_for_every_kind_of_key() {
+        let r = Registry::new(10);
+        let a = id("agreement_hits");
+        let heap = FeatureCode::new("heap_feature").expect("valid");
+        for (feature, meter_type) in [
+            (&F, MeterType::Delta),
+            (&heap, MeterType::Delta),
+            (&F, MeterType::Absolute),
+        ] {
+            r.record(AgreementRef::Id(&a), feature, meter_type, 1)
+                .expect("added");
+            let again = id("agreement_hits");
+            for hit in [
+                record_cached(r.id, &a, feature, meter_type, 1),
+                record_cached(r.id, &again, feature, meter_type, 1),
+                record_cached(r.id, "agreement_hits", feature, meter_type, 1),
+            ] {
+                assert_eq!(hit, Lookup::Hit, "{feature} {meter_type}");
+            }
+            // Another registry's key of the same text is not this one's.
+            assert_eq!(
+                record_cached(r.id + 1_000, &a, feature, meter_type, 1),
+                Lookup::Miss
+            );
+        }
     }
 
     #[test]

@@ -60,8 +60,14 @@ fn innermost() -> Option<Arc<dyn LocalRecorder>> {
     allow(dead_code, reason = "used by `testing::capture`")
 )]
 pub(crate) fn install(recorder: Arc<dyn LocalRecorder>) {
-    STACK.with(|stack| stack.borrow_mut().push(recorder));
-    INSTALLED.fetch_add(1, Relaxed);
+    // During thread teardown (a thread-local destructor) the stack may be gone: the
+    // recorder then sees nothing, rather than the install panicking.
+    if STACK
+        .try_with(|stack| stack.borrow_mut().push(recorder))
+        .is_ok()
+    {
+        INSTALLED.fetch_add(1, Relaxed);
+    }
 }
 
 /// Removes the innermost installation of `recorder` from this thread (installations may
