@@ -11,11 +11,11 @@ use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde_json::{Map, Value, json};
 
+use crate::exchange::{HttpResponse, Shared, read_body, to_response};
 use crate::faults::Faults;
 use crate::ledger::{
     AcceptedRecord, Counts, ReceivedRequest, Reply, RequestOutcome, TokenRequest, is_secret_header,
 };
-use crate::server::{HttpResponse, Shared, read_body, to_response};
 use crate::validate::EmulatedMeterType;
 
 /// The reserved path prefix of the control API.

@@ -51,6 +51,7 @@
 mod amount;
 pub mod codes;
 mod control;
+mod exchange;
 mod faults;
 mod ledger;
 mod limits;
@@ -73,8 +74,9 @@ pub use ledger::{AcceptedRecord, Counts, ReceivedRequest, RequestOutcome, TokenR
 pub use limits::RateLimit;
 pub use validate::EmulatedMeterType;
 
+use exchange::Shared;
 use ledger::{Config, State};
-use server::{Command, ServerHandle, Shared};
+use server::{Command, ServerHandle};
 
 /// A local Kinde on `127.0.0.1`: token endpoint, meter usage endpoint, a
 /// ledger, and fault injection.

@@ -4,55 +4,25 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc as std_mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::ledger::{Answer, ReceivedRequest, Reply, RequestOutcome, State};
+use crate::exchange::{CloseConnection, HttpResponse, MAX_BODY, Shared, read_body, to_response};
+use crate::ledger::{Answer, ReceivedRequest, RequestOutcome};
 
 pub(crate) const TOKEN_PATH: &str = "/oauth2/token";
 pub(crate) const METER_PATH: &str = "/api/v1/billing/meter_usage";
-/// Largest request body accepted (413 beyond).
-pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// How long a caller waits for the server thread to act on a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// State shared by the server thread and the [`Emulator`](crate::Emulator) handle.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    state: Mutex<State>,
-    up: AtomicBool,
-}
-
-impl Shared {
-    pub(crate) fn new(state: State) -> Self {
-        Shared {
-            state: Mutex::new(state),
-            up: AtomicBool::new(false),
-        }
-    }
-
-    /// Locks the state, recovering from poisoning (a panicking test thread
-    /// must not take the emulator down with it).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Ordering::SeqCst)
-    }
-}
 
 /// Orders for the server thread.
 #[derive(Debug)]
@@ -273,19 +243,6 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
 }
 
 /// Returned by the service to make hyper close the connection without answering.
-#[derive(Debug)]
-pub(crate) struct CloseConnection;
-
-impl std::fmt::Display for CloseConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection closed on purpose by the emulator")
-    }
-}
-
-impl std::error::Error for CloseConnection {}
-
-pub(crate) type HttpResponse = Response<Full<Bytes>>;
-
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -300,15 +257,6 @@ async fn handle(
         TOKEN_PATH if post => token(&shared, req, arrived_at).await,
         METER_PATH if post => meter(shared, req, arrived_at).await,
         _ => not_found(&shared, req, arrived_at).await,
-    }
-}
-
-/// The body, `Ok(None)` when over the limit, or `Err` when the client went away.
-pub(crate) async fn read_body(body: Incoming) -> Result<Option<Bytes>, CloseConnection> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(Some(collected.to_bytes())),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Ok(None),
-        Err(_) => Err(CloseConnection),
     }
 }
 
@@ -328,20 +276,6 @@ fn header_str(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-}
-
-pub(crate) fn to_response(reply: Reply) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
-    *response.status_mut() =
-        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
-    for (name, value) in reply.headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
-    response
 }
 
 fn to_result(answer: Answer) -> Result<HttpResponse, CloseConnection> {
