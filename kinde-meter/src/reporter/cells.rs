@@ -657,13 +657,15 @@ fn same_feature(probe: &FeatureCode, key: &FeatureCode) -> bool {
     (probe.as_ptr() == key.as_ptr() && probe.len() == key.len()) || probe == key
 }
 
-/// Combines the parts' hashes (each already mixed) into the key's.
+/// Combines the parts' hashes (each already mixed) into the key's. The low half, which
+/// picks the slot, depends on the agreement only: a customer's features sit in adjacent
+/// slots, so the calls of one request share a cache line of the table. The high half adds
+/// the feature and meter type, so that a probe's first compare tells them apart.
 #[inline(always)]
 fn key_hash(agreement: u64, feature: u64, registry: u64, meter_type: MeterType) -> u64 {
-    agreement
-        ^ feature.rotate_left(29)
-        ^ registry.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ meter_type as u64
+    let home = agreement ^ registry.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let kind = (feature ^ meter_type as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    (home & 0xffff_ffff) | ((home ^ kind) & !0xffff_ffff)
 }
 
 /// One cached cell. The key it stands for is the cell's own ([`UsageCell::key`]), which also
@@ -676,10 +678,11 @@ struct CacheEntry {
 /// How many slots a lookup tries, from the key's home slot on, before it counts as a
 /// miss. Bounded so that keys made to collide cost a trip to the table, never a long
 /// scan.
-const PROBE_LIMIT: usize = 8;
+const PROBE_LIMIT: usize = 16;
 /// The smallest cache, in slots.
 const CACHE_MIN_SLOTS: usize = 64;
-/// No thread cache grows past this many slots (32 MiB of entries), whatever the bound.
+/// No thread cache grows past this many slots (16 MiB of entries), whatever the bound;
+/// below 2^32, since a slot is picked by the low half of the key's hash.
 const MAX_CACHE_SLOTS: usize = 1 << 20;
 /// The largest cache: two slots per key of the largest bound of any registry, so a
 /// thread that records every pending key still finds each one in the cache.
