@@ -114,10 +114,17 @@ struct Case {
     body: Body,
 }
 
-/// Calls `op` `iters` times with `0, 1, .., n - 1, 0, 1, ..` (no division in the loop).
+thread_local! {
+    // Per case and agreement count on this thread: where its round robin stands. Absent
+    // until the case has warmed up.
+    static CURSORS: RefCell<HashMap<(&'static str, usize), usize>> = RefCell::new(HashMap::new());
+}
+
+/// Calls `op` `iters` times with `from, from + 1, .., n - 1, 0, 1, ..` (no division in the
+/// loop); returns where it stopped.
 #[inline(always)]
-fn round_robin(n: usize, iters: u64, mut op: impl FnMut(usize)) {
-    let mut i = 0;
+fn round_robin(n: usize, iters: u64, from: usize, mut op: impl FnMut(usize)) -> usize {
+    let mut i = from;
     for _ in 0..iters {
         op(i);
         i += 1;
@@ -125,22 +132,34 @@ fn round_robin(n: usize, iters: u64, mut op: impl FnMut(usize)) {
             i = 0;
         }
     }
+    i
 }
 
-fn warm(n: usize, mut op: impl FnMut(usize)) {
-    for i in 0..n {
-        op(i);
-    }
-}
-
-/// One untimed pass over the `n` agreements, then (once every bench thread is ready)
-/// `iters` timed operations round robin.
-fn timed_round_robin(n: usize, iters: u64, ready: &Barrier, mut op: impl FnMut(usize)) -> Duration {
-    warm(n, &mut op);
+/// The first time this thread runs `op` for `n` (each closure is a type of its own), one
+/// untimed pass over the `n` agreements, as a server's caches warm up once. Then, once every
+/// bench thread is ready, `iters` timed operations round robin, going on from where the
+/// last sample stopped, so that every agreement keeps being used even when a sample is
+/// shorter than a round.
+fn timed_round_robin<F: FnMut(usize)>(
+    n: usize,
+    iters: u64,
+    ready: &Barrier,
+    mut op: F,
+) -> Duration {
+    let key = (std::any::type_name::<F>(), n);
+    let from = match CURSORS.with(|c| c.borrow().get(&key).copied()) {
+        Some(from) => from,
+        None => {
+            (0..n).for_each(&mut op);
+            0
+        }
+    };
     ready.wait();
     let start = Instant::now();
-    round_robin(n, iters, op);
-    start.elapsed()
+    let to = round_robin(n, iters, from, op);
+    let elapsed = start.elapsed();
+    CURSORS.with(|c| c.borrow_mut().insert(key, to));
+    elapsed
 }
 
 fn cases() -> Vec<Case> {

@@ -681,9 +681,10 @@ struct CacheEntry {
 const PROBE_LIMIT: usize = 16;
 /// The smallest cache, in slots.
 const CACHE_MIN_SLOTS: usize = 64;
-/// No thread cache grows past this many slots (16 MiB of entries), whatever the bound;
-/// below 2^32, since a slot is picked by the low half of the key's hash.
-const MAX_CACHE_SLOTS: usize = 1 << 20;
+/// No thread cache grows past this many slots (64 MiB of entries, for a bound of two
+/// million keys), whatever the bound; below 2^32, since a slot is picked by the low half
+/// of the key's hash.
+const MAX_CACHE_SLOTS: usize = 1 << 22;
 /// The largest cache: two slots per key of the largest bound of any registry, so a
 /// thread that records every pending key still finds each one in the cache.
 static CACHE_MAX_SLOTS: AtomicUsize = AtomicUsize::new(CACHE_MIN_SLOTS);
