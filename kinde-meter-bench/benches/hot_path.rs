@@ -115,6 +115,8 @@ struct Case {
 }
 
 thread_local! {
+    // The case this bench thread is running (set by `Pool::run`).
+    static CASE: std::cell::Cell<&'static str> = const { std::cell::Cell::new("") };
     // Per case and agreement count on this thread: where its round robin stands. Absent
     // until the case has warmed up.
     static CURSORS: RefCell<HashMap<(&'static str, usize), usize>> = RefCell::new(HashMap::new());
@@ -135,8 +137,7 @@ fn round_robin(n: usize, iters: u64, from: usize, mut op: impl FnMut(usize)) -> 
     i
 }
 
-/// The first time this thread runs `op` for `n` (each closure is a type of its own), one
-/// untimed pass over the `n` agreements, as a server's caches warm up once. Then, once every
+/// The first time this thread runs this case for `n`, one untimed pass over the `n` agreements, as a server's caches warm up once. Then, once every
 /// bench thread is ready, `iters` timed operations round robin, going on from where the
 /// last sample stopped, so that every agreement keeps being used even when a sample is
 /// shorter than a round.
@@ -146,7 +147,7 @@ fn timed_round_robin<F: FnMut(usize)>(
     ready: &Barrier,
     mut op: F,
 ) -> Duration {
-    let key = (std::any::type_name::<F>(), n);
+    let key = (CASE.with(std::cell::Cell::get), n);
     let from = match CURSORS.with(|c| c.borrow().get(&key).copied()) {
         Some(from) => from,
         None => {
@@ -307,13 +308,18 @@ impl Pool {
         }
     }
 
-    /// Runs `body(n, iters)` on the first `threads` threads at once; the mean of their times.
-    fn run(&self, threads: usize, body: Body, n: usize, iters: u64) -> Duration {
+    /// Runs `case` for `n` agreements on the first `threads` threads at once; the mean of
+    /// their times.
+    fn run(&self, threads: usize, case: &Case, n: usize, iters: u64) -> Duration {
+        let (name, body) = (case.name, case.body);
         let barrier = Arc::new(Barrier::new(threads));
         for job in &self.jobs[..threads] {
             let barrier = Arc::clone(&barrier);
-            job.send(Box::new(move || body(n, iters, &barrier)))
-                .expect("bench thread alive");
+            job.send(Box::new(move || {
+                CASE.with(|c| c.set(name));
+                body(n, iters, &barrier)
+            }))
+            .expect("bench thread alive");
         }
         let total: Duration = (0..threads)
             .map(|_| self.done.recv().expect("bench thread alive"))
@@ -339,7 +345,7 @@ fn matrix(c: &mut Criterion, pool: &Pool) {
                 let id = format!("{}/{threads} threads", case.name);
                 group.bench_function(&id, |b| {
                     b.iter_custom(|iters| {
-                        let elapsed = pool.run(threads, case.body, n, iters);
+                        let elapsed = pool.run(threads, &case, n, iters);
                         SAMPLES
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
