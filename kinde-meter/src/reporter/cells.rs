@@ -1124,6 +1124,38 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_cache_grows_with_its_keys_and_starts_small_after_a_new_generation() {
+        let r = Registry::new(10_000);
+        let keys = if cfg!(miri) { 200 } else { 1_000 };
+        let ids: Vec<_> = (0..keys).map(|i| id(&format!("agreement_g{i}"))).collect();
+        let slots = || with_cache(|cache| (cache.slots.len(), cache.len)).expect("cache");
+        // Other tests' drains start new generations too: measure a round none interrupted.
+        let (grown, cached) = loop {
+            let generation = GENERATION.load(Relaxed);
+            for a in &ids {
+                r.record(AgreementRef::Id(a), &F, MeterType::Delta, 1)
+                    .expect("added");
+            }
+            if GENERATION.load(Relaxed) == generation {
+                break slots();
+            }
+        };
+        assert!(
+            cached >= keys && grown >= 2 * cached,
+            "{cached} keys in {grown} slots"
+        );
+        GENERATION.fetch_add(1, Relaxed);
+        r.record(AgreementRef::Id(&ids[0]), &F, MeterType::Delta, 1)
+            .expect("added");
+        assert_eq!(
+            slots(),
+            (CACHE_MIN_SLOTS, 1),
+            "a new generation starts the cache small"
+        );
+        assert_eq!(r.drain().len(), keys, "and loses no usage");
+    }
+
+    #[test]
     fn adds_are_drained_exactly_once() {
         let r = Registry::new(100);
         let a = id("agreement_a");
