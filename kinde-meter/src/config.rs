@@ -25,6 +25,8 @@ pub enum Delivery {
     AtMostOnce,
 }
 
+// The hook types sit with the rest of the configuration, where they are set; the reporter
+// is what calls them (`reporter::shared` on callers' threads, `reporter::accounting` on its own).
 /// The error hook: called with every usage that was refused, rejected or could not be
 /// attributed. Runs on the caller's thread or the reporter's thread: keep it short.
 pub type ErrorHook = Arc<dyn Fn(&MeterError) + Send + Sync>;
