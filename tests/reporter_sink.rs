@@ -205,3 +205,73 @@ async fn at_most_once_hands_an_ambiguous_record_back_instead_of_resending_it() {
         1
     );
 }
+
+/// Never answers.
+struct Silent;
+
+impl Sink for Silent {
+    async fn send(&self, _: &UsageRecord, _: Duration) -> SendResult {
+        std::future::pending().await
+    }
+}
+
+/// Blocks the thread it runs on (which a sink must not do) before answering.
+struct BlocksItsThread(Duration);
+
+impl Sink for BlocksItsThread {
+    async fn send(&self, _: &UsageRecord, _: Duration) -> SendResult {
+        std::thread::sleep(self.0);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_sink_that_never_answers_is_timed_out_while_running_and_its_usage_is_handed_back() {
+    let unsent = Arc::new(Mutex::new(Vec::<UnsentRecord>::new()));
+    let hook = Arc::clone(&unsent);
+    let config = config()
+        .request_timeout(Duration::from_millis(50))
+        .on_unsent(move |records| hook.lock().expect("hook").extend_from_slice(records));
+    let reporter = Reporter::start_with_sink(config, Silent).expect("reporter");
+    reporter.record_for(&agreement(1), &API_CALLS, 7);
+    // Each attempt ends at the request timeout, whatever the sink does: the reporter keeps
+    // trying, as for a request that timed out after it was sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reporter.stats().ambiguous < 2 * 7 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        reporter.stats().ambiguous >= 2 * 7,
+        "{:?}",
+        reporter.stats()
+    );
+    let report = reporter.shutdown_blocking(Duration::from_millis(200));
+    let stats = &report.stats;
+    assert_eq!(
+        stats.recorded,
+        stats.delivered + stats.rejected + stats.unsent
+    );
+    let handed_back: u64 = unsent
+        .lock()
+        .expect("hook")
+        .iter()
+        .map(|u| u.record.value)
+        .sum();
+    assert_eq!(handed_back, 7);
+}
+
+#[tokio::test]
+async fn an_async_shutdown_keeps_its_deadline_when_a_sink_blocks_the_reporters_thread() {
+    let reporter = Reporter::start_with_sink(config(), BlocksItsThread(Duration::from_secs(4)))
+        .expect("reporter");
+    reporter.record_for(&agreement(1), &API_CALLS, 7);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Shutdown's deadline plus one second, as for `shutdown_blocking`, not the sink's 4 s.
+    let report = tokio::time::timeout(
+        Duration::from_millis(2_500),
+        reporter.shutdown(Duration::from_millis(300)),
+    )
+    .await
+    .expect("the shutdown returns within its deadline and the grace second");
+    assert!(report.failure.is_some(), "{report}");
+}

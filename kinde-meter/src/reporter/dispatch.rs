@@ -84,9 +84,14 @@ impl<S: Sink> Dispatch<S> {
             };
             let sink = Arc::clone(&self.sink);
             let usage = record.usage.clone();
-            let handle = self
-                .tasks
-                .spawn(async move { sink.send(&usage, timeout).await });
+            // The timeout is enforced here, not left to the sink: a sink that never
+            // answers would otherwise hold its in-flight slot for good.
+            let handle = self.tasks.spawn(async move {
+                match tokio::time::timeout(timeout, sink.send(&usage, timeout)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(ApiError::Timeout { after: timeout }),
+                }
+            });
             started += 1;
             self.sending.insert(handle.id(), record);
         }

@@ -556,7 +556,7 @@ impl Reporter {
                 reply: Reply(tx),
             })
             .ok()?;
-        rx.await.ok()
+        within(rx, timeout.saturating_add(ANSWER_GRACE)).await?.ok()
     }
 
     fn flush_failed(&self) -> FlushReport {
@@ -603,9 +603,11 @@ impl Reporter {
         {
             return self.failed_report("the reporter's thread is gone");
         }
-        rx.await.unwrap_or_else(|_| {
-            self.failed_report("the reporter's thread stopped without answering")
-        })
+        match within(rx, timeout.saturating_add(ANSWER_GRACE)).await {
+            Some(Ok(report)) => report,
+            Some(Err(_)) => self.failed_report("the reporter's thread stopped without answering"),
+            None => self.failed_report("the reporter's thread did not answer within the deadline"),
+        }
     }
 
     fn stop_blocking(&mut self, timeout: Duration) -> ShutdownReport {
@@ -635,8 +637,35 @@ impl Reporter {
     }
 }
 
-/// How long past its deadline a blocking caller waits for the worker's answer.
+/// How long past its deadline a caller waits for the worker's answer.
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// `future`'s output, or `None` once `limit` has passed. The timer is a thread of its own,
+/// not `tokio::time`: this runs on the caller's runtime, which may have no timer enabled
+/// (and a worker stalled by a sink that blocks its thread can answer late or never).
+async fn within<F: Future>(future: F, limit: Duration) -> Option<F::Output> {
+    let (expired, timer) = oneshot::channel::<()>();
+    // Dropped when this function returns, which ends the timer thread at once.
+    let (_answered, answered_rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("kinde-meter-deadline".into())
+        .spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = answered_rx.recv_timeout(limit)
+            {
+                let _ = expired.send(());
+            }
+        });
+    if spawned.is_err() {
+        // No thread to time it: wait for the answer, which the worker's own deadline bounds
+        // unless a sink blocks it.
+        return Some(future.await);
+    }
+    tokio::select! {
+        biased;
+        output = future => Some(output),
+        _ = timer => None,
+    }
+}
 
 /// Runs `future` on the calling thread for at most `limit`, parking it between wake-ups:
 /// how each blocking form runs its async twin. Safe on any thread, a runtime's included,

@@ -55,8 +55,13 @@ pub type SendResult = Result<(), ApiError>;
 /// # Ok(()) }
 /// ```
 pub trait Sink: Send + Sync + 'static {
-    /// Delivers `record`, within `timeout`: past it the reporter may abandon the call
-    /// (at shutdown) and counts the record as possibly applied.
+    /// Delivers `record`, within `timeout`: past it the reporter drops the call and
+    /// counts the record as possibly applied (retried or handed back per `Delivery`).
+    ///
+    /// Runs on the reporter's own runtime, several at once: it must not block its thread
+    /// (no `std::thread::sleep`, blocking locks or blocking I/O). A sink that does stalls
+    /// every delivery; shutdown still returns by its deadline plus one second, with a
+    /// report that says it failed.
     fn send(
         &self,
         record: &UsageRecord,
