@@ -392,6 +392,8 @@ pub(crate) struct State {
     throttle_until: Option<Instant>,
     pub(crate) in_flight: usize,
     pub(crate) max_in_flight: usize,
+    /// Bumped by every reset (see [`State::epoch`]).
+    epoch: u64,
 }
 
 impl fmt::Debug for State {
@@ -434,6 +436,7 @@ impl State {
             throttle_until: None,
             in_flight: 0,
             max_in_flight: 0,
+            epoch: 0,
         }
     }
 
@@ -495,7 +498,7 @@ impl State {
     }
 
     pub(crate) fn throttle_for(&mut self, d: Duration) {
-        self.throttle_until = (!d.is_zero()).then(|| Instant::now() + d);
+        self.throttle_until = (!d.is_zero()).then(|| later(Instant::now(), d));
     }
 
     pub(crate) fn expire_tokens(&mut self) {
@@ -505,7 +508,7 @@ impl State {
     /// Marks the token and meter endpoints unavailable (503) for `d` from now;
     /// `Duration::ZERO` ends it.
     pub(crate) fn unavailable_for(&mut self, d: Duration) {
-        self.unavailable_until = (!d.is_zero()).then(|| Instant::now() + d);
+        self.unavailable_until = (!d.is_zero()).then(|| later(Instant::now(), d));
     }
 
     /// The seconds left (rounded up) while the endpoints are marked unavailable.
@@ -528,6 +531,7 @@ impl State {
     /// unavailability, and restarts the fault generator from the seed. Settings
     /// and issued tokens stay.
     pub(crate) fn reset(&mut self) {
+        self.epoch += 1;
         self.ledger.clear();
         self.accepted.clear();
         self.requests.clear();
@@ -552,7 +556,7 @@ impl State {
         let rng = &mut self.token_rng;
         let token = format!("emu_{:016x}{:016x}", rng.u64(..), rng.u64(..));
         self.tokens
-            .insert(token.clone(), now + self.config.token_lifetime);
+            .insert(token.clone(), later(now, self.config.token_lifetime));
         self.tokens_issued += 1;
         token
     }
@@ -671,6 +675,21 @@ impl State {
     }
 
     // ----- the meter endpoint -----
+
+    /// How many resets the state has had: a request admitted before one applies nothing.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The answer to a request admitted before a reset: nothing applied, nothing logged
+    /// in the new state, and a status that says it was not applied.
+    pub(crate) fn reset_meanwhile() -> Answer {
+        Answer::Respond(Reply::error(
+            503,
+            codes::SERVICE_UNAVAILABLE,
+            "The emulator was reset while this request waited; nothing was applied",
+        ))
+    }
 
     /// Logs a request and returns its index.
     pub(crate) fn log_request(&mut self, request: ReceivedRequest) -> usize {
@@ -963,4 +982,11 @@ fn error_codes(reply: &Reply) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `now + d`, or a century from now when `d` is longer than an `Instant` can reach (a
+/// duration given as "forever").
+pub(crate) fn later(now: Instant, d: std::time::Duration) -> Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+    now.checked_add(d.min(CENTURY)).unwrap_or(now)
 }

@@ -319,7 +319,7 @@ impl Emulator {
     /// returns whether it got idle. Useful after a client gave up on requests
     /// that the emulator is still delaying. Blocks the calling thread.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = ledger::later(Instant::now(), timeout);
         loop {
             if self.in_flight() == 0 {
                 return true;

@@ -268,8 +268,12 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Action, String> {
                 )
             }
             "--concurrency-limit" => {
-                builder = builder
-                    .concurrency_limit(value.parse().map_err(|_| bad("expected a whole number"))?)
+                let limit: usize = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad("expected a whole number of at least 1"))?;
+                builder = builder.concurrency_limit(limit)
             }
             "--latency-ms" => {
                 faults = faults.latency(
@@ -466,6 +470,7 @@ mod tests {
             (&["--rate-burst", "3"][..], "--rate-burst"),
             (&["--known-agreements", "a,,b"][..], "--known-agreements"),
             (&["--token-lifetime", "NaN"][..], "--token-lifetime"),
+            (&["--concurrency-limit", "0"][..], "--concurrency-limit"),
             (&["stray"][..], "stray"),
         ] {
             let err = parse_args(args).unwrap_err();

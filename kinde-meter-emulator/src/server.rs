@@ -307,9 +307,13 @@ fn log_entry(
     ReceivedRequest {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
-        query: parts.uri.query().map(str::to_owned),
+        query: parts.uri.query().map(hide_secrets),
         headers: header_list(&parts.headers),
-        body: body.to_vec(),
+        // A token request sent to a wrong path still carries the client secret.
+        body: match std::str::from_utf8(body) {
+            Ok(text) if text.contains("client_secret=") => hide_secrets(text).into_bytes(),
+            _ => body.to_vec(),
+        },
         arrived_at,
         responded_at: None,
         status: None,
@@ -318,6 +322,19 @@ fn log_entry(
         rate_limit_reset: None,
         retry_after: None,
     }
+}
+
+/// `text` with the values of form or query parameters that carry secrets replaced.
+fn hide_secrets(text: &str) -> String {
+    text.split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if matches!(name, "client_secret" | "access_token" | "token") => {
+                format!("{name}=<hidden>")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 async fn not_found(
@@ -381,6 +398,8 @@ async fn meter(
             Err(answer) => return to_result(answer),
         }
     };
+    // A reset while this request waits must not let it write into the new state.
+    let epoch = shared.lock().epoch();
     let body = body.unwrap_or_default();
     let content_type = header_str(&parts.headers, "content-type");
     let idempotency_key = header_str(&parts.headers, "idempotency-key");
@@ -394,16 +413,26 @@ async fn meter(
         if !draw.latency.is_zero() {
             tokio::time::sleep(draw.latency).await;
         }
-        let answer = detached.lock().decide(
-            idx,
-            draw,
-            content_type.as_deref(),
-            &body,
-            idempotency_key,
-            Instant::now(),
-        );
+        let answer = {
+            let mut state = detached.lock();
+            if state.epoch() == epoch {
+                state.decide(
+                    idx,
+                    draw,
+                    content_type.as_deref(),
+                    &body,
+                    idempotency_key,
+                    Instant::now(),
+                )
+            } else {
+                crate::ledger::State::reset_meanwhile()
+            }
+        };
         if tx.send(answer).is_err() {
-            detached.lock().abandon(idx);
+            let mut state = detached.lock();
+            if state.epoch() == epoch {
+                state.abandon(idx);
+            }
         }
     });
     match rx.await {

@@ -269,3 +269,75 @@ fn unknown_routes_and_wrong_methods_are_refused_without_being_logged() {
     assert!(emulator.requests().is_empty());
     assert_eq!(emulator.counts().not_found, 0);
 }
+
+#[test]
+fn a_request_waiting_through_a_reset_applies_nothing_to_the_new_state() {
+    let emulator = Emulator::builder()
+        .faults(Faults::none().latency(Duration::from_millis(600)))
+        .start()
+        .expect("emulator");
+    let base = emulator.base_url();
+    let token = fetch_token(&base);
+    let slow = {
+        let (base, token) = (base.clone(), token.clone());
+        std::thread::spawn(move || meter(&base, &token, "agreement_a", "feat", "100"))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(post_json(&base, "/_emulator/reset", "").status, 200);
+    // Reset removed the latency: this one is answered at once.
+    assert_eq!(meter(&base, &token, "agreement_b", "feat", "1").status, 200);
+    let waited = slow.join().expect("slow request");
+    assert_eq!(
+        waited.status, 503,
+        "admitted before the reset, applied after it: refused"
+    );
+    assert_eq!(
+        get(&base, "/_emulator/ledger").json()["sum"],
+        "1",
+        "only the request made after the reset counts"
+    );
+    assert_eq!(
+        get(&base, "/_emulator/accepted")
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert_eq!(get(&base, "/_emulator/counts").json()["accepted"], 1);
+}
+
+#[test]
+fn a_duration_past_what_a_clock_can_hold_is_taken_as_forever_not_a_crash() {
+    let (emulator, base) = started();
+    let r = post_json(&base, "/_emulator/down", r#"{"seconds": 1e19}"#);
+    assert_eq!(r.status, 200, "answered, not a dropped connection");
+    assert!(
+        get(&base, "/_emulator/status").json()["down"]
+            .as_bool()
+            .unwrap_or(false)
+    );
+    assert_eq!(post_json(&base, "/_emulator/up", "").status, 200);
+    emulator.unavailable_for(Duration::MAX);
+    emulator.throttle_for(Duration::MAX);
+    emulator.set_token_lifetime(Duration::MAX);
+    assert!(emulator.wait_idle(Duration::MAX));
+}
+
+#[test]
+fn a_client_secret_sent_to_a_wrong_path_is_not_shown_in_the_request_log() {
+    let (_emulator, base) = started();
+    let r = send(
+        &base,
+        "POST",
+        "/oauth2/token/?client_secret=in-the-query",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "grant_type=client_credentials&client_id=id&client_secret=in-the-body",
+    );
+    assert_eq!(r.status, 404);
+    let log = get(&base, "/_emulator/requests").json().to_string();
+    assert!(
+        !log.contains("in-the-query") && !log.contains("in-the-body"),
+        "{log}"
+    );
+    assert!(log.contains("client_secret=<hidden>"), "{log}");
+}
