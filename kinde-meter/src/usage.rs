@@ -58,7 +58,8 @@ impl std::error::Error for InvalidValue {}
 ///
 /// Serializes to and from JSON (or any serde format) with every field checked on the way
 /// in, as a journal or a hand-off needs: an invalid agreement id, feature code, timestamp
-/// or idempotency key is an error naming it.
+/// or idempotency key is an error naming it; a value of the wrong type is serde's error,
+/// with its position in the input.
 ///
 /// ```
 /// use kinde_meter::UsageRecord;
