@@ -25,7 +25,7 @@ use super::cells::Key;
 use super::sink::SendResult;
 use crate::api::{AgreementId, ApiError, Disposition, FeatureCode, MeterType, Timestamp};
 use crate::config::Delivery;
-use crate::usage::{UnsentReason, UnsentRecord, UsageRecord};
+use crate::usage::{Attempts, RecordId, UnsentReason, UnsentRecord, UsageRecord};
 
 /// Longest 429 pause honoured, whatever the server says.
 const MAX_PAUSE: Duration = Duration::from_secs(600);
@@ -40,18 +40,6 @@ pub(crate) struct Policy {
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
     pub(crate) coalesce_secs: u64,
-}
-
-/// What delivery has done to a record so far: kept with it across retries, and across
-/// restarts by a journal.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Attempts {
-    /// Attempts made.
-    pub(crate) count: u32,
-    /// Whether an attempt may have been applied by Kinde.
-    pub(crate) maybe_applied: bool,
-    /// The last error, if an attempt failed.
-    pub(crate) last_error: Option<String>,
 }
 
 /// A record and its delivery history: what the outbox hands out and takes back.
