@@ -172,46 +172,81 @@ pub(crate) enum End {
     Clean,
     /// In a partial last entry that starts at `at` (a write the process died in).
     Torn { at: usize },
-    /// In a damaged entry at `at`, with more bytes after it.
-    Damaged { at: usize },
 }
 
-/// Reads the entries after the header of `bytes`, up to the end or the first entry that
-/// is partial or damaged.
-pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Entry>, End) {
-    let mut entries = Vec::new();
+/// What a segment holds, in order: entries, and damaged stretches between them.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Piece {
+    Entry(Entry),
+    /// `len` bytes at `at` that are no valid entry.
+    Damaged { at: usize, len: usize },
+}
+
+/// Reads the entries after the header of `bytes`. Past a damaged stretch, reading goes
+/// on at the next offset where a whole, valid entry starts, so damage costs only what
+/// it covers.
+pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Piece>, End) {
+    let mut pieces = Vec::new();
     let mut at = HEADER_LEN.min(bytes.len());
     while at < bytes.len() {
-        let rest = &bytes[at..];
-        if rest.len() < ENTRY_HEADER_LEN {
-            return (entries, End::Torn { at });
-        }
-        let len = u32::from_le_bytes(rest[0..4].try_into().unwrap_or_default());
-        let check = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(rest[8..12].try_into().unwrap_or_default());
-        if check != !len || len as usize > MAX_PAYLOAD {
-            return (entries, End::Damaged { at });
-        }
-        let end = ENTRY_HEADER_LEN + len as usize;
-        if rest.len() < end {
-            return (entries, End::Torn { at });
-        }
-        let payload = &rest[ENTRY_HEADER_LEN..end];
-        let decoded = if crc32fast::hash(payload) == crc {
-            decode(payload)
-        } else {
-            None
-        };
-        match decoded {
-            Some(entry) => entries.push(entry),
-            // A bad last entry is a write cut short (the size grew before the data
+        match entry_at(bytes, at) {
+            Ok((entry, end)) => {
+                pieces.push(Piece::Entry(entry));
+                at = end;
+            }
+            // The file ends inside an entry whose framing is sound: a write cut short.
+            Err(Bad::Partial) => return (pieces, End::Torn { at }),
+            // A bad last entry is a write cut short too (the size grew before the data
             // landed); a bad entry with more after it is damage.
-            None if rest.len() == end => return (entries, End::Torn { at }),
-            None => return (entries, End::Damaged { at }),
+            Err(Bad::Content { end }) if end == bytes.len() => {
+                return (pieces, End::Torn { at });
+            }
+            Err(_) => {
+                let next = (at + 1..bytes.len())
+                    .find(|&o| entry_at(bytes, o).is_ok())
+                    .unwrap_or(bytes.len());
+                pieces.push(Piece::Damaged {
+                    at,
+                    len: next - at,
+                });
+                at = next;
+            }
         }
-        at += end;
     }
-    (entries, End::Clean)
+    (pieces, End::Clean)
+}
+
+/// Why no valid entry starts at an offset.
+enum Bad {
+    /// Its framing is sound but runs past the end of the file.
+    Partial,
+    /// Its framing is not sound (the two copies of the length disagree).
+    Framing,
+    /// Its framing is sound but its checksum or content is not; it ends at `end`.
+    Content { end: usize },
+}
+
+fn entry_at(bytes: &[u8], at: usize) -> Result<(Entry, usize), Bad> {
+    let rest = &bytes[at..];
+    if rest.len() < ENTRY_HEADER_LEN {
+        return Err(Bad::Partial);
+    }
+    let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+    let (len, check, crc) = (word(0), word(4), word(8));
+    if check != !len || len as usize > MAX_PAYLOAD {
+        return Err(Bad::Framing);
+    }
+    let end = ENTRY_HEADER_LEN + len as usize;
+    if rest.len() < end {
+        return Err(Bad::Partial);
+    }
+    let payload = &rest[ENTRY_HEADER_LEN..end];
+    let entry = (crc32fast::hash(payload) == crc)
+        .then(|| decode(payload))
+        .flatten();
+    entry
+        .map(|e| (e, at + end))
+        .ok_or(Bad::Content { end: at + end })
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -325,9 +360,19 @@ pub(crate) mod tests {
         }
     }
 
+    fn entries(pieces: Vec<Piece>) -> Vec<Entry> {
+        pieces
+            .into_iter()
+            .filter_map(|p| match p {
+                Piece::Entry(e) => Some(e),
+                Piece::Damaged { .. } => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn entries_round_trip() {
-        let entries = vec![
+        let written = vec![
             Entry::Put(stored(1, 5)),
             Entry::Start(RecordId { run: 7, seq: 1 }),
             Entry::Put(Stored {
@@ -337,29 +382,45 @@ pub(crate) mod tests {
             Entry::Settle(RecordId { run: 7, seq: 1 }),
         ];
         let mut bytes = header().to_vec();
-        for e in &entries {
+        for e in &written {
             encode(e, &mut bytes);
         }
         assert_eq!(read_header(&bytes), Header::Ok);
-        assert_eq!(decode_all(&bytes), (entries, End::Clean));
+        let (pieces, end) = decode_all(&bytes);
+        assert_eq!((entries(pieces), end), (written, End::Clean));
     }
 
     #[test]
-    fn a_cut_is_a_torn_tail_and_a_flip_with_more_after_it_is_damage() {
+    fn a_cut_is_a_torn_tail_and_damage_costs_only_the_entry_it_hits() {
         let mut bytes = header().to_vec();
         encode(&Entry::Put(stored(1, 5)), &mut bytes);
         let second = bytes.len();
         encode(&Entry::Put(stored(2, 6)), &mut bytes);
-        for cut in second + 1..bytes.len() {
-            let (entries, end) = decode_all(&bytes[..cut]);
-            assert_eq!(entries.len(), 1, "cut at {cut}");
-            assert_eq!(end, End::Torn { at: second }, "cut at {cut}");
+        let third = bytes.len();
+        encode(&Entry::Settle(RecordId { run: 7, seq: 1 }), &mut bytes);
+        for cut in third + 1..bytes.len() {
+            let (pieces, end) = decode_all(&bytes[..cut]);
+            assert_eq!(pieces.len(), 2, "cut at {cut}");
+            assert_eq!(end, End::Torn { at: third }, "cut at {cut}");
         }
-        let mut flipped = bytes.clone();
-        flipped[HEADER_LEN + 20] ^= 0x10;
-        let (entries, end) = decode_all(&flipped);
-        assert!(entries.is_empty());
-        assert_eq!(end, End::Damaged { at: HEADER_LEN });
+        for offset in second..third {
+            let mut flipped = bytes.clone();
+            flipped[offset] ^= 0x10;
+            let (pieces, end) = decode_all(&flipped);
+            assert_eq!(end, End::Clean, "offset {offset}");
+            assert_eq!(
+                pieces,
+                vec![
+                    Piece::Entry(Entry::Put(stored(1, 5))),
+                    Piece::Damaged {
+                        at: second,
+                        len: third - second
+                    },
+                    Piece::Entry(Entry::Settle(RecordId { run: 7, seq: 1 })),
+                ],
+                "offset {offset}"
+            );
+        }
     }
 
     #[test]
@@ -384,9 +445,9 @@ pub(crate) mod tests {
         s.attempts.last_error = Some("é".repeat(MAX_ERROR_LEN));
         let mut bytes = header().to_vec();
         encode(&Entry::Put(s), &mut bytes);
-        let (entries, end) = decode_all(&bytes);
+        let (pieces, end) = decode_all(&bytes);
         assert_eq!(end, End::Clean);
-        let Entry::Put(back) = &entries[0] else {
+        let Piece::Entry(Entry::Put(back)) = &pieces[0] else {
             panic!("a put")
         };
         assert!(back.attempts.last_error.as_ref().expect("error").len() <= MAX_ERROR_LEN);

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use self::format::{Entry, Stored};
 use self::fs::{Fs, RunLock, Segment, join};
-pub(crate) use self::recovery::{Recovered, Resumed};
+pub(crate) use self::recovery::Recovered;
 use self::recovery::segment_name;
 use crate::usage::{JournalFailure, RecordId};
 

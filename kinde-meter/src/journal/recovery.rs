@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::format::{self, End, Entry, Header, Stored};
+use super::format::{self, End, Entry, Header, Piece, Stored};
 use super::fs::{Fs, join};
 use crate::usage::{JournalIssue, RecordId};
 
@@ -56,9 +56,11 @@ struct Reader<'a> {
     fs: &'a dyn Fs,
     quarantine: PathBuf,
     records: HashMap<RecordId, State>,
+    /// Counts entries and damaged stretches, in reading order.
     position: usize,
-    damage_at: Option<usize>,
-    issues: Vec<(JournalIssue, Option<usize>)>,
+    /// Where damage was read, and the issue (a quarantined file) that reports it.
+    damage: Vec<(usize, usize)>,
+    issues: Vec<JournalIssue>,
     quarantined_all: bool,
 }
 
@@ -72,14 +74,14 @@ fn segment_index(name: &str) -> Option<u64> {
 }
 
 /// The segments of the run in `dir`, oldest first.
-pub(crate) fn segments(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<(u64, String)>> {
+fn segments(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<String>> {
     let mut found: Vec<(u64, String)> = fs
         .list(dir)?
         .into_iter()
         .filter_map(|name| segment_index(&name).map(|i| (i, name)))
         .collect();
     found.sort();
-    Ok(found)
+    Ok(found.into_iter().map(|(_, name)| name).collect())
 }
 
 /// Reads the run in `dir` (and the runs it adopted). Damaged segments are moved to
@@ -90,7 +92,7 @@ pub(crate) fn read_run(fs: &dyn Fs, dir: &Path, quarantine: &Path) -> Result<Rec
         quarantine: quarantine.to_path_buf(),
         records: HashMap::new(),
         position: 0,
-        damage_at: None,
+        damage: Vec::new(),
         issues: Vec::new(),
         quarantined_all: true,
     };
@@ -114,7 +116,7 @@ impl Reader<'_> {
                 return Ok(());
             }
         };
-        for (_, name) in segments {
+        for name in segments {
             self.segment(&join(dir, &[&name]), dir)?;
         }
         Ok(())
@@ -127,7 +129,8 @@ impl Reader<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => {
                 tracing::error!(target: "kinde_meter", path = %path.display(), "could not read a journal segment: {e}");
-                self.damage(path, dir, 0);
+                let at = self.next_position();
+                self.quarantine(path, dir, &[at], 0);
                 return Ok(());
             }
         };
@@ -141,42 +144,49 @@ impl Reader<'_> {
                 });
             }
             Header::Damaged => {
-                self.damage(path, dir, bytes.len() as u64);
+                let at = self.next_position();
+                self.quarantine(path, dir, &[at], bytes.len() as u64);
                 return Ok(());
             }
         }
-        let (entries, end) = format::decode_all(&bytes);
-        for entry in entries {
-            self.apply(entry);
+        let (pieces, end) = format::decode_all(&bytes);
+        let mut damaged_at = Vec::new();
+        let mut damaged_bytes = 0;
+        for piece in pieces {
+            match piece {
+                Piece::Entry(entry) => self.apply(entry),
+                Piece::Damaged { len, .. } => {
+                    damaged_at.push(self.next_position());
+                    damaged_bytes += len as u64;
+                }
+            }
         }
-        match end {
-            End::Clean => {}
-            End::Torn { at } => {
-                let dropped = (bytes.len() - at) as u64;
-                tracing::warn!(
-                    target: "kinde_meter",
-                    path = %path.display(),
-                    bytes = dropped,
-                    "a kinde-meter journal segment ends in a partial write, which is dropped"
-                );
-                self.issues.push((
-                    JournalIssue::TornTail {
-                        path: path.to_path_buf(),
-                        bytes: dropped,
-                    },
-                    None,
-                ));
-            }
-            End::Damaged { at } => {
-                self.damage(path, dir, (bytes.len() - at) as u64);
-            }
+        if let End::Torn { at } = end {
+            let dropped = (bytes.len() - at) as u64;
+            tracing::warn!(
+                target: "kinde_meter",
+                path = %path.display(),
+                bytes = dropped,
+                "a kinde-meter journal segment ends in a partial write, which is dropped"
+            );
+            self.issues.push(JournalIssue::TornTail {
+                path: path.to_path_buf(),
+                bytes: dropped,
+            });
+        }
+        if !damaged_at.is_empty() {
+            self.quarantine(path, dir, &damaged_at, damaged_bytes);
         }
         Ok(())
     }
 
-    fn apply(&mut self, entry: Entry) {
+    fn next_position(&mut self) -> usize {
         self.position += 1;
-        let position = self.position;
+        self.position
+    }
+
+    fn apply(&mut self, entry: Entry) {
+        let position = self.next_position();
         let state = self.records.entry(entry.id()).or_insert_with(|| State {
             first_seen: position,
             ..State::default()
@@ -191,21 +201,16 @@ impl Reader<'_> {
         }
     }
 
-    /// Marks damage here, and moves the segment at `path` aside.
-    fn damage(&mut self, path: &Path, dir: &Path, unreadable_bytes: u64) {
-        self.position += 1;
-        self.damage_at.get_or_insert(self.position);
-        let run = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let file = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    /// Moves the segment at `path` aside, and notes where its damage was read.
+    fn quarantine(&mut self, path: &Path, dir: &Path, at: &[usize], unreadable_bytes: u64) {
+        let name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
         let to = join(
             &self.quarantine,
-            &[&format!("{run}-{file}-{:08x}", fastrand::u32(..))],
+            &[&format!("{}-{}-{:08x}", name(dir), name(path), fastrand::u32(..))],
         );
         let moved = self
             .fs
@@ -223,67 +228,49 @@ impl Reader<'_> {
                 path.to_path_buf()
             }
         };
-        self.issues.push((
-            JournalIssue::Quarantined {
-                path,
-                unreadable_bytes,
-                records: 0,
-                value: 0,
-            },
-            Some(self.position),
-        ));
+        let issue = self.issues.len();
+        self.damage.extend(at.iter().map(|&p| (p, issue)));
+        self.issues.push(JournalIssue::Quarantined {
+            path,
+            unreadable_bytes,
+            records: 0,
+            value: 0,
+        });
     }
 
-    fn finish(self) -> Recovered {
-        let mut states: Vec<(RecordId, State)> = self.records.into_iter().collect();
-        states.sort_by_key(|(_, s)| s.first_seen);
+    fn finish(mut self) -> Recovered {
+        let mut states: Vec<State> = self.records.into_values().collect();
+        states.sort_by_key(|s| s.first_seen);
         let mut live = Vec::new();
         let mut damaged = Vec::new();
-        // Records handed back, by the damage that made them uncertain (the first).
-        let mut handed_back = (0usize, 0u64);
-        for (_, state) in states {
+        for state in states {
             let Some((stored, put_at)) = state.put else {
                 continue;
             };
             if state.settled {
                 continue;
             }
-            match self.damage_at {
-                Some(d) if put_at < d => {
-                    handed_back.0 += 1;
-                    handed_back.1 = handed_back.1.saturating_add(stored.usage.delta());
+            // Damage read after its last state may have hidden its settle.
+            match self.damage.iter().find(|(at, _)| *at > put_at) {
+                Some(&(_, issue)) => {
+                    if let Some(JournalIssue::Quarantined { records, value, .. }) =
+                        self.issues.get_mut(issue)
+                    {
+                        *records += 1;
+                        *value = value.saturating_add(stored.usage.delta());
+                    }
                     damaged.push(stored);
                 }
-                _ => live.push(Resumed {
+                None => live.push(Resumed {
                     stored,
                     in_flight: state.started,
                 }),
             }
         }
-        let mut issues = Vec::new();
-        let mut first = true;
-        for (issue, at) in self.issues {
-            issues.push(match issue {
-                JournalIssue::Quarantined {
-                    path,
-                    unreadable_bytes,
-                    ..
-                } if at.is_some() && first => {
-                    first = false;
-                    JournalIssue::Quarantined {
-                        path,
-                        unreadable_bytes,
-                        records: handed_back.0,
-                        value: handed_back.1,
-                    }
-                }
-                other => other,
-            });
-        }
         Recovered {
             live,
             damaged,
-            issues,
+            issues: self.issues,
             quarantined_all: self.quarantined_all,
         }
     }

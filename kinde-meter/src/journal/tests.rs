@@ -231,7 +231,7 @@ fn fold(entries: &[Entry]) -> BTreeMap<RecordId, (Stored, bool)> {
 fn a_cut_at_any_offset_resumes_exactly_the_history_before_it() {
     let root = TempDir::new("cut-model");
     let (_, bytes, expected) = sample_run(&root.0);
-    let (all, _) = format::decode_all(&bytes);
+    let all = entries(format::decode_all(&bytes).0);
     assert_eq!(fold(&all), expected, "the sample run reads back whole");
     let mut torn_seen = 0;
     for cut in 0..bytes.len() {
@@ -240,7 +240,7 @@ fn a_cut_at_any_offset_resumes_exactly_the_history_before_it() {
         std::fs::write(&seg, &bytes[..cut]).expect("cut");
         let (_j, r) = open(&root.0);
         let (prefix, end) = format::decode_all(&bytes[..cut]);
-        let prefix = if cut < format::HEADER_LEN { Vec::new() } else { prefix };
+        let prefix = entries(prefix);
         assert_eq!(resumed(&r), fold(&prefix), "cut {cut}");
         assert!(r.damaged.is_empty(), "cut {cut}: a cut is not damage");
         let torn = r.issues.iter().any(|i| matches!(i, JournalIssue::TornTail { .. }));
@@ -250,27 +250,36 @@ fn a_cut_at_any_offset_resumes_exactly_the_history_before_it() {
     assert!(torn_seen > bytes.len() / 2, "most cuts fall inside an entry");
 }
 
-/// Where the last `Put` of each record starts in a segment.
-fn put_offsets(bytes: &[u8]) -> BTreeMap<RecordId, usize> {
-    let (entries, _) = format::decode_all(bytes);
+fn entries(pieces: Vec<format::Piece>) -> Vec<Entry> {
+    pieces
+        .into_iter()
+        .filter_map(|p| match p {
+            format::Piece::Entry(e) => Some(e),
+            format::Piece::Damaged { .. } => None,
+        })
+        .collect()
+}
+
+/// Where the last `Put` of each record lies in a segment.
+fn put_ranges(bytes: &[u8]) -> BTreeMap<RecordId, std::ops::Range<usize>> {
     let mut at = format::HEADER_LEN;
-    let mut offsets = BTreeMap::new();
-    for e in entries {
-        if let Entry::Put(s) = &e {
-            offsets.insert(s.id, at);
-        }
+    let mut ranges = BTreeMap::new();
+    for e in entries(format::decode_all(bytes).0) {
         let mut encoded = Vec::new();
         format::encode(&e, &mut encoded);
+        if let Entry::Put(s) = &e {
+            ranges.insert(s.id, at..at + encoded.len());
+        }
         at += encoded.len();
     }
-    offsets
+    ranges
 }
 
 #[test]
 fn a_flipped_bit_anywhere_is_caught_and_nothing_it_hid_is_resent() {
     let root = TempDir::new("flip-model");
     let (_, bytes, expected) = sample_run(&root.0);
-    let last_put_at = put_offsets(&bytes);
+    let last_put = put_ranges(&bytes);
     for offset in 0..bytes.len() {
         for bit in [0x01u8, 0x80].into_iter().filter(|&b| b == 0x01 || offset % 3 == 0) {
             let root = TempDir::new("flip");
@@ -289,28 +298,14 @@ fn a_flipped_bit_anywhere_is_caught_and_nothing_it_hid_is_resent() {
                 }
             }
             // Nothing lost silently: every waiting record resumes or is handed back,
-            // unless its state lay in the part reported unreadable (or in the last
-            // entry, read as a torn write).
+            // unless the flip hit its state itself (or the header, which makes the
+            // whole file unreadable). Either way the damage is reported.
             let handed: Vec<RecordId> = r.damaged.iter().map(|s| s.id).collect();
-            let torn = r.issues.iter().any(|i| matches!(i, JournalIssue::TornTail { .. }));
-            let unreadable_from = r
-                .issues
-                .iter()
-                .filter_map(|i| match i {
-                    JournalIssue::Quarantined { unreadable_bytes, .. } => {
-                        Some(bytes.len() - *unreadable_bytes as usize)
-                    }
-                    _ => None,
-                })
-                .min()
-                .unwrap_or(usize::MAX);
             for id in expected.keys() {
+                let own_state_hit = offset < format::HEADER_LEN || last_put[id].contains(&offset);
                 assert!(
-                    got.contains_key(id)
-                        || handed.contains(id)
-                        || torn
-                        || last_put_at[id] >= unreadable_from,
-                    "offset {offset} bit {bit:#x}: record {id:?} gone without a trace"
+                    got.contains_key(id) || handed.contains(id) || own_state_hit,
+                    "offset {offset} bit {bit:#x}: record {id:?} gone without a trace: {r:?}"
                 );
             }
             if r.issues.iter().any(|i| matches!(i, JournalIssue::Quarantined { .. })) {
