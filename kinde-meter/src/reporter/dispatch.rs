@@ -17,7 +17,9 @@ use crate::api::{ApiError, Timestamp};
 use crate::config::Delivery;
 use crate::journal::format::Stored;
 use crate::journal::{Journal, Recovered};
-use crate::usage::{JournalFailure, JournalIssue, RecordId, UnsentReason, UnsentRecord, UsageRecord};
+use crate::usage::{
+    JournalFailure, JournalIssue, RecordId, UnsentReason, UnsentRecord, UsageRecord,
+};
 
 /// A request is not started with less time than this left before a deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
@@ -107,10 +109,12 @@ impl<S: Sink> Dispatch<S> {
                 a.last_error = Some("in flight when the process sending it stopped".to_owned());
                 if self.policy.delivery == Delivery::AtMostOnce {
                     settle.push(stored.id);
-                    done.handed_back.push(unsent(&stored, UnsentReason::Ambiguous));
+                    done.handed_back
+                        .push(unsent(&stored, UnsentReason::Ambiguous));
                     continue;
                 }
-                done.ambiguous.push((stored.usage.clone(), stored.attempts.count));
+                done.ambiguous
+                    .push((stored.usage.clone(), stored.attempts.count));
             }
             done.replayed = done.replayed.saturating_add(stored.usage.delta());
             keep.push(stored.clone());
@@ -119,7 +123,8 @@ impl<S: Sink> Dispatch<S> {
         for mut stored in recovered.damaged {
             stored.attempts.maybe_applied = true;
             settle.push(stored.id);
-            done.handed_back.push(unsent(&stored, UnsentReason::JournalDamaged));
+            done.handed_back
+                .push(unsent(&stored, UnsentReason::JournalDamaged));
         }
         if let Err(e) = journal.resume(&keep, &settle) {
             self.journal_failure = Some(JournalFailure::Io(e));
@@ -280,7 +285,9 @@ impl<S: Sink> Dispatch<S> {
     /// At the deadline: abandons the requests still out and waits for their tasks to
     /// end. Returns the outcomes of those that finished first, and the records of those
     /// abandoned (counted as possibly applied).
-    pub(crate) async fn abandon_in_flight(&mut self) -> (Vec<Event>, Vec<(RecordId, UnsentRecord)>) {
+    pub(crate) async fn abandon_in_flight(
+        &mut self,
+    ) -> (Vec<Event>, Vec<(RecordId, UnsentRecord)>) {
         self.tasks.abort_all();
         let mut events = Vec::new();
         let mut left = Vec::new();

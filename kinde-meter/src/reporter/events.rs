@@ -121,7 +121,11 @@ impl fmt::Display for ShutdownReport {
             self.left.len()
         )?;
         if !self.kept.is_empty() {
-            write!(f, ", {} kept in the journal for the next start", self.kept.len())?;
+            write!(
+                f,
+                ", {} kept in the journal for the next start",
+                self.kept.len()
+            )?;
         }
         if let Some(failure) = &self.failure {
             write!(f, "; {failure}")?;
