@@ -63,12 +63,12 @@ impl Seen {
             .on_error(move |e| match e {
                 MeterError::Ambiguous { record, .. } => ambiguous
                     .lock()
-                    .unwrap()
+                    .expect("lock")
                     .push((record.idempotency_key.clone(), record.value)),
-                MeterError::Journal(issue) => journal.lock().unwrap().push(issue.to_string()),
-                other => errors.lock().unwrap().push(other.to_string()),
+                MeterError::Journal(issue) => journal.lock().expect("lock").push(issue.to_string()),
+                other => errors.lock().expect("lock").push(other.to_string()),
             })
-            .on_unsent(move |records| unsent.lock().unwrap().extend_from_slice(records))
+            .on_unsent(move |records| unsent.lock().expect("lock").extend_from_slice(records))
     }
 }
 
@@ -100,7 +100,7 @@ fn usage_left_at_the_deadline_is_kept_and_delivered_by_the_next_start() {
     );
     assert_eq!(report.kept.len(), 20, "{report}");
     assert_eq!(u128::from(report.stats.kept), expected.sum());
-    assert!(seen.unsent.lock().unwrap().is_empty());
+    assert!(seen.unsent.lock().expect("lock").is_empty());
     assert_eq!(emulator.ledger_sum().whole(), Some(0));
 
     emulator.unavailable_for(Duration::ZERO);
@@ -163,7 +163,7 @@ fn an_attempt_in_flight_at_the_end_is_resent_as_ambiguous_under_at_least_once() 
         Reporter::start(seen.config(fast_config(&emulator).journal(&dir.0))).expect("second");
     let report = second.shutdown_blocking(Duration::from_secs(10));
     assert!(report.is_complete(), "{report}");
-    let ambiguous = seen.ambiguous.lock().unwrap().clone();
+    let ambiguous = seen.ambiguous.lock().expect("lock").clone();
     assert_eq!(
         ambiguous.len(),
         1,
@@ -208,7 +208,7 @@ fn an_attempt_in_flight_at_the_end_is_handed_back_under_at_most_once() {
 
     let second = Reporter::start(config()).expect("second");
     let report = second.shutdown_blocking(Duration::from_secs(10));
-    let unsent = seen.unsent.lock().unwrap().clone();
+    let unsent = seen.unsent.lock().expect("lock").clone();
     assert_eq!(unsent.len(), 1, "{unsent:?}");
     assert_eq!(unsent[0].reason, UnsentReason::Ambiguous);
     assert!(unsent[0].maybe_applied);
@@ -217,7 +217,11 @@ fn an_attempt_in_flight_at_the_end_is_handed_back_under_at_most_once() {
     assert_eq!(emulator.total(id.as_str(), "api_calls").whole(), Some(7));
     let third = Reporter::start(config()).expect("third");
     third.shutdown_blocking(Duration::from_secs(5));
-    assert_eq!(seen.unsent.lock().unwrap().len(), 1, "handed back once");
+    assert_eq!(
+        seen.unsent.lock().expect("lock").len(),
+        1,
+        "handed back once"
+    );
 }
 
 /// A full journal keeps metering in memory: usage is delivered when Kinde comes back,
@@ -252,7 +256,7 @@ fn a_full_journal_meters_in_memory_and_says_so() {
     assert!(not_durable_flushes > 0, "64 KiB cannot hold 3000 keys");
     let stats = reporter.stats();
     assert!(stats.not_durable > 0, "{stats:?}");
-    let issues = seen.journal.lock().unwrap().clone();
+    let issues = seen.journal.lock().expect("lock").clone();
     assert!(
         issues
             .iter()
@@ -264,9 +268,9 @@ fn a_full_journal_meters_in_memory_and_says_so() {
     assert!(report.is_complete(), "{report}");
     expected.assert_ledger(&emulator);
     assert!(
-        seen.errors.lock().unwrap().is_empty(),
+        seen.errors.lock().expect("lock").is_empty(),
         "{:?}",
-        seen.errors.lock().unwrap()
+        seen.errors.lock().expect("lock")
     );
 }
 
@@ -307,7 +311,7 @@ fn a_damaged_journal_file_is_quarantined_and_what_it_may_have_settled_handed_bac
     let second =
         Reporter::start(seen.config(fast_config(&emulator).journal(&dir.0))).expect("second");
     let report = second.shutdown_blocking(Duration::from_secs(10));
-    let unsent = seen.unsent.lock().unwrap().clone();
+    let unsent = seen.unsent.lock().expect("lock").clone();
     assert_eq!(unsent.len(), 1, "{report}: {unsent:?}");
     assert!(
         unsent
@@ -319,7 +323,7 @@ fn a_damaged_journal_file_is_quarantined_and_what_it_may_have_settled_handed_bac
         report.stats.delivered, 5,
         "the entry after the damage is read and resumed"
     );
-    let issues = seen.journal.lock().unwrap().clone();
+    let issues = seen.journal.lock().expect("lock").clone();
     assert!(
         issues
             .iter()
@@ -339,7 +343,11 @@ fn a_damaged_journal_file_is_quarantined_and_what_it_may_have_settled_handed_bac
     let third =
         Reporter::start(seen.config(fast_config(&emulator).journal(&dir.0))).expect("third");
     third.shutdown_blocking(Duration::from_secs(5));
-    assert_eq!(seen.unsent.lock().unwrap().len(), 1, "handed back once");
+    assert_eq!(
+        seen.unsent.lock().expect("lock").len(),
+        1,
+        "handed back once"
+    );
 }
 
 fn find_segments(root: &std::path::Path) -> Vec<PathBuf> {

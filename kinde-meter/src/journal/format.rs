@@ -354,7 +354,7 @@ pub(crate) mod tests {
             },
             attempts: Attempts {
                 count: 1,
-                maybe_applied: seq % 2 == 0,
+                maybe_applied: seq.is_multiple_of(2),
                 last_error: Some("timed out ✓".to_owned()),
             },
         }

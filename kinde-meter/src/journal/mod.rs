@@ -526,4 +526,4 @@ fn give_back_adopted(fs: &dyn Fs, runs: &Path, dir: &Path) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -513,10 +513,10 @@ mod model {
                         }
                     }
                     Op::Settle(slot) => {
-                        if let Some(&id) = slots.get(&slot) {
-                            if model.remove(&id).is_some() {
-                                j.settle(id).expect("settle");
-                            }
+                        if let Some(&id) = slots.get(&slot)
+                            && model.remove(&id).is_some()
+                        {
+                            j.settle(id).expect("settle");
                         }
                     }
                     Op::Reopen => {
