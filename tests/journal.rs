@@ -42,6 +42,21 @@ fn fastrand_seed() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
+/// The report's books balance: everything recorded or read back is delivered, rejected,
+/// handed back or kept.
+#[track_caller]
+fn assert_balanced(report: &kinde_meter::ShutdownReport) {
+    let s = &report.stats;
+    assert_eq!(
+        u128::from(s.recorded) + u128::from(s.replayed),
+        u128::from(s.delivered)
+            + u128::from(s.rejected)
+            + u128::from(s.unsent)
+            + u128::from(s.kept),
+        "{s:?}"
+    );
+}
+
 /// What the hooks were given.
 #[derive(Clone, Default)]
 struct Seen {
@@ -93,6 +108,7 @@ fn usage_left_at_the_deadline_is_kept_and_delivered_by_the_next_start() {
         "a durable flush does not wait for delivery"
     );
     let report = first.shutdown_blocking(Duration::from_millis(300));
+    assert_balanced(&report);
     assert!(
         report.left.is_empty(),
         "nothing to `on_unsent`: {:?}",
@@ -107,6 +123,7 @@ fn usage_left_at_the_deadline_is_kept_and_delivered_by_the_next_start() {
     let second =
         Reporter::start(seen.config(fast_config(&emulator).journal(&dir.0))).expect("second");
     let report = second.shutdown_blocking(Duration::from_secs(15));
+    assert_balanced(&report);
     assert!(report.is_complete(), "{report}");
     assert_eq!(u128::from(report.stats.replayed), expected.sum());
     assert_eq!(u128::from(report.stats.delivered), expected.sum());
@@ -154,6 +171,7 @@ fn an_attempt_in_flight_at_the_end_is_resent_as_ambiguous_under_at_least_once() 
     assert!(first.flush_blocking(Duration::from_secs(5)).durable);
     assert!(wait_until(Duration::from_secs(5), || emulator.in_flight() > 0));
     let report = first.shutdown_blocking(Duration::ZERO);
+    assert_balanced(&report);
     assert_eq!(report.kept.len(), 1, "{report}");
     assert!(report.kept[0].maybe_applied, "abandoned in flight");
     assert!(emulator.wait_idle(Duration::from_secs(5)));
@@ -162,6 +180,7 @@ fn an_attempt_in_flight_at_the_end_is_resent_as_ambiguous_under_at_least_once() 
     let second =
         Reporter::start(seen.config(fast_config(&emulator).journal(&dir.0))).expect("second");
     let report = second.shutdown_blocking(Duration::from_secs(10));
+    assert_balanced(&report);
     assert!(report.is_complete(), "{report}");
     let ambiguous = seen.ambiguous.lock().expect("lock").clone();
     assert_eq!(
@@ -208,6 +227,7 @@ fn an_attempt_in_flight_at_the_end_is_handed_back_under_at_most_once() {
 
     let second = Reporter::start(config()).expect("second");
     let report = second.shutdown_blocking(Duration::from_secs(10));
+    assert_balanced(&report);
     let unsent = seen.unsent.lock().expect("lock").clone();
     assert_eq!(unsent.len(), 1, "{unsent:?}");
     assert_eq!(unsent[0].reason, UnsentReason::Ambiguous);
@@ -228,6 +248,7 @@ fn an_attempt_in_flight_at_the_end_is_handed_back_under_at_most_once() {
 /// and what was not durable is counted and reported, once per episode in the log.
 #[test]
 fn a_full_journal_meters_in_memory_and_says_so() {
+    kinde_meter_workspace::logs::recorded();
     let emulator = Emulator::start().expect("emulator");
     let dir = TempDir::new("full");
     emulator.unavailable_for(Duration::from_secs(3600));
@@ -256,6 +277,10 @@ fn a_full_journal_meters_in_memory_and_says_so() {
     assert!(not_durable_flushes > 0, "64 KiB cannot hold 3000 keys");
     let stats = reporter.stats();
     assert!(stats.not_durable > 0, "{stats:?}");
+    assert!(
+        u128::from(stats.not_durable) <= expected.sum(),
+        "each unit counted once, in the window that added it: {stats:?}"
+    );
     let issues = seen.journal.lock().expect("lock").clone();
     assert!(
         issues
@@ -263,8 +288,15 @@ fn a_full_journal_meters_in_memory_and_says_so() {
             .any(|i| i.contains("journal is full") && i.contains("journal_max_bytes")),
         "{issues:?}"
     );
+    assert!(
+        issues.len() >= 2,
+        "each window that is not durable is reported: {issues:?}"
+    );
+    let logged = kinde_meter_workspace::logs::count(&["ERROR kinde_meter", "journal is full"]);
+    assert_eq!(logged, 1, "logged once per episode: {issues:?}");
     emulator.unavailable_for(Duration::ZERO);
     let report = reporter.shutdown_blocking(Duration::from_secs(30));
+    assert_balanced(&report);
     assert!(report.is_complete(), "{report}");
     expected.assert_ledger(&emulator);
     assert!(
@@ -311,6 +343,7 @@ fn a_damaged_journal_file_is_quarantined_and_what_it_may_have_settled_handed_bac
     let second =
         Reporter::start(seen.config(fast_config(&emulator).journal(&dir.0))).expect("second");
     let report = second.shutdown_blocking(Duration::from_secs(10));
+    assert_balanced(&report);
     let unsent = seen.unsent.lock().expect("lock").clone();
     assert_eq!(unsent.len(), 1, "{report}: {unsent:?}");
     assert!(

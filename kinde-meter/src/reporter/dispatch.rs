@@ -43,7 +43,7 @@ pub(crate) struct Dispatch<S> {
 /// What resuming the journal at start did.
 #[derive(Debug, Default)]
 pub(crate) struct Resumption {
-    /// Delta usage taken back for delivery.
+    /// Delta usage read back: taken back for delivery, or handed back.
     pub(crate) replayed: u64,
     /// Records whose attempt was in flight when their process died, resent under
     /// at-least-once: (record, attempts).
@@ -53,9 +53,6 @@ pub(crate) struct Resumption {
     /// Damage found.
     pub(crate) issues: Vec<JournalIssue>,
 }
-
-/// Why a closed window is not durable: its delta usage, and the cause.
-pub(crate) type NotDurable = (u64, JournalFailure);
 
 /// Records left at shutdown: those the journal keeps for the next start, and the rest.
 pub(crate) struct Left {
@@ -102,6 +99,7 @@ impl<S: Sink> Dispatch<S> {
         let mut settle = Vec::new();
         for resumed in recovered.live {
             let mut stored = resumed.stored;
+            done.replayed = done.replayed.saturating_add(stored.usage.delta());
             if resumed.in_flight {
                 let a = &mut stored.attempts;
                 a.count = a.count.saturating_add(1);
@@ -116,11 +114,11 @@ impl<S: Sink> Dispatch<S> {
                 done.ambiguous
                     .push((stored.usage.clone(), stored.attempts.count));
             }
-            done.replayed = done.replayed.saturating_add(stored.usage.delta());
             keep.push(stored.clone());
             self.outbox.restore(stored, now);
         }
         for mut stored in recovered.damaged {
+            done.replayed = done.replayed.saturating_add(stored.usage.delta());
             stored.attempts.maybe_applied = true;
             settle.push(stored.id);
             done.handed_back
@@ -132,11 +130,12 @@ impl<S: Sink> Dispatch<S> {
         done
     }
 
-    /// Writes the window just pushed and syncs it. `Ok` also when there is no journal.
-    pub(crate) fn commit_window(&mut self) -> Result<(), NotDurable> {
+    /// Writes the window just pushed and syncs it. `Ok(true)` when it wrote something;
+    /// `Ok(false)` when there was nothing to write, or no journal.
+    pub(crate) fn commit_window(&mut self) -> Result<bool, JournalFailure> {
         let changes = self.outbox.take_changes();
         let Some(journal) = &mut self.journal else {
-            return Ok(());
+            return Ok(false);
         };
         let records: Vec<Stored> = changes
             .into_iter()
@@ -146,13 +145,10 @@ impl<S: Sink> Dispatch<S> {
                 Change::Settle(_) => None,
             })
             .collect();
-        journal.put_window(&records).map_err(|cause| {
-            let value = records
-                .iter()
-                .map(|s| s.usage.delta())
-                .fold(0, u64::saturating_add);
-            (value, cause)
-        })
+        if records.is_empty() {
+            return Ok(false);
+        }
+        journal.put_window(&records).map(|()| true)
     }
 
     /// A journal write that failed since the last call (outside windows).
