@@ -178,7 +178,9 @@ pub enum MeterError {
     /// attempt that was in flight when the process that made it died. Under at-least-once
     /// delivery the record is sent again under the same idempotency key, so Kinde may
     /// count `record.value` twice; reconcile by that key. Under at-most-once it is handed
-    /// to `on_unsent` instead.
+    /// to `on_unsent` instead. With a journal, a start reports again every record it
+    /// resumes that may have been applied (the first report may have died with its
+    /// process), so a record can be reported more than once: count each key once.
     Ambiguous {
         /// The record, with the idempotency key every attempt carried.
         record: UsageRecord,

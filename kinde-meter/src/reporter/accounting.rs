@@ -122,12 +122,19 @@ impl Accounts {
             tracing::error!(target: "kinde_meter", "{issue}");
             self.shared.error(MeterError::Journal(issue));
         }
-        for (record, attempts) in resumed.ambiguous {
-            saturating_add(&c.ambiguous, record.delta());
+        for (record, attempts, in_flight) in resumed.ambiguous {
+            // A new possibly-applied attempt only when it was in flight; else the process
+            // that made the attempt counted it, and it is reported again here.
+            let error = if in_flight {
+                saturating_add(&c.ambiguous, record.delta());
+                "in flight when the process sending it stopped"
+            } else {
+                "an earlier attempt may have been applied (reported again at start)"
+            };
             self.shared.error(MeterError::Ambiguous {
                 record,
                 attempts,
-                error: "in flight when the process sending it stopped".to_owned(),
+                error: error.to_owned(),
             });
         }
         if !resumed.handed_back.is_empty() {

@@ -3,6 +3,11 @@
 //! back to the policy; writes what the policy changed to the journal, a closed window and
 //! every attempt's start synced before anything is sent. No counters and no logs: what an
 //! outcome means for them is `accounting.rs`'s concern.
+//!
+//! An outcome's journal write waits until the caller has reported it
+//! ([`Dispatch::write_changes`]): the write erases the evidence (an attempt in flight, a
+//! record not settled) from which a restart would report it again, so a process that dies
+//! between the two must die before the write, never after it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +43,10 @@ pub(crate) struct Dispatch<S> {
     journal: Option<Journal>,
     /// A journal write that failed outside a window (an outcome, a start), not yet reported.
     journal_failure: Option<JournalFailure>,
+    /// What resuming will write, once its records have been reported.
+    resumed: Option<(Vec<Stored>, Vec<RecordId>)>,
+    /// Records handed back after a panic, to settle once reported.
+    salvaged: Vec<RecordId>,
 }
 
 /// What resuming the journal at start did.
@@ -45,9 +54,9 @@ pub(crate) struct Dispatch<S> {
 pub(crate) struct Resumption {
     /// Delta usage read back: taken back for delivery, or handed back.
     pub(crate) replayed: u64,
-    /// Records whose attempt was in flight when their process died, resent under
-    /// at-least-once: (record, attempts).
-    pub(crate) ambiguous: Vec<(UsageRecord, u32)>,
+    /// Records that may have been applied, resent under at-least-once: (record,
+    /// attempts, whether the attempt was in flight when its process died, so is new here).
+    pub(crate) ambiguous: Vec<(UsageRecord, u32, bool)>,
     /// Records not resent: ambiguous under at-most-once, or possibly settled by damage.
     pub(crate) handed_back: Vec<UnsentRecord>,
     /// Damage found.
@@ -76,6 +85,8 @@ impl<S: Sink> Dispatch<S> {
             tasks: JoinSet::new(),
             journal,
             journal_failure: None,
+            resumed: None,
+            salvaged: Vec::new(),
         }
     }
 
@@ -84,12 +95,15 @@ impl<S: Sink> Dispatch<S> {
     }
 
     /// Takes back what the journal's adopted runs left, by the delivery policy: a
-    /// record whose attempt was in flight is ambiguous (resent under at-least-once,
-    /// handed back under at-most-once); one that damage may have settled is handed back.
+    /// record that may have been applied (its attempt was in flight, or an earlier one
+    /// was ambiguous) is resent and reported again under at-least-once (the report
+    /// before may have died with its process), and handed back under at-most-once; one
+    /// that damage may have settled is handed back. Call [`Dispatch::finish_resume`]
+    /// once the result is reported.
     pub(crate) fn resume(&mut self, recovered: Recovered) -> Resumption {
-        let Some(journal) = &mut self.journal else {
+        if self.journal.is_none() {
             return Resumption::default();
-        };
+        }
         let now = Instant::now();
         let mut done = Resumption {
             issues: recovered.issues,
@@ -105,14 +119,19 @@ impl<S: Sink> Dispatch<S> {
                 a.count = a.count.saturating_add(1);
                 a.maybe_applied = true;
                 a.last_error = Some("in flight when the process sending it stopped".to_owned());
+            }
+            if stored.attempts.maybe_applied {
                 if self.policy.delivery == Delivery::AtMostOnce {
                     settle.push(stored.id);
                     done.handed_back
                         .push(unsent(&stored, UnsentReason::Ambiguous));
                     continue;
                 }
-                done.ambiguous
-                    .push((stored.usage.clone(), stored.attempts.count));
+                done.ambiguous.push((
+                    stored.usage.clone(),
+                    stored.attempts.count,
+                    resumed.in_flight,
+                ));
             }
             keep.push(stored.clone());
             self.outbox.restore(stored, now);
@@ -124,10 +143,18 @@ impl<S: Sink> Dispatch<S> {
             done.handed_back
                 .push(unsent(&stored, UnsentReason::JournalDamaged));
         }
+        self.resumed = Some((keep, settle));
+        done
+    }
+
+    /// Writes what [`Dispatch::resume`] decided, and removes the adopted runs.
+    pub(crate) fn finish_resume(&mut self) {
+        let (Some(journal), Some((keep, settle))) = (&mut self.journal, self.resumed.take()) else {
+            return;
+        };
         if let Err(e) = journal.resume(&keep, &settle) {
             self.journal_failure = Some(JournalFailure::Io(e));
         }
-        done
     }
 
     /// Writes the window just pushed and syncs it. `Ok(true)` when it wrote something;
@@ -156,9 +183,10 @@ impl<S: Sink> Dispatch<S> {
         self.journal_failure.take()
     }
 
-    /// Writes outcomes to the journal (not synced).
-    fn write_changes(&mut self) {
-        let changes = self.outbox.take_changes();
+    /// Writes outcomes to the journal (not synced), once they have been reported.
+    pub(crate) fn write_changes(&mut self) {
+        let mut changes = self.outbox.take_changes();
+        changes.extend(self.salvaged.drain(..).map(Change::Settle));
         let Some(journal) = &mut self.journal else {
             return;
         };
@@ -273,9 +301,7 @@ impl<S: Sink> Dispatch<S> {
             }
         };
         let record = self.sending.remove(&id)?;
-        let event = self.outbox.complete(record, outcome, Instant::now());
-        self.write_changes();
-        Some(event)
+        Some(self.outbox.complete(record, outcome, Instant::now()))
     }
 
     /// At the deadline: abandons the requests still out and waits for their tasks to
@@ -342,14 +368,8 @@ impl<S: Sink> Dispatch<S> {
         held.extend(waiting.iter().map(|r| r.unsent(UnsentReason::WorkerFailed)));
         let next_seq = self.outbox.next_seq();
         self.outbox = new_outbox(&self.policy, self.journal.as_ref()).numbered_from(next_seq);
-        // Handed back, so done with: the next start must not send them again.
-        if let Some(journal) = &mut self.journal {
-            for id in ids {
-                if let Err(e) = journal.settle(id) {
-                    self.journal_failure = Some(JournalFailure::Io(e));
-                }
-            }
-        }
+        // Handed back, so done with once reported: the next start must not send them.
+        self.salvaged = ids;
         held
     }
 }

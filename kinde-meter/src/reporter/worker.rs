@@ -105,6 +105,7 @@ impl<S: Sink> Worker<S> {
         if let Some(recovered) = self.recovered.take() {
             let resumed = self.dispatch.resume(recovered);
             self.accounts.resumed(resumed);
+            self.dispatch.finish_resume();
             self.journal_health();
             self.publish_waiting();
         }
@@ -226,6 +227,7 @@ impl<S: Sink> Worker<S> {
     fn finished(&mut self, finished: Finished) {
         if let Some(event) = finished {
             self.accounts.account(event);
+            self.dispatch.write_changes();
             self.publish_waiting();
         }
         self.journal_health();
@@ -339,6 +341,7 @@ impl<S: Sink> Worker<S> {
         );
         self.publish_waiting();
         self.accounts.hand_back(&held);
+        self.dispatch.write_changes();
     }
 }
 
