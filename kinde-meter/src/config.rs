@@ -1,6 +1,7 @@
 //! Reporter configuration: from the environment or built in code.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,10 @@ pub mod env {
     ];
     /// A static access token, used when no client-credentials pair is set.
     pub const ACCESS_TOKEN: &str = "KINDE_ACCESS_TOKEN";
+    /// The journal's directory ([`Config::journal`](super::Config::journal)); unset, no journal.
+    pub const JOURNAL_DIR: &str = "KINDE_METER_JOURNAL_DIR";
+    /// The journal's size limit in bytes ([`Config::journal_max_bytes`](super::Config::journal_max_bytes)).
+    pub const JOURNAL_MAX_BYTES: &str = "KINDE_METER_JOURNAL_MAX_BYTES";
 }
 
 /// A configuration problem, naming the variable or option at fault and how to fix it.
@@ -172,6 +177,11 @@ pub struct Config {
     pub(crate) backoff_max: Duration,
     pub(crate) on_error: Option<ErrorHook>,
     pub(crate) on_unsent: Option<UnsentHook>,
+    pub(crate) journal_dir: Option<PathBuf>,
+    pub(crate) journal_max_bytes: u64,
+    /// The journal's file system, replaced by the journal's fault tests.
+    #[cfg(test)]
+    pub(crate) journal_fs: Option<Arc<dyn crate::journal::fs::Fs>>,
 }
 
 /// The range each option must lie in (inclusive): `init` refuses anything outside,
@@ -201,6 +211,8 @@ pub mod limits {
     pub const MAX_IN_FLIGHT: (usize, usize) = (1, 1024);
     /// `requests_per_second`: one per 100 s to 100,000.
     pub const REQUESTS_PER_SECOND: (f64, f64) = (0.01, 100_000.0);
+    /// `journal_max_bytes`: 64 KiB to 1 TiB.
+    pub const JOURNAL_MAX_BYTES: (u64, u64) = (crate::journal::MIN_BYTES, 1 << 40);
 }
 
 /// Defaults, also listed in the README's configuration table.
@@ -223,6 +235,8 @@ pub mod defaults {
     pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
     /// Longest retry delay.
     pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+    /// The journal's size limit: 64 MiB, some 400,000 waiting records.
+    pub const JOURNAL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 }
 
 /// `Ok` if `value` lies in `min..=max` (NaN does not), else an error naming `option`.
@@ -253,6 +267,8 @@ impl fmt::Debug for Config {
             .field("coalesce_window", &self.coalesce_window)
             .field("on_error", &self.on_error.is_some())
             .field("on_unsent", &self.on_unsent.is_some())
+            .field("journal_dir", &self.journal_dir)
+            .field("journal_max_bytes", &self.journal_max_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -273,6 +289,10 @@ impl Config {
             backoff_max: defaults::BACKOFF_MAX,
             on_error: None,
             on_unsent: None,
+            journal_dir: None,
+            journal_max_bytes: defaults::JOURNAL_MAX_BYTES,
+            #[cfg(test)]
+            journal_fs: None,
         }
     }
 
@@ -353,7 +373,24 @@ impl Config {
                 });
             }
         };
-        Ok(Self::new(domain, credentials))
+        let mut config = Self::new(domain, credentials);
+        if let Some(dir) = get(env::JOURNAL_DIR) {
+            config = config.journal(dir.trim());
+        }
+        if let Some(raw) = get(env::JOURNAL_MAX_BYTES) {
+            let (min, max) = limits::JOURNAL_MAX_BYTES;
+            let bytes = raw
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|b| (min..=max).contains(b))
+                .ok_or_else(|| ConfigError::Malformed {
+                    var: env::JOURNAL_MAX_BYTES,
+                    reason: format!("must be a number of bytes from {min} to {max} (got {raw:?})"),
+                })?;
+            config = config.journal_max_bytes(bytes);
+        }
+        Ok(config)
     }
 
     /// Accept `http://` for a host that is not loopback (default `false`).
@@ -452,6 +489,45 @@ impl Config {
         self
     }
 
+    /// Keeps usage in a durable journal in `dir` (created if absent), so a crash, a kill
+    /// or a deploy loses at most the open window (default: no journal; the variable
+    /// `KINDE_METER_JOURNAL_DIR` sets it too).
+    ///
+    /// Each closed window is written and synced before it is sent, and each attempt's
+    /// start before its request leaves; the next start on the same directory delivers
+    /// what a dead process left, with its timestamps and idempotency keys. Processes may
+    /// share a directory: each writes its own run, and never delivers another live one's.
+    /// With a journal, `flush` returns once the window it closed is on disk.
+    ///
+    /// ```
+    /// # use kinde_meter::{Config, api::{Credentials, Domain}};
+    /// let config = Config::new(Domain::parse("acme.kinde.com")?, Credentials::access_token("t"))
+    ///     .journal("/var/lib/my-service/kinde-meter")
+    ///     .journal_max_bytes(256 * 1024 * 1024);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn journal(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.journal_dir = Some(dir.into());
+        self
+    }
+
+    /// The most the journal holds (default 64 MiB; 64 KiB to 1 TiB). When usage waits
+    /// that long (delivery failing), new windows are kept in memory only, and said so:
+    /// [`Stats::not_durable`](crate::Stats::not_durable), the error hook and a log line.
+    #[must_use]
+    pub fn journal_max_bytes(mut self, bytes: u64) -> Self {
+        self.journal_max_bytes = bytes;
+        self
+    }
+
+    /// The file system the journal writes through, for fault tests.
+    #[cfg(test)]
+    pub(crate) fn journal_fs(mut self, fs: Arc<dyn crate::journal::fs::Fs>) -> Self {
+        self.journal_fs = Some(fs);
+        self
+    }
+
     /// The domain usage is sent to.
     pub fn domain(&self) -> &Domain {
         self.client.domain()
@@ -481,6 +557,7 @@ impl Config {
             self.requests_per_second,
             REQUESTS_PER_SECOND,
         )?;
+        within("journal_max_bytes", self.journal_max_bytes, JOURNAL_MAX_BYTES)?;
         Ok(())
     }
 

@@ -50,6 +50,7 @@
 pub mod api;
 pub mod config;
 mod context;
+mod journal;
 mod reporter;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -73,4 +74,5 @@ pub use reporter::{
     FlushReport, Guard, InitError, KindeSink, Outcome, Reporter, SendResult, ShutdownReport, Sink,
     Stats, Usage, init, record, record_for, stats,
 };
-pub use usage::{MeterError, UnsentReason, UnsentRecord, UsageRecord};
+pub use journal::JournalError;
+pub use usage::{JournalFailure, JournalIssue, MeterError, UnsentReason, UnsentRecord, UsageRecord};

@@ -173,6 +173,23 @@ pub enum MeterError {
         /// Kinde's answer.
         error: ApiError,
     },
+    /// An attempt may have been applied: a timeout or a dropped connection after the
+    /// request was sent, a 500/502/504, an unreadable answer, or (with a journal) an
+    /// attempt that was in flight when the process that made it died. Under at-least-once
+    /// delivery the record is sent again under the same idempotency key, so Kinde may
+    /// count `record.value` twice; reconcile by that key. Under at-most-once it is handed
+    /// to `on_unsent` instead.
+    Ambiguous {
+        /// The record, with the idempotency key every attempt carried.
+        record: UsageRecord,
+        /// Attempts made so far, this one included.
+        attempts: u32,
+        /// What happened to the attempt.
+        error: String,
+    },
+    /// The journal could not keep usage durable (full, or the disk failing), or found a
+    /// damaged file at start. Metering goes on in memory; see [`JournalIssue`].
+    Journal(JournalIssue),
 }
 
 impl fmt::Display for MeterError {
@@ -210,6 +227,16 @@ impl fmt::Display for MeterError {
                 "Kinde rejected usage of `{}` for {} (value {}), which will not be retried: {error}",
                 record.feature, record.agreement, record.value
             ),
+            MeterError::Ambiguous {
+                record,
+                attempts,
+                error,
+            } => write!(
+                f,
+                "usage of `{}` for {} (value {}, idempotency key {}) may have been applied by Kinde (attempt                  {attempts}: {error}); it is sent again under at-least-once delivery, so reconcile by that key",
+                record.feature, record.agreement, record.value, record.idempotency_key
+            ),
+            MeterError::Journal(issue) => issue.fmt(f),
         }
     }
 }
@@ -218,6 +245,7 @@ impl std::error::Error for MeterError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             MeterError::Rejected { error, .. } => Some(error),
+            MeterError::Journal(issue) => issue.source(),
             _ => None,
         }
     }
@@ -235,6 +263,10 @@ pub enum UnsentReason {
     /// The reporter's worker failed (a bug: it panicked) while it held the record. The
     /// worker restarts; the record is handed back rather than trusted to its state.
     WorkerFailed,
+    /// With a journal: read at start from a damaged journal file whose unreadable part
+    /// may have settled it (delivered it, or handed it back), so it is neither resent nor
+    /// dropped. The file is kept in the journal's `quarantine` folder.
+    JournalDamaged,
 }
 
 impl fmt::Display for UnsentReason {
@@ -245,6 +277,9 @@ impl fmt::Display for UnsentReason {
                 "an attempt may have been applied and at-most-once delivery forbids resending"
             }
             UnsentReason::WorkerFailed => "the reporter's worker failed while holding it",
+            UnsentReason::JournalDamaged => {
+                "it was read from a damaged journal file that may also have settled it"
+            }
         })
     }
 }
@@ -264,6 +299,132 @@ pub struct UnsentRecord {
     pub attempts: u32,
     /// The last error, if an attempt failed.
     pub last_error: Option<String>,
+}
+
+/// What went wrong with the journal ([`Config::journal`](crate::Config::journal)).
+///
+/// Each is counted in [`Stats`](crate::Stats), passed to the error hook as
+/// [`MeterError::Journal`] and logged (a failure once per episode, until a write succeeds).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JournalIssue {
+    /// A window could not be made durable: its usage is delivered from memory only, and a
+    /// crash before delivery would lose it.
+    NotDurable {
+        /// The delta usage of the window's records that are not on disk.
+        value: u64,
+        /// Why.
+        cause: JournalFailure,
+    },
+    /// A journal file was damaged (a checksum failed before its end): it was moved to the
+    /// `quarantine` folder beside the runs, and the usage it may have settled was handed to
+    /// `on_unsent` ([`UnsentReason::JournalDamaged`]).
+    Quarantined {
+        /// Where the file is now.
+        path: std::path::PathBuf,
+        /// Bytes of it that could not be read.
+        unreadable_bytes: u64,
+        /// Records handed back because of it.
+        records: usize,
+        /// Their delta usage.
+        value: u64,
+    },
+    /// A journal file ended in a partial write (the process died writing it). The
+    /// partial entry was dropped: it was never reported durable.
+    TornTail {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Bytes dropped.
+        bytes: u64,
+    },
+}
+
+/// Why the journal could not write.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JournalFailure {
+    /// The journal holds `Config::journal_max_bytes` already (usage is waiting because
+    /// delivery is failing): raise the limit or restore delivery.
+    Full {
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// The file system refused (no space, an I/O error, read-only).
+    Io(std::io::Error),
+}
+
+impl fmt::Display for JournalIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalIssue::NotDurable {
+                value,
+                cause: JournalFailure::Full { max_bytes },
+            } => write!(
+                f,
+                "the kinde-meter journal is full ({max_bytes} bytes of undelivered usage): usage (value {value}) is                  kept in memory only until it is delivered; raise `Config::journal_max_bytes`                  (KINDE_METER_JOURNAL_MAX_BYTES) or restore delivery"
+            ),
+            JournalIssue::NotDurable {
+                value,
+                cause: JournalFailure::Io(e),
+            } => write!(
+                f,
+                "the kinde-meter journal could not write ({e}): usage (value {value}) is kept in memory only until                  it is delivered; check the journal directory's disk"
+            ),
+            JournalIssue::Quarantined {
+                path,
+                unreadable_bytes,
+                records,
+                value,
+            } => write!(
+                f,
+                "a damaged kinde-meter journal file was moved to {} ({unreadable_bytes} bytes unreadable); {records}                  records (value {value}) it may have settled were handed to `on_unsent` instead of being resent",
+                path.display()
+            ),
+            JournalIssue::TornTail { path, bytes } => write!(
+                f,
+                "a kinde-meter journal file ended in a partial write ({bytes} bytes, dropped): {}",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl JournalIssue {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JournalIssue::NotDurable {
+                cause: JournalFailure::Io(e),
+                ..
+            } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl std::error::Error for JournalIssue {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        JournalIssue::source(self)
+    }
+}
+
+/// Which record a journal entry is about: the run that first wrote it and its number
+/// there, so records of adopted runs keep their identity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct RecordId {
+    pub(crate) run: u64,
+    pub(crate) seq: u64,
+}
+
+/// What delivery has done to a record so far: kept with it across retries, and across
+/// restarts by the journal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Attempts {
+    /// Attempts made.
+    pub(crate) count: u32,
+    /// Whether an attempt may have been applied by Kinde.
+    pub(crate) maybe_applied: bool,
+    /// The last error, if an attempt failed.
+    pub(crate) last_error: Option<String>,
 }
 
 #[cfg(test)]

@@ -4,14 +4,17 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::dispatch::Resumption;
 use super::outbox::Event;
 use super::shared::{Shared, saturating_add};
-use crate::usage::{MeterError, UnsentRecord};
+use crate::usage::{JournalFailure, JournalIssue, MeterError, UnsentRecord};
 
 pub(crate) struct Accounts {
     shared: Arc<Shared>,
     /// In a failure episode: warned once, quiet until a success.
     failing: bool,
+    /// In a journal failure episode: warned once, quiet until a write succeeds.
+    journal_failing: bool,
     /// (feature, status) pairs already logged as rejected.
     rejections_logged: HashSet<(String, Option<u16>)>,
 }
@@ -21,6 +24,7 @@ impl Accounts {
         Self {
             shared,
             failing: false,
+            journal_failing: false,
             rejections_logged: HashSet::new(),
         }
     }
@@ -44,6 +48,7 @@ impl Accounts {
                 }
             }
             Event::Retrying {
+                record,
                 ambiguous,
                 throttled,
                 error,
@@ -51,6 +56,11 @@ impl Accounts {
                 saturating_add(&c.retried, 1);
                 if let Some(value) = ambiguous {
                     saturating_add(&c.ambiguous, value);
+                    self.shared.error(MeterError::Ambiguous {
+                        record: record.usage,
+                        attempts: record.attempts.count,
+                        error: error.clone(),
+                    });
                 }
                 if throttled {
                     saturating_add(&c.throttled, 1);
@@ -102,6 +112,60 @@ impl Accounts {
             );
         }
         self.shared.set_last_error(error);
+    }
+
+    /// What resuming the journal did at start.
+    pub(crate) fn resumed(&mut self, resumed: Resumption) {
+        let c = &self.shared.counters;
+        saturating_add(&c.replayed, resumed.replayed);
+        for issue in resumed.issues {
+            tracing::error!(target: "kinde_meter", "{issue}");
+            self.shared.error(MeterError::Journal(issue));
+        }
+        for (record, attempts) in resumed.ambiguous {
+            saturating_add(&c.ambiguous, record.delta());
+            self.shared.error(MeterError::Ambiguous {
+                record,
+                attempts,
+                error: "in flight when the process sending it stopped".to_owned(),
+            });
+        }
+        if !resumed.handed_back.is_empty() {
+            tracing::warn!(
+                target: "kinde_meter",
+                records = resumed.handed_back.len(),
+                value = delta_of(&resumed.handed_back),
+                "records from the journal that must not be resent were passed to `on_unsent`"
+            );
+            self.hand_back(&resumed.handed_back);
+        }
+    }
+
+    /// A journal write failed: `value` of delta usage is in memory only.
+    pub(crate) fn journal_failed(&mut self, value: u64, cause: JournalFailure) {
+        saturating_add(&self.shared.counters.not_durable, value);
+        let issue = JournalIssue::NotDurable { value, cause };
+        if !self.journal_failing {
+            self.journal_failing = true;
+            tracing::error!(
+                target: "kinde_meter",
+                "{issue} (logged once until the journal writes again; see `Stats::not_durable`)"
+            );
+        }
+        self.shared.error(MeterError::Journal(issue));
+    }
+
+    /// A journal write succeeded: a failure episode, if any, is over.
+    pub(crate) fn journal_ok(&mut self) {
+        if self.journal_failing {
+            self.journal_failing = false;
+            tracing::info!(target: "kinde_meter", "the kinde-meter journal writes again");
+        }
+    }
+
+    /// Records left at shutdown that the journal keeps for the next start.
+    pub(crate) fn keep(&self, records: &[UnsentRecord]) {
+        saturating_add(&self.shared.counters.kept, delta_of(records));
     }
 
     /// Records handed back undelivered: counted as unsent and passed to `on_unsent`.

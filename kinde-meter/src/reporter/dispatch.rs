@@ -1,6 +1,8 @@
-//! Dispatch: the [`Outbox`] policy joined to a [`Sink`]. Starts every request the policy
-//! allows as a task, and feeds each outcome back to the policy. No counters and no logs:
-//! what an outcome means for them is `accounting.rs`'s concern.
+//! Dispatch: the [`Outbox`] policy joined to a [`Sink`] and, when there is one, to the
+//! [`Journal`]. Starts every request the policy allows as a task, and feeds each outcome
+//! back to the policy; writes what the policy changed to the journal, a closed window and
+//! every attempt's start synced before anything is sent. No counters and no logs: what an
+//! outcome means for them is `accounting.rs`'s concern.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,10 +11,13 @@ use std::time::Duration;
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
-use super::outbox::{Event, Outbox, Policy, Record, Wait};
+use super::outbox::{Change, Event, Outbox, Policy, Record, Wait};
 use super::sink::{SendResult, Sink};
 use crate::api::{ApiError, Timestamp};
-use crate::usage::{UnsentReason, UnsentRecord};
+use crate::config::Delivery;
+use crate::journal::format::Stored;
+use crate::journal::{Journal, Recovered};
+use crate::usage::{JournalFailure, JournalIssue, RecordId, UnsentReason, UnsentRecord, UsageRecord};
 
 /// A request is not started with less time than this left before a deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
@@ -28,17 +33,150 @@ pub(crate) struct Dispatch<S> {
     /// Records out with the sink, by the task carrying them.
     sending: HashMap<Id, Record>,
     tasks: JoinSet<SendResult>,
+    journal: Option<Journal>,
+    /// A journal write that failed outside a window (an outcome, a start), not yet reported.
+    journal_failure: Option<JournalFailure>,
+}
+
+/// What resuming the journal at start did.
+#[derive(Debug, Default)]
+pub(crate) struct Resumption {
+    /// Delta usage taken back for delivery.
+    pub(crate) replayed: u64,
+    /// Records whose attempt was in flight when their process died, resent under
+    /// at-least-once: (record, attempts).
+    pub(crate) ambiguous: Vec<(UsageRecord, u32)>,
+    /// Records not resent: ambiguous under at-most-once, or possibly settled by damage.
+    pub(crate) handed_back: Vec<UnsentRecord>,
+    /// Damage found.
+    pub(crate) issues: Vec<JournalIssue>,
+}
+
+/// Why a closed window is not durable: its delta usage, and the cause.
+pub(crate) type NotDurable = (u64, JournalFailure);
+
+/// Records left at shutdown: those the journal keeps for the next start, and the rest.
+pub(crate) struct Left {
+    pub(crate) kept: Vec<UnsentRecord>,
+    pub(crate) unsent: Vec<UnsentRecord>,
 }
 
 impl<S: Sink> Dispatch<S> {
-    pub(crate) fn new(sink: Arc<S>, policy: Policy, request_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        sink: Arc<S>,
+        policy: Policy,
+        request_timeout: Duration,
+        journal: Option<Journal>,
+    ) -> Self {
         Self {
-            outbox: Outbox::new(policy.clone(), Instant::now(), fastrand::Rng::new()),
+            outbox: new_outbox(&policy, journal.as_ref()),
             sink,
             policy,
             request_timeout,
             sending: HashMap::new(),
             tasks: JoinSet::new(),
+            journal,
+            journal_failure: None,
+        }
+    }
+
+    pub(crate) fn has_journal(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Takes back what the journal's adopted runs left, by the delivery policy: a
+    /// record whose attempt was in flight is ambiguous (resent under at-least-once,
+    /// handed back under at-most-once); one that damage may have settled is handed back.
+    pub(crate) fn resume(&mut self, recovered: Recovered) -> Resumption {
+        let Some(journal) = &mut self.journal else {
+            return Resumption::default();
+        };
+        let now = Instant::now();
+        let mut done = Resumption {
+            issues: recovered.issues,
+            ..Resumption::default()
+        };
+        let mut keep = Vec::new();
+        let mut settle = Vec::new();
+        for resumed in recovered.live {
+            let mut stored = resumed.stored;
+            if resumed.in_flight {
+                let a = &mut stored.attempts;
+                a.count = a.count.saturating_add(1);
+                a.maybe_applied = true;
+                a.last_error = Some("in flight when the process sending it stopped".to_owned());
+                if self.policy.delivery == Delivery::AtMostOnce {
+                    settle.push(stored.id);
+                    done.handed_back.push(unsent(&stored, UnsentReason::Ambiguous));
+                    continue;
+                }
+                done.ambiguous.push((stored.usage.clone(), stored.attempts.count));
+            }
+            done.replayed = done.replayed.saturating_add(stored.usage.delta());
+            keep.push(stored.clone());
+            self.outbox.restore(stored, now);
+        }
+        for mut stored in recovered.damaged {
+            stored.attempts.maybe_applied = true;
+            settle.push(stored.id);
+            done.handed_back.push(unsent(&stored, UnsentReason::JournalDamaged));
+        }
+        if let Err(e) = journal.resume(&keep, &settle) {
+            self.journal_failure = Some(JournalFailure::Io(e));
+        }
+        done
+    }
+
+    /// Writes the window just pushed and syncs it. `Ok` also when there is no journal.
+    pub(crate) fn commit_window(&mut self) -> Result<(), NotDurable> {
+        let changes = self.outbox.take_changes();
+        let Some(journal) = &mut self.journal else {
+            return Ok(());
+        };
+        let records: Vec<Stored> = changes
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Put(s) => Some(s),
+                // A window only adds and merges.
+                Change::Settle(_) => None,
+            })
+            .collect();
+        journal.put_window(&records).map_err(|cause| {
+            let value = records
+                .iter()
+                .map(|s| s.usage.delta())
+                .fold(0, u64::saturating_add);
+            (value, cause)
+        })
+    }
+
+    /// A journal write that failed since the last call (outside windows).
+    pub(crate) fn take_journal_failure(&mut self) -> Option<JournalFailure> {
+        self.journal_failure.take()
+    }
+
+    /// Writes outcomes to the journal (not synced).
+    fn write_changes(&mut self) {
+        let changes = self.outbox.take_changes();
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        for change in changes {
+            let written = match &change {
+                Change::Put(stored) => journal.put(stored),
+                Change::Settle(id) => journal.settle(*id),
+            };
+            if let Err(e) = written {
+                self.journal_failure = Some(JournalFailure::Io(e));
+            }
+        }
+    }
+
+    /// Ends the journal's run (removed if nothing in it is live).
+    pub(crate) fn close_journal(&mut self) {
+        self.write_changes();
+        if let Some(journal) = self.journal.take() {
+            journal.close();
         }
     }
 
@@ -65,23 +203,36 @@ impl<S: Sink> Dispatch<S> {
     /// Starts every request the policy allows now, each with at most the time left
     /// before `deadline`. Returns what to wait for next and how many it started.
     pub(crate) fn start_due(&mut self, deadline: Option<Instant>) -> (Wait, u64) {
-        let mut started = 0;
-        loop {
+        let mut due = Vec::new();
+        let wait = loop {
             let now = Instant::now();
             let timeout = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(now);
                     if left < MIN_ATTEMPT {
-                        return (Wait::Until(d), started);
+                        break Wait::Until(d);
                     }
                     left.min(self.request_timeout)
                 }
                 None => self.request_timeout,
             };
-            let record = match self.outbox.next(now) {
-                Ok(record) => record,
-                Err(wait) => return (wait, started),
-            };
+            match self.outbox.next(now) {
+                Ok(record) => due.push((record, timeout)),
+                Err(wait) => break wait,
+            }
+        };
+        if due.is_empty() {
+            return (wait, 0);
+        }
+        // Synced before any of them leaves, so a restart knows they may have been sent.
+        if let Some(journal) = &mut self.journal {
+            let ids: Vec<RecordId> = due.iter().map(|(r, _)| r.id).collect();
+            if let Err(e) = journal.start(&ids) {
+                self.journal_failure = Some(JournalFailure::Io(e));
+            }
+        }
+        let started = due.len() as u64;
+        for (record, timeout) in due {
             let sink = Arc::clone(&self.sink);
             let usage = record.usage.clone();
             // The timeout is enforced here, not left to the sink: a sink that never
@@ -92,9 +243,9 @@ impl<S: Sink> Dispatch<S> {
                     Err(_) => Err(ApiError::Timeout { after: timeout }),
                 }
             });
-            started += 1;
             self.sending.insert(handle.id(), record);
         }
+        (wait, started)
     }
 
     /// Waits for the next request to finish; `None` at once when none is out.
@@ -121,13 +272,15 @@ impl<S: Sink> Dispatch<S> {
             }
         };
         let record = self.sending.remove(&id)?;
-        Some(self.outbox.complete(record, outcome, Instant::now()))
+        let event = self.outbox.complete(record, outcome, Instant::now());
+        self.write_changes();
+        Some(event)
     }
 
     /// At the deadline: abandons the requests still out and waits for their tasks to
     /// end. Returns the outcomes of those that finished first, and the records of those
     /// abandoned (counted as possibly applied).
-    pub(crate) async fn abandon_in_flight(&mut self) -> (Vec<Event>, Vec<UnsentRecord>) {
+    pub(crate) async fn abandon_in_flight(&mut self) -> (Vec<Event>, Vec<(RecordId, UnsentRecord)>) {
         self.tasks.abort_all();
         let mut events = Vec::new();
         let mut left = Vec::new();
@@ -141,7 +294,7 @@ impl<S: Sink> Dispatch<S> {
                         record.attempts.maybe_applied = true;
                         record.attempts.last_error =
                             Some("abandoned in flight at the shutdown deadline".to_owned());
-                        left.push(record.unsent(UnsentReason::DeadlineExceeded));
+                        left.push((record.id, record.unsent(UnsentReason::DeadlineExceeded)));
                     }
                 }
             }
@@ -149,18 +302,30 @@ impl<S: Sink> Dispatch<S> {
         (events, left)
     }
 
-    /// Takes every waiting record out, as unsent for `reason`.
-    pub(crate) fn take_waiting(&mut self, reason: UnsentReason) -> Vec<UnsentRecord> {
-        self.outbox
+    /// Takes every waiting record out at the shutdown deadline, with those abandoned in
+    /// flight: what the journal holds stays there for the next start, the rest is unsent.
+    pub(crate) fn take_left(&mut self, abandoned: Vec<(RecordId, UnsentRecord)>) -> Left {
+        let mut left: Vec<(RecordId, UnsentRecord)> = self
+            .outbox
             .take_all()
             .iter()
-            .map(|r| r.unsent(reason))
-            .collect()
+            .map(|r| (r.id, r.unsent(UnsentReason::DeadlineExceeded)))
+            .collect();
+        left.extend(abandoned);
+        let (kept, unsent) = match &self.journal {
+            Some(journal) => left.into_iter().partition(|(id, _)| journal.holds(*id)),
+            None => (Vec::new(), left),
+        };
+        Left {
+            kept: kept.into_iter().map(|(_, u)| u).collect(),
+            unsent: unsent.into_iter().map(|(_, u)| u).collect(),
+        }
     }
 
     /// After a panic: takes every record out (those in flight as possibly applied, since
     /// their requests may still complete) and starts the policy afresh.
     pub(crate) fn salvage(&mut self) -> Vec<UnsentRecord> {
+        let mut ids: Vec<RecordId> = self.sending.values().map(|r| r.id).collect();
         let mut held: Vec<UnsentRecord> = self
             .sending
             .drain()
@@ -169,8 +334,37 @@ impl<S: Sink> Dispatch<S> {
                 r.unsent(UnsentReason::WorkerFailed)
             })
             .collect();
-        held.extend(self.take_waiting(UnsentReason::WorkerFailed));
-        self.outbox = Outbox::new(self.policy.clone(), Instant::now(), fastrand::Rng::new());
+        let waiting = self.outbox.take_all();
+        ids.extend(waiting.iter().map(|r| r.id));
+        held.extend(waiting.iter().map(|r| r.unsent(UnsentReason::WorkerFailed)));
+        let next_seq = self.outbox.next_seq();
+        self.outbox = new_outbox(&self.policy, self.journal.as_ref()).numbered_from(next_seq);
+        // Handed back, so done with: the next start must not send them again.
+        if let Some(journal) = &mut self.journal {
+            for id in ids {
+                if let Err(e) = journal.settle(id) {
+                    self.journal_failure = Some(JournalFailure::Io(e));
+                }
+            }
+        }
         held
+    }
+}
+
+fn new_outbox(policy: &Policy, journal: Option<&Journal>) -> Outbox {
+    let outbox = Outbox::new(policy.clone(), Instant::now(), fastrand::Rng::new());
+    match journal {
+        Some(j) => outbox.journaled(j.run()),
+        None => outbox,
+    }
+}
+
+fn unsent(stored: &Stored, reason: UnsentReason) -> UnsentRecord {
+    UnsentRecord {
+        record: stored.usage.clone(),
+        reason,
+        maybe_applied: stored.attempts.maybe_applied,
+        attempts: stored.attempts.count,
+        last_error: stored.attempts.last_error.clone(),
     }
 }

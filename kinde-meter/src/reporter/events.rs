@@ -40,6 +40,16 @@ pub struct Stats {
     pub after_shutdown: u64,
     /// Panics of the `on_error` and `on_unsent` hooks, contained.
     pub hook_panics: u64,
+    /// With a journal: delta usage taken back at start from the runs of processes that
+    /// died (or shut down with usage undelivered), delivered by this one.
+    pub replayed: u64,
+    /// With a journal: delta usage left undelivered at shutdown that the journal keeps
+    /// for the next start (not passed to `on_unsent`).
+    pub kept: u64,
+    /// With a journal: delta usage of windows that could not be made durable (the journal
+    /// full or its disk failing), delivered from memory only. See
+    /// [`JournalIssue::NotDurable`](crate::JournalIssue::NotDurable).
+    pub not_durable: u64,
     /// What counts toward `max_pending_keys`: keys that took usage since the last flush
     /// plus records waiting for delivery.
     pub pending_keys: u64,
@@ -56,14 +66,19 @@ pub struct FlushReport {
     pub waiting: usize,
     /// Whether the time allowed ran out first.
     pub timed_out: bool,
+    /// Whether the usage the flush closed is safe from a crash: on disk (with a journal;
+    /// the flush then returns without waiting for delivery) or delivered.
+    pub durable: bool,
 }
 
 /// What shutting the reporter down achieved.
 ///
 /// Exact: `stats.recorded` counts the delta usage the shutdown's last drain took (usage
-/// recorded by other threads while it ran included), and equals `stats.delivered +
-/// stats.rejected + stats.unsent`, where `unsent` includes [`ShutdownReport::left`]. Usage
-/// recorded after that drain is reported as [`MeterError::AfterShutdown`](crate::MeterError::AfterShutdown).
+/// recorded by other threads while it ran included), and `stats.recorded +
+/// stats.replayed` equals `stats.delivered + stats.rejected + stats.unsent + stats.kept`,
+/// where `unsent` includes [`ShutdownReport::left`] and `kept` is
+/// [`ShutdownReport::kept`]. Usage recorded after that drain is reported as
+/// [`MeterError::AfterShutdown`](crate::MeterError::AfterShutdown).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ShutdownReport {
@@ -71,6 +86,9 @@ pub struct ShutdownReport {
     pub stats: Stats,
     /// Records not delivered, also passed to `on_unsent`.
     pub left: Vec<UnsentRecord>,
+    /// With a journal: records not delivered that the journal keeps, delivered by the next
+    /// start on the same directory (not passed to `on_unsent`).
+    pub kept: Vec<UnsentRecord>,
     /// Whether the deadline passed before everything was delivered.
     pub deadline_reached: bool,
     /// Set when the reporter's thread could not answer (it panicked or did not finish
@@ -81,7 +99,7 @@ pub struct ShutdownReport {
 impl ShutdownReport {
     /// Whether everything recorded was delivered.
     pub fn is_complete(&self) -> bool {
-        self.left.is_empty() && self.failure.is_none()
+        self.left.is_empty() && self.kept.is_empty() && self.failure.is_none()
     }
 
     /// The delta usage left undelivered.
@@ -102,6 +120,9 @@ impl fmt::Display for ShutdownReport {
             s.retried,
             self.left.len()
         )?;
+        if !self.kept.is_empty() {
+            write!(f, ", {} kept in the journal for the next start", self.kept.len())?;
+        }
         if let Some(failure) = &self.failure {
             write!(f, "; {failure}")?;
         }

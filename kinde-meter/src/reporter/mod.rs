@@ -242,6 +242,8 @@ pub enum InitError {
     Config(ConfigError),
     /// The worker thread or its runtime could not be started.
     Spawn(std::io::Error),
+    /// The journal could not be opened.
+    Journal(crate::journal::JournalError),
 }
 
 impl std::fmt::Display for InitError {
@@ -257,6 +259,7 @@ impl std::fmt::Display for InitError {
             ),
             InitError::Config(e) => write!(f, "invalid kinde-meter configuration: {e}"),
             InitError::Spawn(e) => write!(f, "could not start the kinde-meter worker thread: {e}"),
+            InitError::Journal(e) => e.fmt(f),
         }
     }
 }
@@ -267,6 +270,7 @@ impl std::error::Error for InitError {
             InitError::AlreadyInitialized | InitError::ShuttingDown => None,
             InitError::Config(e) => Some(e),
             InitError::Spawn(e) => Some(e),
+            InitError::Journal(e) => Some(e),
         }
     }
 }
@@ -329,6 +333,7 @@ impl Guard {
             None => FlushReport {
                 waiting: 0,
                 timed_out: false,
+                durable: true,
             },
         }
     }
@@ -340,6 +345,7 @@ impl Guard {
             None => FlushReport {
                 waiting: 0,
                 timed_out: false,
+                durable: true,
             },
         }
     }
@@ -374,6 +380,7 @@ fn already_shut_down() -> ShutdownReport {
     ShutdownReport {
         stats: stats(),
         left: Vec::new(),
+        kept: Vec::new(),
         deadline_reached: false,
         failure: Some("the reporter was already shut down".to_owned()),
     }
@@ -448,8 +455,16 @@ impl Reporter {
             .registry
             .set_max_pending_keys(config.max_pending_keys);
         shared.registry.restart();
+        let journal = match &config.journal_dir {
+            Some(dir) => Some(
+                crate::journal::Journal::open(dir, config.journal_max_bytes, journal_fs(&config))
+                    .map_err(InitError::Journal)?,
+            ),
+            None => None,
+        };
         shared.set_hooks(config.on_error.clone(), config.on_unsent.clone());
         let settings = Settings {
+            journal,
             flush_interval: config.flush_interval,
             request_timeout: config.client.request_timeout,
             policy: outbox::Policy {
@@ -563,6 +578,7 @@ impl Reporter {
         FlushReport {
             waiting: self.shared.registry.pending_keys(),
             timed_out: true,
+            durable: false,
         }
     }
 
@@ -631,10 +647,21 @@ impl Reporter {
         ShutdownReport {
             stats: self.shared.stats(),
             left: Vec::new(),
+            kept: Vec::new(),
             deadline_reached: true,
             failure: Some(why.to_owned()),
         }
     }
+}
+
+/// The file system the journal writes through: the real one, or a test's.
+fn journal_fs(config: &Config) -> Arc<dyn crate::journal::fs::Fs> {
+    #[cfg(test)]
+    if let Some(fs) = &config.journal_fs {
+        return Arc::clone(fs);
+    }
+    let _ = config;
+    Arc::new(crate::journal::fs::RealFs)
 }
 
 /// How long past its deadline a caller waits for the worker's answer.

@@ -14,7 +14,9 @@
 //! A record's data ([`UsageRecord`]: what is billed, its window's timestamp and its
 //! idempotency key) is kept apart from its delivery history ([`Attempts`]) and from the
 //! scheduling state (when it may go next, an `Instant` that means nothing outside this
-//! process). The first two are what a journal keeps; [`Outbox::restore`] takes them back.
+//! process). The first two are what the journal keeps: with one, the outbox logs every
+//! change to them ([`Change`]) for the dispatcher to write, and [`Outbox::restore`] takes
+//! them back at start.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -25,7 +27,8 @@ use super::cells::Key;
 use super::sink::SendResult;
 use crate::api::{AgreementId, ApiError, Disposition, FeatureCode, MeterType, Timestamp};
 use crate::config::Delivery;
-use crate::usage::{UnsentReason, UnsentRecord, UsageRecord};
+use crate::journal::format::Stored;
+use crate::usage::{Attempts, RecordId, UnsentReason, UnsentRecord, UsageRecord};
 
 /// Longest 429 pause honoured, whatever the server says.
 const MAX_PAUSE: Duration = Duration::from_secs(600);
@@ -42,21 +45,10 @@ pub(crate) struct Policy {
     pub(crate) coalesce_secs: u64,
 }
 
-/// What delivery has done to a record so far: kept with it across retries, and across
-/// restarts by a journal.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Attempts {
-    /// Attempts made.
-    pub(crate) count: u32,
-    /// Whether an attempt may have been applied by Kinde.
-    pub(crate) maybe_applied: bool,
-    /// The last error, if an attempt failed.
-    pub(crate) last_error: Option<String>,
-}
-
 /// A record and its delivery history: what the outbox hands out and takes back.
 #[derive(Clone, Debug)]
 pub(crate) struct Record {
+    pub(crate) id: RecordId,
     pub(crate) usage: UsageRecord,
     pub(crate) attempts: Attempts,
     /// The coalescing bucket of `usage.timestamp`.
@@ -64,6 +56,15 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// What the journal keeps of it.
+    pub(crate) fn stored(&self) -> Stored {
+        Stored {
+            id: self.id,
+            usage: self.usage.clone(),
+            attempts: self.attempts.clone(),
+        }
+    }
+
     pub(crate) fn unsent(&self, reason: UnsentReason) -> UnsentRecord {
         UnsentRecord {
             record: self.usage.clone(),
@@ -101,6 +102,15 @@ struct Entry {
     not_before: Instant,
 }
 
+/// A change to what the journal keeps, in the order it happened.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A record is new, merged, or back from a failed attempt.
+    Put(Stored),
+    /// A record is done with (delivered, rejected, superseded or handed back).
+    Settle(RecordId),
+}
+
 /// What an outcome led to, for counters, hooks and logs.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -108,6 +118,7 @@ pub(crate) enum Event {
     /// Will be retried. `ambiguous`: the delta of an attempt that may have been applied;
     /// `throttled`: the cause was a 429.
     Retrying {
+        record: Record,
         ambiguous: Option<u64>,
         throttled: bool,
         error: String,
@@ -174,6 +185,11 @@ pub(crate) struct Outbox {
     paused_until: Option<Instant>,
     bucket: TokenBucket,
     rng: fastrand::Rng,
+    /// The first half of new records' ids (the journal's run), and the next second half.
+    run: u64,
+    next_seq: u64,
+    /// Changes not yet taken, when a journal takes them.
+    changes: Option<Vec<Change>>,
 }
 
 impl Outbox {
@@ -188,6 +204,37 @@ impl Outbox {
             successes: 0,
             paused_until: None,
             rng,
+            run: 0,
+            next_seq: 0,
+            changes: None,
+        }
+    }
+
+    /// Logs every change for a journal, and numbers new records within its `run`.
+    pub(crate) fn journaled(mut self, run: u64) -> Self {
+        self.run = run;
+        self.changes = Some(Vec::new());
+        self
+    }
+
+    /// Numbers new records from `seq` on (a new outbox for a run already numbered).
+    pub(crate) fn numbered_from(mut self, seq: u64) -> Self {
+        self.next_seq = seq;
+        self
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The changes since the last call, oldest first.
+    pub(crate) fn take_changes(&mut self) -> Vec<Change> {
+        self.changes.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn log(&mut self, change: impl FnOnce() -> Change) {
+        if let Some(changes) = &mut self.changes {
+            changes.push(change());
         }
     }
 
@@ -226,6 +273,10 @@ impl Outbox {
     /// idempotency key and no attempts.
     pub(crate) fn push(&mut self, key: Key, value: u64, timestamp: Timestamp, now: Instant) {
         let record = Record {
+            id: RecordId {
+                run: self.run,
+                seq: self.next_seq,
+            },
             bucket: self.bucket_of(timestamp),
             usage: UsageRecord {
                 agreement: key.agreement,
@@ -250,27 +301,28 @@ impl Outbox {
                 // old content must not swallow the new part.
                 r.usage.idempotency_key = record.usage.idempotency_key;
                 r.attempts.maybe_applied = false;
+                let stored = r.stored();
+                self.log(|| Change::Put(stored));
                 return;
             }
         }
+        self.next_seq += 1;
+        let stored = record.stored();
+        self.log(|| Change::Put(stored));
         self.waiting.push(Entry {
             record,
             not_before: now,
         });
     }
 
-    /// Takes back a record from before (a journal's replay): its idempotency key and
-    /// attempts are kept, and it is never merged, since that would change what the key
-    /// stands for.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the journal's replay is its first caller")
-    )]
-    pub(crate) fn restore(&mut self, usage: UsageRecord, attempts: Attempts, now: Instant) {
+    /// Takes back a record from the journal: its id, idempotency key and attempts are
+    /// kept, and it is never merged, since that would change what the key stands for.
+    pub(crate) fn restore(&mut self, stored: Stored, now: Instant) {
         let record = Record {
-            bucket: self.bucket_of(usage.timestamp),
-            usage,
-            attempts,
+            bucket: self.bucket_of(stored.usage.timestamp),
+            id: stored.id,
+            usage: stored.usage,
+            attempts: stored.attempts,
         };
         self.waiting.push(Entry {
             record,
@@ -351,12 +403,20 @@ impl Outbox {
     }
 
     /// Feeds back the outcome of a record taken with [`Outbox::next`].
-    pub(crate) fn complete(
-        &mut self,
-        mut record: Record,
-        outcome: SendResult,
-        now: Instant,
-    ) -> Event {
+    pub(crate) fn complete(&mut self, record: Record, outcome: SendResult, now: Instant) -> Event {
+        let id = record.id;
+        let event = self.outcome(record, outcome, now);
+        match &event {
+            Event::Retrying { record, .. } => {
+                let stored = record.stored();
+                self.log(|| Change::Put(stored));
+            }
+            _ => self.log(|| Change::Settle(id)),
+        }
+        event
+    }
+
+    fn outcome(&mut self, mut record: Record, outcome: SendResult, now: Instant) -> Event {
         self.in_flight = self.in_flight.saturating_sub(1);
         if record.is_absolute() {
             self.absolute_in_flight.remove(&record.absolute_key());
@@ -404,8 +464,10 @@ impl Outbox {
             // A newer value of this key is waiting; this one must not overwrite it later.
             return Event::Superseded;
         }
+        let retrying = record.clone();
         self.waiting.push(Entry { record, not_before });
         Event::Retrying {
+            record: retrying,
             ambiguous,
             throttled,
             error: message,
@@ -533,7 +595,14 @@ mod tests {
             maybe_applied: true,
             last_error: Some("timed out".to_owned()),
         };
-        o.restore(usage.clone(), before.clone(), now);
+        o.restore(
+            Stored {
+                id: RecordId { run: 9, seq: 4 },
+                usage: usage.clone(),
+                attempts: before.clone(),
+            },
+            now,
+        );
         // A new record of the same key and hour is not merged into one that may have
         // been applied, so the restored key keeps standing for exactly its content.
         o.push(key("agreement_a", MeterType::Delta), 1, ts(7201), now);

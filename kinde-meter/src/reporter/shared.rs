@@ -28,6 +28,9 @@ pub(crate) struct Counters {
     pub(crate) unsent: AtomicU64,
     pub(crate) after_shutdown: AtomicU64,
     pub(crate) hook_panics: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) kept: AtomicU64,
+    pub(crate) not_durable: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
 }
 
@@ -300,6 +303,9 @@ impl Shared {
             unsent: get(&c.unsent),
             after_shutdown: get(&c.after_shutdown),
             hook_panics: get(&c.hook_panics),
+            replayed: get(&c.replayed),
+            kept: get(&c.kept),
+            not_durable: get(&c.not_durable),
             pending_keys: self.registry.pending_keys() as u64,
             last_error: c
                 .last_error

@@ -15,18 +15,28 @@ use tokio::time::Instant;
 
 use super::accounting::{Accounts, delta_of};
 use super::cells::Drained;
-use super::dispatch::{Dispatch, Finished};
+use super::dispatch::{Dispatch, Finished, Left};
 use super::events::{FlushReport, ShutdownReport};
 use super::outbox::{Policy, Wait};
 use super::shared::Shared;
 use super::sink::Sink;
 use crate::api::{Timestamp, deadline_after};
-use crate::usage::UnsentReason;
+use crate::journal::{Journal, Recovered};
 
 pub(crate) struct Settings {
     pub(crate) flush_interval: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) policy: Policy,
+    /// The journal, opened, and what it read of dead processes' runs.
+    pub(crate) journal: Option<(Journal, Recovered)>,
+}
+
+/// What closing a window did.
+struct Closed {
+    /// Whether it found any usage.
+    found: bool,
+    /// Whether its records are on disk (always false without a journal).
+    durable: bool,
 }
 
 /// Where the worker sends an answer. Async and blocking callers alike wait on it (the
@@ -59,6 +69,8 @@ pub(crate) struct Worker<S> {
     commands: mpsc::UnboundedReceiver<Command>,
     /// Dropped when this worker stops taking commands (see [`Worker::on_stop`]).
     on_stop: Option<Box<dyn FnOnce() + Send>>,
+    /// What the journal read at start, until the first run resumes it.
+    recovered: Option<Recovered>,
 }
 
 impl<S: Sink> Worker<S> {
@@ -68,13 +80,15 @@ impl<S: Sink> Worker<S> {
         settings: Settings,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Self {
+        let (journal, recovered) = settings.journal.unzip();
         Self {
             accounts: Accounts::new(Arc::clone(&shared)),
             shared,
             flush_interval: settings.flush_interval,
-            dispatch: Dispatch::new(sink, settings.policy, settings.request_timeout),
+            dispatch: Dispatch::new(sink, settings.policy, settings.request_timeout, journal),
             commands,
             on_stop: None,
+            recovered,
         }
     }
 
@@ -88,6 +102,12 @@ impl<S: Sink> Worker<S> {
     /// Serves commands until a shutdown. Callable again after it unwinds (see
     /// [`Worker::salvage`]).
     pub(crate) async fn run(&mut self) {
+        if let Some(recovered) = self.recovered.take() {
+            let resumed = self.dispatch.resume(recovered);
+            self.accounts.resumed(resumed);
+            self.journal_health();
+            self.publish_waiting();
+        }
         let interval = self.flush_interval;
         let mut next_flush = deadline_after(interval);
         loop {
@@ -138,14 +158,14 @@ impl<S: Sink> Worker<S> {
 
     // ----- flush: cells to records -----
 
-    /// Closes the window: every cell with new usage becomes a record stamped now.
-    /// Returns whether it found any.
-    fn flush(&mut self) -> bool {
+    /// Closes the window: every cell with new usage becomes a record stamped now, on
+    /// disk (with a journal) before any of it is sent.
+    fn flush(&mut self) -> Closed {
         let drained = self.shared.registry.drain();
         self.push_drained(drained)
     }
 
-    fn push_drained(&mut self, drained: Vec<Drained>) -> bool {
+    fn push_drained(&mut self, drained: Vec<Drained>) -> Closed {
         let timestamp = Timestamp::now();
         let now = Instant::now();
         let found = !drained.is_empty();
@@ -161,8 +181,25 @@ impl<S: Sink> Worker<S> {
                 }
             }
         }
+        let durable = match self.dispatch.commit_window() {
+            Ok(()) => {
+                self.accounts.journal_ok();
+                self.dispatch.has_journal()
+            }
+            Err((value, cause)) => {
+                self.accounts.journal_failed(value, cause);
+                false
+            }
+        };
         self.publish_waiting();
-        found
+        Closed { found, durable }
+    }
+
+    /// Reports a journal write that failed outside a window.
+    fn journal_health(&mut self) {
+        if let Some(cause) = self.dispatch.take_journal_failure() {
+            self.accounts.journal_failed(0, cause);
+        }
     }
 
     fn publish_waiting(&self) {
@@ -182,15 +219,25 @@ impl<S: Sink> Worker<S> {
             self.accounts.account(event);
             self.publish_waiting();
         }
+        self.journal_health();
     }
 
-    /// Closes the window, then sends until nothing waits or `deadline` passes.
+    /// Closes the window; then, unless the journal made it durable, sends until nothing
+    /// waits or `deadline` passes.
     async fn drain_until(&mut self, deadline: Instant) -> FlushReport {
-        self.flush();
+        let closed = self.flush();
+        if closed.durable {
+            return FlushReport {
+                waiting: self.dispatch.len(),
+                timed_out: false,
+                durable: true,
+            };
+        }
         self.send_until(deadline).await;
         FlushReport {
             waiting: self.dispatch.len(),
             timed_out: !self.dispatch.is_empty(),
+            durable: self.dispatch.is_empty(),
         }
     }
 
@@ -220,7 +267,7 @@ impl<S: Sink> Worker<S> {
         // Drain again each time the outbox empties, so usage other threads record while
         // the shutdown runs is delivered too; under a steady load this runs to the deadline.
         loop {
-            let found = self.flush();
+            let found = self.flush().found;
             self.send_until(deadline).await;
             if !found || Instant::now() >= deadline {
                 break;
@@ -228,7 +275,7 @@ impl<S: Sink> Worker<S> {
         }
         let deadline_reached = !self.dispatch.is_empty();
         // Requests still out at the deadline are abandoned; they may have been applied.
-        let (events, mut left) = self.dispatch.abandon_in_flight().await;
+        let (events, abandoned) = self.dispatch.abandon_in_flight().await;
         for event in events {
             self.finished(Some(event));
         }
@@ -237,7 +284,10 @@ impl<S: Sink> Worker<S> {
         let last = self.shared.registry.drain_final();
         let recorded = self.shared.registry.taken_delta();
         self.push_drained(last);
-        left.extend(self.dispatch.take_waiting(UnsentReason::DeadlineExceeded));
+        let deadline_reached = deadline_reached || !self.dispatch.is_empty();
+        let Left { kept, unsent: left } = self.dispatch.take_left(abandoned);
+        self.dispatch.close_journal();
+        self.journal_health();
         self.publish_waiting();
         if !left.is_empty() {
             tracing::warn!(
@@ -247,11 +297,21 @@ impl<S: Sink> Worker<S> {
                 "shutdown deadline reached with usage undelivered; it is passed to `on_unsent` and the report"
             );
         }
+        if !kept.is_empty() {
+            tracing::info!(
+                target: "kinde_meter",
+                records = kept.len(),
+                value = delta_of(&kept),
+                "shutdown deadline reached with usage undelivered; the journal keeps it for the next start"
+            );
+        }
         self.accounts.hand_back(&left);
+        self.accounts.keep(&kept);
         ShutdownReport {
             stats: self.shared.stats_with(recorded),
             left,
-            deadline_reached: deadline_reached || !self.dispatch.is_empty(),
+            kept,
+            deadline_reached,
             failure: None,
         }
     }

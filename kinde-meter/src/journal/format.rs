@@ -1,0 +1,455 @@
+//! The on-disk format: a segment is a header and a sequence of checksummed entries.
+//!
+//! ```text
+//! segment: magic "KMJRNL\0\0" | version u32 | crc32(magic, version) u32 | entry*
+//! entry:   len u32 | !len u32 | crc32(payload) u32 | payload (len bytes)
+//! payload: 1 Put    id | meter u8 | value u64 | timestamp u64 | attempts u32 |
+//!                   maybe_applied u8 | agreement str | feature str | key str | last_error opt-str
+//!          2 Start  id        (an attempt of the record is about to leave)
+//!          3 Settle id        (delivered, rejected, superseded or handed back: done)
+//! id:      run u64 | seq u64;  str: len u32 | UTF-8;  opt-str: 0 | 1 str;  all little-endian
+//! ```
+//!
+//! The length is stored twice (the second time inverted) so a damaged length is seen as
+//! damage, not mistaken for a write the process died in (a torn tail).
+
+use crate::api::{AgreementId, FeatureCode, MeterType, Timestamp};
+use crate::usage::{Attempts, RecordId, UsageRecord};
+
+const MAGIC: &[u8; 8] = b"KMJRNL\0\0";
+/// The format this build writes and reads.
+pub(crate) const VERSION: u32 = 1;
+pub(crate) const HEADER_LEN: usize = 16;
+const ENTRY_HEADER_LEN: usize = 12;
+/// No entry is longer: agreement ids, feature codes and keys are at most 255 bytes,
+/// and error texts are cut to fit.
+const MAX_PAYLOAD: usize = 16 * 1024;
+const MAX_ERROR_LEN: usize = 2 * 1024;
+
+const PUT: u8 = 1;
+const START: u8 = 2;
+const SETTLE: u8 = 3;
+
+/// A journaled record: its identity, what is billed, and its delivery history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) id: RecordId,
+    pub(crate) usage: UsageRecord,
+    pub(crate) attempts: Attempts,
+}
+
+/// One entry of a segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// The record's state from here on (new, merged, or after a failed attempt).
+    Put(Stored),
+    /// An attempt of it is about to be sent.
+    Start(RecordId),
+    /// It is done with.
+    Settle(RecordId),
+}
+
+impl Entry {
+    pub(crate) fn id(&self) -> RecordId {
+        match self {
+            Entry::Put(s) => s.id,
+            Entry::Start(id) | Entry::Settle(id) => *id,
+        }
+    }
+}
+
+pub(crate) fn header() -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    let crc = crc32fast::hash(&h[..12]);
+    h[12..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// What a segment's header says.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Header {
+    Ok,
+    /// Shorter than a header: the process died creating it.
+    Partial,
+    /// Written by a newer kinde-meter.
+    Newer(u32),
+    /// Not a journal segment, or damaged.
+    Damaged,
+}
+
+pub(crate) fn read_header(bytes: &[u8]) -> Header {
+    if bytes.len() < HEADER_LEN {
+        // A prefix of a valid header (or nothing) is a creation cut short.
+        let valid = header();
+        return if valid.starts_with(bytes) || bytes.iter().all(|&b| b == 0) {
+            Header::Partial
+        } else {
+            Header::Damaged
+        };
+    }
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().unwrap_or_default());
+    if &bytes[..8] != MAGIC || crc32fast::hash(&bytes[..12]) != crc {
+        return Header::Damaged;
+    }
+    match u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) {
+        VERSION => Header::Ok,
+        v if v > VERSION => Header::Newer(v),
+        _ => Header::Damaged,
+    }
+}
+
+/// Appends `entry`, framed, to `out`.
+pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; ENTRY_HEADER_LEN]);
+    match entry {
+        Entry::Put(s) => {
+            out.push(PUT);
+            id(out, s.id);
+            out.push(match s.usage.meter_type {
+                MeterType::Delta => 0,
+                MeterType::Absolute => 1,
+            });
+            out.extend_from_slice(&s.usage.value.to_le_bytes());
+            out.extend_from_slice(&s.usage.timestamp.unix_seconds().to_le_bytes());
+            out.extend_from_slice(&s.attempts.count.to_le_bytes());
+            out.push(u8::from(s.attempts.maybe_applied));
+            string(out, s.usage.agreement.as_str());
+            string(out, s.usage.feature.as_str());
+            string(out, &s.usage.idempotency_key);
+            match &s.attempts.last_error {
+                None => out.push(0),
+                Some(e) => {
+                    out.push(1);
+                    string(out, truncate(e, MAX_ERROR_LEN));
+                }
+            }
+        }
+        Entry::Start(i) => {
+            out.push(START);
+            id(out, *i);
+        }
+        Entry::Settle(i) => {
+            out.push(SETTLE);
+            id(out, *i);
+        }
+    }
+    let payload = &out[start + ENTRY_HEADER_LEN..];
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(payload);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&(!len).to_le_bytes());
+    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn id(out: &mut Vec<u8>, id: RecordId) {
+    out.extend_from_slice(&id.run.to_le_bytes());
+    out.extend_from_slice(&id.seq.to_le_bytes());
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// How reading a segment's entries ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// At the end of the file.
+    Clean,
+    /// In a partial last entry that starts at `at` (a write the process died in).
+    Torn { at: usize },
+}
+
+/// What a segment holds, in order: entries, and damaged stretches between them.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Piece {
+    Entry(Entry),
+    /// `len` bytes at `at` that are no valid entry.
+    Damaged { at: usize, len: usize },
+}
+
+/// Reads the entries after the header of `bytes`. Past a damaged stretch, reading goes
+/// on at the next offset where a whole, valid entry starts, so damage costs only what
+/// it covers.
+pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Piece>, End) {
+    let mut pieces = Vec::new();
+    let mut at = HEADER_LEN.min(bytes.len());
+    while at < bytes.len() {
+        match entry_at(bytes, at) {
+            Ok((entry, end)) => {
+                pieces.push(Piece::Entry(entry));
+                at = end;
+            }
+            // The file ends inside an entry whose framing is sound: a write cut short.
+            Err(Bad::Partial) => return (pieces, End::Torn { at }),
+            // A bad last entry is a write cut short too (the size grew before the data
+            // landed); a bad entry with more after it is damage.
+            Err(Bad::Content { end }) if end == bytes.len() => {
+                return (pieces, End::Torn { at });
+            }
+            Err(_) => {
+                let next = (at + 1..bytes.len())
+                    .find(|&o| entry_at(bytes, o).is_ok())
+                    .unwrap_or(bytes.len());
+                pieces.push(Piece::Damaged {
+                    at,
+                    len: next - at,
+                });
+                at = next;
+            }
+        }
+    }
+    (pieces, End::Clean)
+}
+
+/// Why no valid entry starts at an offset.
+enum Bad {
+    /// Its framing is sound but runs past the end of the file.
+    Partial,
+    /// Its framing is not sound (the two copies of the length disagree).
+    Framing,
+    /// Its framing is sound but its checksum or content is not; it ends at `end`.
+    Content { end: usize },
+}
+
+fn entry_at(bytes: &[u8], at: usize) -> Result<(Entry, usize), Bad> {
+    let rest = &bytes[at..];
+    if rest.len() < ENTRY_HEADER_LEN {
+        return Err(Bad::Partial);
+    }
+    let word = |i: usize| u32::from_le_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+    let (len, check, crc) = (word(0), word(4), word(8));
+    if check != !len || len as usize > MAX_PAYLOAD {
+        return Err(Bad::Framing);
+    }
+    let end = ENTRY_HEADER_LEN + len as usize;
+    if rest.len() < end {
+        return Err(Bad::Partial);
+    }
+    let payload = &rest[ENTRY_HEADER_LEN..end];
+    let entry = (crc32fast::hash(payload) == crc)
+        .then(|| decode(payload))
+        .flatten();
+    entry
+        .map(|e| (e, at + end))
+        .ok_or(Bad::Content { end: at + end })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn id(&mut self) -> Option<RecordId> {
+        Some(RecordId {
+            run: self.u64()?,
+            seq: self.u64()?,
+        })
+    }
+
+    fn str(&mut self) -> Option<&str> {
+        let len = self.u32()? as usize;
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<Entry> {
+    let mut r = Reader(payload);
+    let entry = match r.u8()? {
+        PUT => {
+            let id = r.id()?;
+            let meter_type = match r.u8()? {
+                0 => MeterType::Delta,
+                1 => MeterType::Absolute,
+                _ => return None,
+            };
+            let value = r.u64()?;
+            let timestamp = Timestamp::from_unix_seconds(r.u64()?).ok()?;
+            let count = r.u32()?;
+            let maybe_applied = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            let agreement = AgreementId::new(r.str()?).ok()?;
+            let feature = FeatureCode::new(r.str()?).ok()?;
+            let key = r.str()?.to_owned();
+            let last_error = match r.u8()? {
+                0 => None,
+                1 => Some(r.str()?.to_owned()),
+                _ => return None,
+            };
+            Entry::Put(Stored {
+                id,
+                usage: UsageRecord {
+                    agreement,
+                    feature,
+                    meter_type,
+                    value,
+                    timestamp,
+                    idempotency_key: key,
+                },
+                attempts: Attempts {
+                    count,
+                    maybe_applied,
+                    last_error,
+                },
+            })
+        }
+        START => Entry::Start(r.id()?),
+        SETTLE => Entry::Settle(r.id()?),
+        _ => return None,
+    };
+    // Trailing bytes mean the framing and the content disagree.
+    r.0.is_empty().then_some(entry)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn stored(seq: u64, value: u64) -> Stored {
+        Stored {
+            id: RecordId { run: 7, seq },
+            usage: UsageRecord {
+                agreement: AgreementId::new(format!("agreement_{seq}")).expect("id"),
+                feature: FeatureCode::from_static("api_calls"),
+                meter_type: MeterType::Delta,
+                value,
+                timestamp: Timestamp::from_unix_seconds(1_700_000_000 + seq).expect("ts"),
+                idempotency_key: format!("{seq:032x}"),
+            },
+            attempts: Attempts {
+                count: 1,
+                maybe_applied: seq % 2 == 0,
+                last_error: Some("timed out ✓".to_owned()),
+            },
+        }
+    }
+
+    fn entries(pieces: Vec<Piece>) -> Vec<Entry> {
+        pieces
+            .into_iter()
+            .filter_map(|p| match p {
+                Piece::Entry(e) => Some(e),
+                Piece::Damaged { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let written = vec![
+            Entry::Put(stored(1, 5)),
+            Entry::Start(RecordId { run: 7, seq: 1 }),
+            Entry::Put(Stored {
+                attempts: Attempts::default(),
+                ..stored(2, u64::MAX)
+            }),
+            Entry::Settle(RecordId { run: 7, seq: 1 }),
+        ];
+        let mut bytes = header().to_vec();
+        for e in &written {
+            encode(e, &mut bytes);
+        }
+        assert_eq!(read_header(&bytes), Header::Ok);
+        let (pieces, end) = decode_all(&bytes);
+        assert_eq!((entries(pieces), end), (written, End::Clean));
+    }
+
+    #[test]
+    fn a_cut_is_a_torn_tail_and_damage_costs_only_the_entry_it_hits() {
+        let mut bytes = header().to_vec();
+        encode(&Entry::Put(stored(1, 5)), &mut bytes);
+        let second = bytes.len();
+        encode(&Entry::Put(stored(2, 6)), &mut bytes);
+        let third = bytes.len();
+        encode(&Entry::Settle(RecordId { run: 7, seq: 1 }), &mut bytes);
+        for cut in third + 1..bytes.len() {
+            let (pieces, end) = decode_all(&bytes[..cut]);
+            assert_eq!(pieces.len(), 2, "cut at {cut}");
+            assert_eq!(end, End::Torn { at: third }, "cut at {cut}");
+        }
+        for offset in second..third {
+            let mut flipped = bytes.clone();
+            flipped[offset] ^= 0x10;
+            let (pieces, end) = decode_all(&flipped);
+            assert_eq!(end, End::Clean, "offset {offset}");
+            assert_eq!(
+                pieces,
+                vec![
+                    Piece::Entry(Entry::Put(stored(1, 5))),
+                    Piece::Damaged {
+                        at: second,
+                        len: third - second
+                    },
+                    Piece::Entry(Entry::Settle(RecordId { run: 7, seq: 1 })),
+                ],
+                "offset {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_say_partial_newer_or_damaged() {
+        let h = header();
+        assert_eq!(read_header(&h[..5]), Header::Partial);
+        assert_eq!(read_header(&[]), Header::Partial);
+        let mut newer = h;
+        newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        let crc = crc32fast::hash(&newer[..12]);
+        newer[12..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(read_header(&newer), Header::Newer(VERSION + 1));
+        let mut bad = h;
+        bad[0] = b'X';
+        assert_eq!(read_header(&bad), Header::Damaged);
+        assert_eq!(read_header(b"garbage"), Header::Damaged);
+    }
+
+    #[test]
+    fn a_long_error_is_cut_at_a_char_boundary() {
+        let mut s = stored(3, 1);
+        s.attempts.last_error = Some("é".repeat(MAX_ERROR_LEN));
+        let mut bytes = header().to_vec();
+        encode(&Entry::Put(s), &mut bytes);
+        let (pieces, end) = decode_all(&bytes);
+        assert_eq!(end, End::Clean);
+        let Piece::Entry(Entry::Put(back)) = &pieces[0] else {
+            panic!("a put")
+        };
+        assert!(back.attempts.last_error.as_ref().expect("error").len() <= MAX_ERROR_LEN);
+    }
+}
