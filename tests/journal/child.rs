@@ -15,6 +15,7 @@
 //! - `notdurable <round> ...`: it did not (the child then records nothing more);
 //! - `ambiguous <idempotency key> <agreement> <value> <attempts> <error>`: a
 //!   `MeterError::Ambiguous`, an attempt that may have been applied;
+//! - `torn <bytes>`: the journal found the partial entry a kill left at the end of a file;
 //! - `error <text>`: any other `MeterError`, or a failure to start;
 //! - `unsent <idempotency key> <agreement> <value> <reason> <maybe applied> <attempts>`;
 //! - `stats ...` then `done <complete>` after the last round and the shutdown.
@@ -29,7 +30,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use kinde_meter::api::{Credentials, Domain};
-use kinde_meter::{AgreementId, Config, FeatureCode, MeterError, Reporter, UnsentRecord};
+use kinde_meter::{
+    AgreementId, Config, FeatureCode, JournalIssue, MeterError, Reporter, UnsentRecord,
+};
 
 /// Time between two calls of a key within a round.
 const PAUSE: Duration = Duration::from_millis(15);
@@ -56,6 +59,9 @@ fn on_error(e: &MeterError) {
             "ambiguous {} {} {} {attempts} {error}",
             record.idempotency_key, record.agreement, record.value
         )),
+        // A kill in the middle of a write leaves a partial entry, which the next start
+        // drops (it was never reported durable): expected here.
+        MeterError::Journal(JournalIssue::TornTail { bytes, .. }) => say(&format!("torn {bytes}")),
         other => say(&format!("error {other}")),
     }
 }
@@ -145,13 +151,15 @@ fn run(args: &Args) -> Result<(), String> {
     let report = reporter.shutdown_blocking(SHUTDOWN_TIMEOUT);
     let s = &report.stats;
     say(&format!(
-        "stats recorded={} delivered={} ambiguous={} requests={} retried={} left={}",
+        "stats recorded={} replayed={} delivered={} ambiguous={} requests={} retried={} left={} kept={}",
         s.recorded,
+        s.replayed,
         s.delivered,
         s.ambiguous,
         s.requests,
         s.retried,
-        report.left.len()
+        report.left.len(),
+        report.kept.len()
     ));
     say(&format!("done {}", report.is_complete()));
     Ok(())
