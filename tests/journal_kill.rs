@@ -117,17 +117,21 @@ struct Output {
     status: ExitStatus,
     /// Whether it had exited on its own before being killed.
     exited_before_kill: bool,
+    /// From its spawn to its reaping.
+    span: (Instant, Instant),
 }
 
 /// A running child: killed and reaped when dropped, so a failing test leaves none behind.
 struct Running {
     child: Child,
+    spawned: Instant,
     stdout: Option<JoinHandle<Vec<String>>>,
     stderr: Option<JoinHandle<String>>,
 }
 
 impl Running {
     fn spawn(emulator: &Emulator, journal: &Path, first: u64, last: u64) -> Self {
+        let spawned = Instant::now();
         let mut child = Command::new(CHILD)
             .arg(emulator.base_url())
             .arg(emulator.client_id())
@@ -157,6 +161,7 @@ impl Running {
         });
         Self {
             child,
+            spawned,
             stdout: Some(stdout),
             stderr: Some(stderr),
         }
@@ -205,6 +210,7 @@ impl Running {
             stderr,
             status,
             exited_before_kill,
+            span: (self.spawned, Instant::now()),
         }
     }
 }
@@ -240,8 +246,12 @@ struct Campaign {
     /// Per kill, the round the child had begun and not printed durable.
     open_rounds: Vec<u64>,
     ambiguous: Vec<Ambiguous>,
+    /// Partial entries found at the end of a journal file (a kill in the middle of a write).
+    torn: usize,
     /// Lines and outcomes that must not happen, with the run they came from.
     problems: Vec<String>,
+    /// Every run's lines and lifetime, to explain a failure.
+    logs: Vec<(Vec<String>, (Instant, Instant))>,
 }
 
 /// What one run's lines say about its rounds.
@@ -263,6 +273,7 @@ impl Campaign {
     fn absorb(&mut self, first: u64, out: &Output) -> RunRounds {
         self.runs += 1;
         let run = self.runs;
+        self.logs.push((out.lines.clone(), out.span));
         let mut rounds = RunRounds::default();
         let mut expected = first;
         for line in &out.lines {
@@ -299,6 +310,7 @@ impl Campaign {
                         value: value.parse().expect("ambiguous value"),
                     });
                 }
+                "torn" => self.torn += 1,
                 "done" => rounds.done = Some(rest == "true"),
                 "stats" => {}
                 // `error`, `unsent`, `notdurable`, and anything unforeseen.
@@ -318,6 +330,89 @@ fn round_amount(round: u64, key: u64) -> u64 {
     (0..plan::CALLS_PER_ROUND)
         .map(|call| plan::amount(round, key, call))
         .sum()
+}
+
+impl Campaign {
+    /// The run alive at `t` (1-based), or the last one that ended before it.
+    fn run_at(&self, t: Instant) -> String {
+        match self
+            .logs
+            .iter()
+            .position(|(_, (from, to))| *from <= t && t <= *to)
+        {
+            Some(i) => format!("run {}", i + 1),
+            None => {
+                let before = self.logs.iter().filter(|(_, (_, to))| *to < t).count();
+                format!("after run {before}")
+            }
+        }
+    }
+
+    /// The index of the run alive at `t`, or of the last one that ended before it.
+    fn run_index(&self, t: Instant) -> usize {
+        self.logs
+            .iter()
+            .position(|(_, (from, to))| *from <= t && t <= *to)
+            .unwrap_or_else(|| {
+                self.logs
+                    .iter()
+                    .filter(|(_, (_, to))| *to < t)
+                    .count()
+                    .saturating_sub(1)
+            })
+    }
+
+    /// What the emulator and the children saw of one idempotency key.
+    fn explain(&self, emulator: &Emulator, key: &str, t0: Instant) -> String {
+        let ms = |t: Instant| t.saturating_duration_since(t0).as_millis();
+        let mut s = String::new();
+        let mut runs = BTreeSet::new();
+        for (i, r) in emulator.requests().iter().enumerate() {
+            let carries = r
+                .headers
+                .iter()
+                .any(|(n, v)| n == "idempotency-key" && v == key);
+            if carries {
+                runs.insert(self.run_index(r.arrived_at));
+                s += &format!(
+                    "\n    request {i} at {} ms ({}): {:?}, status {:?}, answered at {:?} ms",
+                    ms(r.arrived_at),
+                    self.run_at(r.arrived_at),
+                    r.outcome,
+                    r.status,
+                    r.responded_at.map(ms)
+                );
+            }
+        }
+        // The runs from its first request to its last, and what each got to say.
+        let (Some(&from), Some(&to)) = (runs.first(), runs.last()) else {
+            return s;
+        };
+        for (run, (lines, (start, end))) in self.logs.iter().enumerate().take(to + 1).skip(from) {
+            let said = |word: &str| lines.iter().filter(|l| l.starts_with(word)).count();
+            s += &format!(
+                "\n    run {} lived {}..{} ms: {} lines, started: {}, rounds begun {}, ambiguous lines {}",
+                run + 1,
+                ms(*start),
+                ms(*end),
+                lines.len(),
+                said("started") > 0,
+                said("begin "),
+                said("ambiguous ")
+            );
+        }
+        for (run, (lines, (from, to))) in self.logs.iter().enumerate() {
+            for line in lines.iter().filter(|l| l.contains(key)) {
+                s += &format!(
+                    "\n    run {} ({}..{} ms) said: {line}",
+                    run + 1,
+                    ms(*from),
+                    ms(*to)
+                );
+            }
+        }
+        s
+    }
 }
 
 fn units(amount: kinde_meter_emulator::Amount) -> u128 {
@@ -423,6 +518,20 @@ fn kill_9_loses_at_most_the_open_window_and_reports_every_duplicate() {
         .iter()
         .map(|a| a.idempotency_key.as_str())
         .collect();
+    // Second applications that followed a clean 200 (as far as the emulator knows): the
+    // client had its answer, but a kill came before the outcome was in the journal.
+    let mut clean_before: BTreeSet<&str> = BTreeSet::new();
+    let mut again_after_clean = 0usize;
+    for a in &accepted {
+        let key = a.idempotency_key.as_deref().unwrap_or_default();
+        if clean_before.contains(key) {
+            again_after_clean += 1;
+        }
+        if !a.ambiguous {
+            clean_before.insert(key);
+        }
+    }
+    let most_applications = by_key.values().map(|(_, _, n)| *n).max().unwrap_or(0);
     let duplicated: Vec<(&String, &(String, u128, usize))> =
         by_key.iter().filter(|(_, (_, _, n))| *n > 1).collect();
     let unreported: Vec<_> = duplicated
@@ -443,7 +552,8 @@ fn kill_9_loses_at_most_the_open_window_and_reports_every_duplicate() {
     }
     for (k, (agreement, value, n)) in &unreported {
         failures.push(format!(
-            "idempotency key {k} ({agreement}, value {value}) applied {n} times and never reported ambiguous"
+            "idempotency key {k} ({agreement}, value {value}) applied {n} times and never reported ambiguous:{}",
+            campaign.explain(&emulator, k, started)
         ));
     }
     let mut totals = (0u128, 0u128, 0u128, 0u128, 0u128, 0u128);
@@ -513,7 +623,7 @@ fn kill_9_loses_at_most_the_open_window_and_reports_every_duplicate() {
         "seed {seed}: {} kills ({} before the reporter started) over {} runs, {} rounds x {KEYS} keys; \
          units recorded {}, Kinde holds {}; extra from rounds open at a kill {} (bound {}); \
          ambiguous reports {} (value {ambiguous_value}, {} distinct records); records applied twice or more {} \
-         (extra value {}), unreported {}; emulator during the kills: {} requests, {} applied, {} faults, \
+         (extra value {}, at most {} applications of one record, {} applications after a clean 200), unreported {}; torn journal tails {}; emulator during the kills: {} requests, {} applied, {} faults, \
          {} dropped, {} abandoned by their client, {} applied ambiguously; {:.1}s",
         campaign.kills,
         campaign.kills_before_start,
@@ -527,7 +637,10 @@ fn kill_9_loses_at_most_the_open_window_and_reports_every_duplicate() {
         reported.len(),
         duplicated.len(),
         totals.2,
+        most_applications,
+        again_after_clean,
         unreported.len(),
+        campaign.torn,
         requests_during_kills,
         faults_seen.accepted,
         faults_seen.faults,
