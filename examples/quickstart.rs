@@ -79,7 +79,16 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         .map(|c| c.trim().parse())
         .collect::<Result<_, _>>()?;
 
-    // 2. Start the reporter once, at startup.
+    // 2. Start the reporter once, at startup, with a journal: each closed window is on
+    //    disk until Kinde has it, so a crash loses at most the open one. Against your
+    //    Kinde, `KINDE_METER_JOURNAL_DIR` names its directory; against the emulator, a
+    //    fresh one per run, so each run starts from nothing.
+    let journal =
+        std::env::temp_dir().join(format!("kinde-meter-quickstart-{}", std::process::id()));
+    let config = match &emulator {
+        Some(_) => config.journal(&journal),
+        None => config,
+    };
     let guard = kinde_meter::init(config.flush_interval(Duration::from_millis(250)))?;
 
     // 3. The workload: sync calls on a worker thread, async calls on a runtime.
@@ -132,14 +141,21 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     // 4. Shut down cleanly: deliver everything, with a progress line while waiting.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
+        // With a journal, a flush returns once the window is on disk: wait a little
+        // between them while delivery goes on.
         let flushed = guard.flush_blocking(Duration::from_millis(300));
         print!("\r  delivering... {:>3} records waiting", flushed.waiting);
         if flushed.waiting == 0 || Instant::now() > deadline {
             println!();
             break;
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
     let report = guard.shutdown_blocking(Duration::from_secs(10));
+    if emulator.is_some() {
+        // Everything was delivered, so the journal holds nothing; its folder goes too.
+        let _ = std::fs::remove_dir_all(&journal);
+    }
 
     // 5. What was recorded, what Kinde received, and whether they match.
     println!(

@@ -557,7 +557,11 @@ impl Config {
             self.requests_per_second,
             REQUESTS_PER_SECOND,
         )?;
-        within("journal_max_bytes", self.journal_max_bytes, JOURNAL_MAX_BYTES)?;
+        within(
+            "journal_max_bytes",
+            self.journal_max_bytes,
+            JOURNAL_MAX_BYTES,
+        )?;
         Ok(())
     }
 

@@ -69,10 +69,12 @@ pub use context::{
     AgreementFutureExt, AgreementGuard, WithAgreement, current_agreement, enter_agreement,
     in_agreement, with_agreement,
 };
+pub use journal::JournalError;
 pub use kinde_meter_macros::meter;
 pub use reporter::{
     FlushReport, Guard, InitError, KindeSink, Outcome, Reporter, SendResult, ShutdownReport, Sink,
     Stats, Usage, init, record, record_for, stats,
 };
-pub use journal::JournalError;
-pub use usage::{JournalFailure, JournalIssue, MeterError, UnsentReason, UnsentRecord, UsageRecord};
+pub use usage::{
+    JournalFailure, JournalIssue, MeterError, UnsentReason, UnsentRecord, UsageRecord,
+};

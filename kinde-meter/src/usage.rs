@@ -233,7 +233,8 @@ impl fmt::Display for MeterError {
                 error,
             } => write!(
                 f,
-                "usage of `{}` for {} (value {}, idempotency key {}) may have been applied by Kinde (attempt                  {attempts}: {error}); it is sent again under at-least-once delivery, so reconcile by that key",
+                "usage of `{}` for {} (value {}, idempotency key {}) may have been applied by Kinde (attempt \
+                 {attempts}: {error}); it is sent again under at-least-once delivery, so reconcile by that key",
                 record.feature, record.agreement, record.value, record.idempotency_key
             ),
             MeterError::Journal(issue) => issue.fmt(f),
@@ -361,14 +362,17 @@ impl fmt::Display for JournalIssue {
                 cause: JournalFailure::Full { max_bytes },
             } => write!(
                 f,
-                "the kinde-meter journal is full ({max_bytes} bytes of undelivered usage): usage (value {value}) is                  kept in memory only until it is delivered; raise `Config::journal_max_bytes`                  (KINDE_METER_JOURNAL_MAX_BYTES) or restore delivery"
+                "the kinde-meter journal is full ({max_bytes} bytes of undelivered usage): usage (value {value}) is \
+                 kept in memory only until it is delivered; raise `Config::journal_max_bytes` \
+                 (KINDE_METER_JOURNAL_MAX_BYTES) or restore delivery"
             ),
             JournalIssue::NotDurable {
                 value,
                 cause: JournalFailure::Io(e),
             } => write!(
                 f,
-                "the kinde-meter journal could not write ({e}): usage (value {value}) is kept in memory only until                  it is delivered; check the journal directory's disk"
+                "the kinde-meter journal could not write ({e}): usage (value {value}) is kept in memory only until \
+                 it is delivered; check the journal directory's disk"
             ),
             JournalIssue::Quarantined {
                 path,
@@ -377,8 +381,11 @@ impl fmt::Display for JournalIssue {
                 value,
             } => write!(
                 f,
-                "a damaged kinde-meter journal file was moved to {} ({unreadable_bytes} bytes unreadable); {records}                  records (value {value}) it may have settled were handed to `on_unsent` instead of being resent",
-                path.display()
+                "a damaged kinde-meter journal file was moved to {} ({unreadable_bytes} bytes unreadable); {records} \
+                 record{} (value {value}) it may have settled {} handed to `on_unsent` instead of being resent",
+                path.display(),
+                if *records == 1 { "" } else { "s" },
+                if *records == 1 { "was" } else { "were" },
             ),
             JournalIssue::TornTail { path, bytes } => write!(
                 f,

@@ -179,7 +179,10 @@ pub(crate) enum End {
 pub(crate) enum Piece {
     Entry(Entry),
     /// `len` bytes at `at` that are no valid entry.
-    Damaged { at: usize, len: usize },
+    Damaged {
+        at: usize,
+        len: usize,
+    },
 }
 
 /// Reads the entries after the header of `bytes`. Past a damaged stretch, reading goes
@@ -205,10 +208,7 @@ pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Piece>, End) {
                 let next = (at + 1..bytes.len())
                     .find(|&o| entry_at(bytes, o).is_ok())
                     .unwrap_or(bytes.len());
-                pieces.push(Piece::Damaged {
-                    at,
-                    len: next - at,
-                });
+                pieces.push(Piece::Damaged { at, len: next - at });
                 at = next;
             }
         }
@@ -354,7 +354,7 @@ pub(crate) mod tests {
             },
             attempts: Attempts {
                 count: 1,
-                maybe_applied: seq % 2 == 0,
+                maybe_applied: seq.is_multiple_of(2),
                 last_error: Some("timed out ✓".to_owned()),
             },
         }

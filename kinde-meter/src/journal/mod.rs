@@ -103,7 +103,10 @@ impl std::error::Error for JournalError {
     }
 }
 
-fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> JournalError + 'a {
     move |source| JournalError::Io {
         action,
         path: path.to_path_buf(),
@@ -146,7 +149,10 @@ impl fmt::Debug for Journal {
         f.debug_struct("Journal")
             .field("dir", &self.dir)
             .field("live", &self.live.len())
-            .field("bytes", &(self.bytes + self.older.iter().map(|s| s.1).sum::<u64>()))
+            .field(
+                "bytes",
+                &(self.bytes + self.older.iter().map(|s| s.1).sum::<u64>()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -520,4 +526,4 @@ fn give_back_adopted(fs: &dyn Fs, runs: &Path, dir: &Path) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -70,7 +70,10 @@ pub(crate) fn segment_name(index: u64) -> String {
 }
 
 fn segment_index(name: &str) -> Option<u64> {
-    name.strip_prefix("seg-")?.strip_suffix(".kmj")?.parse().ok()
+    name.strip_prefix("seg-")?
+        .strip_suffix(".kmj")?
+        .parse()
+        .ok()
 }
 
 /// The segments of the run in `dir`, oldest first.
@@ -210,7 +213,12 @@ impl Reader<'_> {
         };
         let to = join(
             &self.quarantine,
-            &[&format!("{}-{}-{:08x}", name(dir), name(path), fastrand::u32(..))],
+            &[&format!(
+                "{}-{}-{:08x}",
+                name(dir),
+                name(path),
+                fastrand::u32(..)
+            )],
         );
         let moved = self
             .fs

@@ -17,7 +17,9 @@ use crate::api::{ApiError, Timestamp};
 use crate::config::Delivery;
 use crate::journal::format::Stored;
 use crate::journal::{Journal, Recovered};
-use crate::usage::{JournalFailure, JournalIssue, RecordId, UnsentReason, UnsentRecord, UsageRecord};
+use crate::usage::{
+    JournalFailure, JournalIssue, RecordId, UnsentReason, UnsentRecord, UsageRecord,
+};
 
 /// A request is not started with less time than this left before a deadline.
 const MIN_ATTEMPT: Duration = Duration::from_millis(20);
@@ -41,7 +43,7 @@ pub(crate) struct Dispatch<S> {
 /// What resuming the journal at start did.
 #[derive(Debug, Default)]
 pub(crate) struct Resumption {
-    /// Delta usage taken back for delivery.
+    /// Delta usage read back: taken back for delivery, or handed back.
     pub(crate) replayed: u64,
     /// Records whose attempt was in flight when their process died, resent under
     /// at-least-once: (record, attempts).
@@ -51,9 +53,6 @@ pub(crate) struct Resumption {
     /// Damage found.
     pub(crate) issues: Vec<JournalIssue>,
 }
-
-/// Why a closed window is not durable: its delta usage, and the cause.
-pub(crate) type NotDurable = (u64, JournalFailure);
 
 /// Records left at shutdown: those the journal keeps for the next start, and the rest.
 pub(crate) struct Left {
@@ -100,6 +99,7 @@ impl<S: Sink> Dispatch<S> {
         let mut settle = Vec::new();
         for resumed in recovered.live {
             let mut stored = resumed.stored;
+            done.replayed = done.replayed.saturating_add(stored.usage.delta());
             if resumed.in_flight {
                 let a = &mut stored.attempts;
                 a.count = a.count.saturating_add(1);
@@ -107,19 +107,22 @@ impl<S: Sink> Dispatch<S> {
                 a.last_error = Some("in flight when the process sending it stopped".to_owned());
                 if self.policy.delivery == Delivery::AtMostOnce {
                     settle.push(stored.id);
-                    done.handed_back.push(unsent(&stored, UnsentReason::Ambiguous));
+                    done.handed_back
+                        .push(unsent(&stored, UnsentReason::Ambiguous));
                     continue;
                 }
-                done.ambiguous.push((stored.usage.clone(), stored.attempts.count));
+                done.ambiguous
+                    .push((stored.usage.clone(), stored.attempts.count));
             }
-            done.replayed = done.replayed.saturating_add(stored.usage.delta());
             keep.push(stored.clone());
             self.outbox.restore(stored, now);
         }
         for mut stored in recovered.damaged {
+            done.replayed = done.replayed.saturating_add(stored.usage.delta());
             stored.attempts.maybe_applied = true;
             settle.push(stored.id);
-            done.handed_back.push(unsent(&stored, UnsentReason::JournalDamaged));
+            done.handed_back
+                .push(unsent(&stored, UnsentReason::JournalDamaged));
         }
         if let Err(e) = journal.resume(&keep, &settle) {
             self.journal_failure = Some(JournalFailure::Io(e));
@@ -127,11 +130,12 @@ impl<S: Sink> Dispatch<S> {
         done
     }
 
-    /// Writes the window just pushed and syncs it. `Ok` also when there is no journal.
-    pub(crate) fn commit_window(&mut self) -> Result<(), NotDurable> {
+    /// Writes the window just pushed and syncs it. `Ok(true)` when it wrote something;
+    /// `Ok(false)` when there was nothing to write, or no journal.
+    pub(crate) fn commit_window(&mut self) -> Result<bool, JournalFailure> {
         let changes = self.outbox.take_changes();
         let Some(journal) = &mut self.journal else {
-            return Ok(());
+            return Ok(false);
         };
         let records: Vec<Stored> = changes
             .into_iter()
@@ -141,13 +145,10 @@ impl<S: Sink> Dispatch<S> {
                 Change::Settle(_) => None,
             })
             .collect();
-        journal.put_window(&records).map_err(|cause| {
-            let value = records
-                .iter()
-                .map(|s| s.usage.delta())
-                .fold(0, u64::saturating_add);
-            (value, cause)
-        })
+        if records.is_empty() {
+            return Ok(false);
+        }
+        journal.put_window(&records).map(|()| true)
     }
 
     /// A journal write that failed since the last call (outside windows).
@@ -280,7 +281,9 @@ impl<S: Sink> Dispatch<S> {
     /// At the deadline: abandons the requests still out and waits for their tasks to
     /// end. Returns the outcomes of those that finished first, and the records of those
     /// abandoned (counted as possibly applied).
-    pub(crate) async fn abandon_in_flight(&mut self) -> (Vec<Event>, Vec<(RecordId, UnsentRecord)>) {
+    pub(crate) async fn abandon_in_flight(
+        &mut self,
+    ) -> (Vec<Event>, Vec<(RecordId, UnsentRecord)>) {
         self.tasks.abort_all();
         let mut events = Vec::new();
         let mut left = Vec::new();

@@ -40,8 +40,9 @@ pub struct Stats {
     pub after_shutdown: u64,
     /// Panics of the `on_error` and `on_unsent` hooks, contained.
     pub hook_panics: u64,
-    /// With a journal: delta usage taken back at start from the runs of processes that
-    /// died (or shut down with usage undelivered), delivered by this one.
+    /// With a journal: delta usage read back at start from the runs of processes that
+    /// died (or shut down with usage undelivered): delivered by this reporter, or handed
+    /// to `on_unsent` when it must not be resent.
     pub replayed: u64,
     /// With a journal: delta usage left undelivered at shutdown that the journal keeps
     /// for the next start (not passed to `on_unsent`).
@@ -121,7 +122,11 @@ impl fmt::Display for ShutdownReport {
             self.left.len()
         )?;
         if !self.kept.is_empty() {
-            write!(f, ", {} kept in the journal for the next start", self.kept.len())?;
+            write!(
+                f,
+                ", {} kept in the journal for the next start",
+                self.kept.len()
+            )?;
         }
         if let Some(failure) = &self.failure {
             write!(f, "; {failure}")?;

@@ -743,3 +743,6 @@ impl Drop for Reporter {
         }
     }
 }
+
+#[cfg(test)]
+mod journal_tests;

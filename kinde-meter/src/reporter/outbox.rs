@@ -229,7 +229,10 @@ impl Outbox {
 
     /// The changes since the last call, oldest first.
     pub(crate) fn take_changes(&mut self) -> Vec<Change> {
-        self.changes.as_mut().map(std::mem::take).unwrap_or_default()
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     fn log(&mut self, change: impl FnOnce() -> Change) {

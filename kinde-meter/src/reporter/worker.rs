@@ -169,7 +169,12 @@ impl<S: Sink> Worker<S> {
         let timestamp = Timestamp::now();
         let now = Instant::now();
         let found = !drained.is_empty();
+        let mut window_delta = 0u64;
         for d in drained {
+            if d.key.meter_type == crate::api::MeterType::Delta {
+                window_delta =
+                    window_delta.saturating_add(u64::try_from(d.value).unwrap_or(u64::MAX));
+            }
             let mut left = d.value;
             loop {
                 // A delta sum beyond u64 (many threads, one window) goes out in parts.
@@ -182,12 +187,16 @@ impl<S: Sink> Worker<S> {
             }
         }
         let durable = match self.dispatch.commit_window() {
-            Ok(()) => {
-                self.accounts.journal_ok();
+            Ok(wrote) => {
+                if wrote {
+                    self.accounts.journal_ok();
+                }
                 self.dispatch.has_journal()
             }
-            Err((value, cause)) => {
-                self.accounts.journal_failed(value, cause);
+            Err(cause) => {
+                // What this window added; usage merged in from earlier windows was
+                // counted with them.
+                self.accounts.journal_failed(window_delta, cause);
                 false
             }
         };
