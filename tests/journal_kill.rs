@@ -1,0 +1,647 @@
+//! A kill -9 campaign against the durable journal: "a crash, a kill or a deploy loses at
+//! most the open window".
+//!
+//! A child process (`tests/journal/child.rs`) records a known workload round after round
+//! with a journal, and prints `durable <round>` once a round's flush says its window is
+//! on disk. The test kills it with SIGKILL at a random moment, over and over, each new
+//! child on the same journal directory starting from the round after the last one
+//! printed durable, while the emulator answers with faults and random latency (so kills
+//! land in the middle of requests, and some attempts are applied without the client
+//! knowing). A quarter of the kills land while the child starts, adopting and replaying
+//! what the dead ones left. Then, faults off, a child runs the remaining rounds to the
+//! end, and one more starts and shuts down with nothing to record (a drain run).
+//!
+//! What Kinde must then hold, per key:
+//!
+//! - every round at least once: a round printed durable was on disk, so no kill loses it,
+//!   and the others were recorded again by the next child. Checked on the usage of
+//!   distinct idempotency keys, so a duplicate cannot hide a loss;
+//! - at most that, plus for each kill the round the child was in the middle of (partly
+//!   flushed by the timer before the kill, recorded again after it), plus the values the
+//!   children reported as `MeterError::Ambiguous`; under distinct idempotency keys, at
+//!   most that plus the open rounds (a replayed record keeps its key);
+//! - and a record Kinde applied twice (same idempotency key) must have been reported
+//!   ambiguous by some child. Nothing may be reported unsent, and no other error.
+//!
+//! A kill loses what the process had not yet written; what it wrote stays in the page
+//! cache. So this checks that the journal writes before it acknowledges and that a start
+//! takes over what dead processes left, not that it syncs (a power cut is another test).
+//!
+//! `KINDE_METER_CAMPAIGN_SEED` replays a campaign's kill times and fault draws (the seed
+//! is printed; timing still varies from run to run), `KINDE_METER_CAMPAIGN_KILLS` sets
+//! the number of kills.
+
+#[path = "journal/plan.rs"]
+mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kinde_meter_emulator::{Emulator, Faults};
+
+const CHILD: &str = env!("CARGO_BIN_EXE_journal-child");
+/// Kills by default: some 0.3 s each (a kill lands 0 to 600 ms after its spawn, or 0 to
+/// 150 ms), so the campaign takes under a minute.
+const DEFAULT_KILLS: usize = 150;
+const KEYS: u64 = 6;
+/// Longest time between a spawn and its kill.
+const MAX_LIFETIME_MS: u64 = 600;
+/// Longest time between a spawn and an early kill, one that lands while the child starts.
+const EARLY_KILL_MS: u64 = 150;
+/// Rounds a killed child is given: more than it can record before its kill.
+const ROUNDS_PER_RUN: u64 = 1_000;
+/// Rounds the final child records past the last one any child began.
+const FINAL_EXTRA_ROUNDS: u64 = 3;
+/// What a child that is not killed may take (its shutdown deadline is 60 s).
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// xorshift64*: the kill times and the emulator's seed, reproducible from one number.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}={v:?}: {e}")),
+    )
+}
+
+/// The journal directory: removed at the end, kept (and named) if the test fails.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(seed: u64) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "kinde-meter-journal-kill-{}-{seed}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create the journal directory");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "journal directory kept for inspection: {}",
+                self.0.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// What one child said and how it ended.
+#[derive(Debug)]
+struct Output {
+    lines: Vec<String>,
+    stderr: String,
+    status: ExitStatus,
+    /// Whether it had exited on its own before being killed.
+    exited_before_kill: bool,
+    /// From its spawn to its reaping.
+    span: (Instant, Instant),
+}
+
+/// A running child: killed and reaped when dropped, so a failing test leaves none behind.
+struct Running {
+    child: Child,
+    spawned: Instant,
+    stdout: Option<JoinHandle<Vec<String>>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Running {
+    fn spawn(emulator: &Emulator, journal: &Path, first: u64, last: u64) -> Self {
+        let spawned = Instant::now();
+        let mut child = Command::new(CHILD)
+            .arg(emulator.base_url())
+            .arg(emulator.client_id())
+            .arg(emulator.client_secret())
+            .arg(journal)
+            .arg(first.to_string())
+            .arg(last.to_string())
+            .arg(KEYS.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the journal child");
+        // Read as it comes, so a chatty child never blocks on a full pipe.
+        let out: ChildStdout = child.stdout.take().expect("piped stdout");
+        let err: ChildStderr = child.stderr.take().expect("piped stderr");
+        let stdout = std::thread::spawn(move || {
+            BufReader::new(out)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(err).read_to_string(&mut s);
+            s
+        });
+        Self {
+            child,
+            spawned,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then everything it printed.
+    fn kill(mut self) -> Output {
+        let exited_before_kill = matches!(self.child.try_wait(), Ok(Some(_)));
+        let _ = self.child.kill();
+        let status = self.child.wait().expect("reap the child");
+        self.collect(status, exited_before_kill)
+    }
+
+    /// Waits for it to exit on its own; kills it and fails past `timeout`.
+    fn wait(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                return self.collect(status, true);
+            }
+            if Instant::now() >= deadline {
+                let out = self.kill();
+                panic!(
+                    "the child did not finish within {timeout:?} (a hang?); it printed:\n{}\nstderr:\n{}",
+                    out.lines.join("\n"),
+                    out.stderr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn collect(&mut self, status: ExitStatus, exited_before_kill: bool) -> Output {
+        let lines = self
+            .stdout
+            .take()
+            .map(|h| h.join().expect("stdout reader"))
+            .unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().expect("stderr reader"))
+            .unwrap_or_default();
+        Output {
+            lines,
+            stderr,
+            status,
+            exited_before_kill,
+            span: (self.spawned, Instant::now()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// One `ambiguous` line.
+#[derive(Debug, Clone)]
+struct Ambiguous {
+    idempotency_key: String,
+    agreement: String,
+    value: u64,
+}
+
+/// What the children said, over the whole campaign.
+#[derive(Debug, Default)]
+struct Campaign {
+    runs: usize,
+    kills: usize,
+    /// Kills that landed before the child's reporter was running.
+    kills_before_start: usize,
+    /// The last round some child printed durable.
+    last_durable: Option<u64>,
+    /// The highest round some child began.
+    max_begun: Option<u64>,
+    /// Per kill, the round the child had begun and not printed durable.
+    open_rounds: Vec<u64>,
+    ambiguous: Vec<Ambiguous>,
+    /// Partial entries found at the end of a journal file (a kill in the middle of a write).
+    torn: usize,
+    /// Lines and outcomes that must not happen, with the run they came from.
+    problems: Vec<String>,
+    /// Every run's lines and lifetime, to explain a failure.
+    logs: Vec<(Vec<String>, (Instant, Instant))>,
+}
+
+/// What one run's lines say about its rounds.
+#[derive(Debug, Default)]
+struct RunRounds {
+    started: bool,
+    /// The round begun and not printed durable, if any.
+    open: Option<u64>,
+    durable: Vec<u64>,
+    done: Option<bool>,
+}
+
+impl Campaign {
+    fn next_round(&self) -> u64 {
+        self.last_durable.map_or(0, |r| r + 1)
+    }
+
+    /// Takes in one run's output. `first` is the round it was told to start from.
+    fn absorb(&mut self, first: u64, out: &Output) -> RunRounds {
+        self.runs += 1;
+        let run = self.runs;
+        self.logs.push((out.lines.clone(), out.span));
+        let mut rounds = RunRounds::default();
+        let mut expected = first;
+        for line in &out.lines {
+            let (word, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            match word {
+                "started" => rounds.started = true,
+                "begin" => {
+                    let r: u64 = rest.parse().expect("begin <round>");
+                    assert!(
+                        r == expected && rounds.open.is_none(),
+                        "run {run}: began round {r}, expected {expected}: {:?}",
+                        out.lines
+                    );
+                    rounds.open = Some(r);
+                    self.max_begun = self.max_begun.max(Some(r));
+                }
+                "durable" => {
+                    let r: u64 = rest.parse().expect("durable <round>");
+                    assert_eq!(rounds.open, Some(r), "run {run}: {:?}", out.lines);
+                    rounds.open = None;
+                    rounds.durable.push(r);
+                    self.last_durable = self.last_durable.max(Some(r));
+                    expected = r + 1;
+                }
+                "ambiguous" => {
+                    let mut f = rest.splitn(4, ' ');
+                    let (Some(key), Some(agreement), Some(value)) = (f.next(), f.next(), f.next())
+                    else {
+                        panic!("run {run}: malformed line {line:?}");
+                    };
+                    self.ambiguous.push(Ambiguous {
+                        idempotency_key: key.to_owned(),
+                        agreement: agreement.to_owned(),
+                        value: value.parse().expect("ambiguous value"),
+                    });
+                }
+                "torn" => self.torn += 1,
+                "done" => rounds.done = Some(rest == "true"),
+                "stats" => {}
+                // `error`, `unsent`, `notdurable`, and anything unforeseen.
+                _ => self.problems.push(format!("run {run}: {line}")),
+            }
+        }
+        if !out.stderr.trim().is_empty() {
+            self.problems
+                .push(format!("run {run}: stderr: {}", out.stderr.trim()));
+        }
+        rounds
+    }
+}
+
+/// What key `key` records in round `round`, all calls together.
+fn round_amount(round: u64, key: u64) -> u64 {
+    (0..plan::CALLS_PER_ROUND)
+        .map(|call| plan::amount(round, key, call))
+        .sum()
+}
+
+impl Campaign {
+    /// The index of the run alive at `t`, or of the last one that ended before it.
+    fn run_index(&self, t: Instant) -> usize {
+        self.logs
+            .iter()
+            .position(|(_, (from, to))| *from <= t && t <= *to)
+            .unwrap_or_else(|| {
+                self.logs
+                    .iter()
+                    .filter(|(_, (_, to))| *to < t)
+                    .count()
+                    .saturating_sub(1)
+            })
+    }
+
+    /// What the emulator and the children saw of one idempotency key.
+    fn explain(&self, emulator: &Emulator, key: &str, t0: Instant) -> String {
+        let ms = |t: Instant| t.saturating_duration_since(t0).as_millis();
+        let mut s = String::new();
+        let mut runs = BTreeSet::new();
+        for (i, r) in emulator.requests().iter().enumerate() {
+            let carries = r
+                .headers
+                .iter()
+                .any(|(n, v)| n == "idempotency-key" && v == key);
+            if carries {
+                runs.insert(self.run_index(r.arrived_at));
+                s += &format!(
+                    "\n    request {i} at {} ms (run {}): {:?}, status {:?}, answered at {:?} ms",
+                    ms(r.arrived_at),
+                    self.run_index(r.arrived_at) + 1,
+                    r.outcome,
+                    r.status,
+                    r.responded_at.map(ms)
+                );
+            }
+        }
+        // The runs from its first request to its last, and what each got to say.
+        let (Some(&from), Some(&to)) = (runs.first(), runs.last()) else {
+            return s;
+        };
+        for (run, (lines, (start, end))) in self.logs.iter().enumerate().take(to + 1).skip(from) {
+            let said = |word: &str| lines.iter().filter(|l| l.starts_with(word)).count();
+            s += &format!(
+                "\n    run {} lived {}..{} ms: {} lines, started: {}, rounds begun {}, ambiguous lines {}",
+                run + 1,
+                ms(*start),
+                ms(*end),
+                lines.len(),
+                said("started") > 0,
+                said("begin "),
+                said("ambiguous ")
+            );
+        }
+        for (run, (lines, (from, to))) in self.logs.iter().enumerate() {
+            for line in lines.iter().filter(|l| l.contains(key)) {
+                s += &format!(
+                    "\n    run {} ({}..{} ms) said: {line}",
+                    run + 1,
+                    ms(*from),
+                    ms(*to)
+                );
+            }
+        }
+        s
+    }
+}
+
+fn units(amount: kinde_meter_emulator::Amount) -> u128 {
+    amount.whole().expect("whole units")
+}
+
+#[test]
+fn kill_9_loses_at_most_the_open_window_and_reports_every_duplicate() {
+    let started = Instant::now();
+    let seed = env_number("KINDE_METER_CAMPAIGN_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let kills = env_number("KINDE_METER_CAMPAIGN_KILLS").map_or(DEFAULT_KILLS, |k| k as usize);
+    eprintln!("journal kill campaign: seed {seed} (KINDE_METER_CAMPAIGN_SEED), {kills} kills");
+    let mut rng = Rng::new(seed);
+
+    let faults = Faults::none()
+        .status_503(0.08)
+        .drop_before_apply(0.04)
+        .status_500_after_apply(0.04)
+        .drop_after_apply(0.04)
+        .latency(Duration::from_millis(10))
+        .latency_jitter(Duration::from_millis(400));
+    let emulator = Emulator::builder()
+        .seed(rng.next())
+        .faults(faults)
+        .start()
+        .expect("emulator");
+    let journal = TempDir::new(seed);
+    let mut campaign = Campaign::default();
+
+    // The kills.
+    while campaign.kills < kills {
+        let first = campaign.next_round();
+        let child = Running::spawn(&emulator, &journal.0, first, first + ROUNDS_PER_RUN);
+        // A quarter of the kills land while the child starts: adopting and replaying what
+        // the dead ones left.
+        let lifetime = if rng.below(4) == 0 {
+            rng.below(EARLY_KILL_MS + 1)
+        } else {
+            rng.below(MAX_LIFETIME_MS + 1)
+        };
+        std::thread::sleep(Duration::from_millis(lifetime));
+        let out = child.kill();
+        let rounds = campaign.absorb(first, &out);
+        campaign.kills += 1;
+        if out.exited_before_kill {
+            campaign.problems.push(format!(
+                "run {}: exited on its own ({}) before its kill",
+                campaign.runs, out.status
+            ));
+        }
+        if !rounds.started {
+            campaign.kills_before_start += 1;
+        }
+        if let Some(open) = rounds.open {
+            campaign.open_rounds.push(open);
+        }
+    }
+    let faults_seen = emulator.counts();
+    let requests_during_kills = emulator.requests().len();
+
+    // To the end, without faults, then a drain run.
+    emulator.set_faults(Faults::none());
+    let first = campaign.next_round();
+    let last = campaign.max_begun.unwrap_or(0).max(first) + FINAL_EXTRA_ROUNDS;
+    let out = Running::spawn(&emulator, &journal.0, first, last).wait(RUN_TIMEOUT);
+    let rounds = campaign.absorb(first, &out);
+    assert_eq!(
+        rounds.durable,
+        (first..=last).collect::<Vec<_>>(),
+        "the final run printed every round durable: {:?}",
+        out.lines
+    );
+    assert_eq!(rounds.done, Some(true), "the final run: {:?}", out.lines);
+    assert!(out.status.success(), "the final run: {}", out.status);
+    let out = Running::spawn(&emulator, &journal.0, last + 1, last).wait(RUN_TIMEOUT);
+    let drain = campaign.absorb(last + 1, &out);
+    assert_eq!(drain.done, Some(true), "the drain run: {:?}", out.lines);
+    assert!(out.status.success(), "the drain run: {}", out.status);
+    assert!(
+        emulator.wait_idle(Duration::from_secs(30)),
+        "the emulator is still handling requests"
+    );
+
+    // What Kinde holds.
+    let rounds_recorded = last + 1;
+    let accepted = emulator.accepted();
+    let mut by_key: BTreeMap<String, (String, u128, usize)> = BTreeMap::new();
+    for a in &accepted {
+        let key = a
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| panic!("a record without an idempotency key: {a:?}"));
+        let value = units(a.value);
+        let entry = by_key
+            .entry(key.clone())
+            .or_insert_with(|| (a.agreement.clone(), value, 0));
+        assert_eq!(
+            (entry.0.as_str(), entry.1),
+            (a.agreement.as_str(), value),
+            "idempotency key {key} applied with different contents"
+        );
+        entry.2 += 1;
+    }
+    let reported: BTreeSet<&str> = campaign
+        .ambiguous
+        .iter()
+        .map(|a| a.idempotency_key.as_str())
+        .collect();
+    let most_applications = by_key.values().map(|(_, _, n)| *n).max().unwrap_or(0);
+    let duplicated: Vec<(&String, &(String, u128, usize))> =
+        by_key.iter().filter(|(_, (_, _, n))| *n > 1).collect();
+    let unreported: Vec<_> = duplicated
+        .iter()
+        .filter(|(k, _)| !reported.contains(k.as_str()))
+        .collect();
+
+    let ledger = emulator.ledger();
+    let known: BTreeSet<String> = (0..KEYS).map(plan::agreement).collect();
+    let strangers: Vec<_> = ledger
+        .keys()
+        .filter(|(a, f)| !known.contains(a) || f != plan::FEATURE)
+        .collect();
+
+    let mut failures = campaign.problems.clone();
+    if !strangers.is_empty() {
+        failures.push(format!("billed to keys nobody recorded: {strangers:?}"));
+    }
+    for (k, (agreement, value, n)) in &unreported {
+        failures.push(format!(
+            "idempotency key {k} ({agreement}, value {value}) applied {n} times and never reported ambiguous:{}",
+            campaign.explain(&emulator, k, started)
+        ));
+    }
+    let mut totals = (0u128, 0u128, 0u128, 0u128, 0u128, 0u128);
+    eprintln!(
+        "{:<16} {:>9} {:>9} {:>11} {:>9} {:>9} {:>10}",
+        "key", "recorded", "ledger", "duplicates", "extra", "open", "ambiguous"
+    );
+    for key in 0..KEYS {
+        let agreement = plan::agreement(key);
+        let recorded: u128 = (0..rounds_recorded)
+            .map(|r| u128::from(round_amount(r, key)))
+            .sum();
+        let open: u128 = campaign
+            .open_rounds
+            .iter()
+            .map(|&r| u128::from(round_amount(r, key)))
+            .sum();
+        let ambiguous: u128 = campaign
+            .ambiguous
+            .iter()
+            .filter(|a| a.agreement == agreement)
+            .map(|a| u128::from(a.value))
+            .sum();
+        let held = ledger
+            .get(&(agreement.clone(), plan::FEATURE.to_owned()))
+            .map_or(0, |a| units(*a));
+        // Applications of a record past its first: what ambiguity cost.
+        let duplicates: u128 = by_key
+            .values()
+            .filter(|(a, _, _)| *a == agreement)
+            .map(|(_, v, n)| v * (*n as u128 - 1))
+            .sum();
+        let distinct = held - duplicates;
+        eprintln!(
+            "{agreement:<16} {recorded:>9} {held:>9} {duplicates:>11} {:>9} {open:>9} {ambiguous:>10}",
+            distinct as i128 - recorded as i128
+        );
+        totals.0 += recorded;
+        totals.1 += held;
+        totals.2 += duplicates;
+        totals.3 += distinct.saturating_sub(recorded);
+        totals.4 += open;
+        totals.5 += ambiguous;
+        if distinct < recorded {
+            failures.push(format!(
+                "{agreement}: lost usage: {recorded} recorded in closed windows, Kinde holds {held}, \
+                 of which {duplicates} are second applications of the same records"
+            ));
+        }
+        if held > recorded + open + ambiguous {
+            failures.push(format!(
+                "{agreement}: Kinde holds {held}, more than the {recorded} recorded + {open} of the rounds open \
+                 at a kill + {ambiguous} reported ambiguous"
+            ));
+        }
+        if distinct > recorded + open {
+            failures.push(format!(
+                "{agreement}: {} more than recorded under distinct idempotency keys, beyond the {open} of the \
+                 rounds open at a kill (a replayed record sent under a new key?)",
+                distinct - recorded
+            ));
+        }
+    }
+
+    let ambiguous_value: u128 = campaign.ambiguous.iter().map(|a| u128::from(a.value)).sum();
+    eprintln!(
+        "seed {seed}: {} kills ({} before the reporter started) over {} runs, {} rounds x {KEYS} keys, {:.1} s",
+        campaign.kills,
+        campaign.kills_before_start,
+        campaign.runs,
+        rounds_recorded,
+        started.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "  units recorded {}, Kinde holds {}; extra from rounds open at a kill {} (at most {})",
+        totals.0, totals.1, totals.3, totals.4
+    );
+    eprintln!(
+        "  ambiguous reports {} (value {ambiguous_value}, {} distinct records); records applied more than once {} \
+         (extra value {}, at most {} applications of one record), of them never reported ambiguous {}",
+        campaign.ambiguous.len(),
+        reported.len(),
+        duplicated.len(),
+        totals.2,
+        most_applications,
+        unreported.len()
+    );
+    eprintln!(
+        "  torn journal tails {}; emulator during the kills: {requests_during_kills} requests, {} applied, \
+         {} faults answered, {} dropped, {} abandoned by their client, {} applied without a clean 200",
+        campaign.torn,
+        faults_seen.accepted,
+        faults_seen.faults,
+        faults_seen.dropped,
+        faults_seen.abandoned,
+        faults_seen.ambiguous
+    );
+    assert!(
+        failures.is_empty(),
+        "seed {seed} (KINDE_METER_CAMPAIGN_SEED={seed} KINDE_METER_CAMPAIGN_KILLS={kills}):\n{}",
+        failures.join("\n")
+    );
+}
