@@ -80,10 +80,13 @@ pub(crate) enum Header {
 }
 
 pub(crate) fn read_header(bytes: &[u8]) -> Header {
+    // Zeros are space a file system allocated for a write that never landed.
+    if bytes.iter().all(|&b| b == 0) {
+        return Header::Partial;
+    }
     if bytes.len() < HEADER_LEN {
-        // A prefix of a valid header (or nothing) is a creation cut short.
-        let valid = header();
-        return if valid.starts_with(bytes) || bytes.iter().all(|&b| b == 0) {
+        // A prefix of a valid header is a creation cut short.
+        return if header().starts_with(bytes) {
             Header::Partial
         } else {
             Header::Damaged
@@ -197,11 +200,12 @@ pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Piece>, End) {
                 pieces.push(Piece::Entry(entry));
                 at = end;
             }
-            // The file ends inside an entry whose framing is sound: a write cut short.
+            // The file ends inside an entry whose framing is sound: a write cut short
+            // (all a kill can leave). Zeros to the end: space allocated for a write
+            // that never landed (a power cut). Anything else is damage, even in the
+            // last entry: a whole entry that fails its checksum was written and changed.
             Err(Bad::Partial) => return (pieces, End::Torn { at }),
-            // A bad last entry is a write cut short too (the size grew before the data
-            // landed); a bad entry with more after it is damage.
-            Err(Bad::Content { end }) if end == bytes.len() => {
+            Err(_) if bytes[at..].iter().all(|&b| b == 0) => {
                 return (pieces, End::Torn { at });
             }
             Err(_) => {
@@ -222,8 +226,8 @@ enum Bad {
     Partial,
     /// Its framing is not sound (the two copies of the length disagree).
     Framing,
-    /// Its framing is sound but its checksum or content is not; it ends at `end`.
-    Content { end: usize },
+    /// Its framing is sound but its checksum or content is not.
+    Content,
 }
 
 fn entry_at(bytes: &[u8], at: usize) -> Result<(Entry, usize), Bad> {
@@ -244,9 +248,7 @@ fn entry_at(bytes: &[u8], at: usize) -> Result<(Entry, usize), Bad> {
     let entry = (crc32fast::hash(payload) == crc)
         .then(|| decode(payload))
         .flatten();
-    entry
-        .map(|e| (e, at + end))
-        .ok_or(Bad::Content { end: at + end })
+    entry.map(|e| (e, at + end)).ok_or(Bad::Content)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -421,6 +423,30 @@ pub(crate) mod tests {
                 "offset {offset}"
             );
         }
+    }
+
+    #[test]
+    fn zeros_at_the_end_are_a_torn_tail_and_a_whole_bad_last_entry_is_damage() {
+        let mut bytes = header().to_vec();
+        encode(&Entry::Put(stored(1, 5)), &mut bytes);
+        let end = bytes.len();
+        let mut zeros = bytes.clone();
+        zeros.extend_from_slice(&[0; 40]);
+        let (pieces, tail) = decode_all(&zeros);
+        assert_eq!((pieces.len(), tail), (1, End::Torn { at: end }));
+        assert_eq!(
+            read_header(&[0; 64]),
+            Header::Partial,
+            "a file never written"
+        );
+        let mut flipped = bytes.clone();
+        flipped[end - 3] ^= 0x01;
+        let (pieces, tail) = decode_all(&flipped);
+        assert_eq!(tail, End::Clean);
+        assert!(
+            matches!(pieces[..], [Piece::Damaged { at: HEADER_LEN, .. }]),
+            "{pieces:?}"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub(crate) trait Segment: Send {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes what was appended durable (`fdatasync`).
     fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the file back to `len` bytes (to take back a write that failed part-way).
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
 }
 
 /// A lock on a run, held until dropped (or until its process dies).
@@ -46,6 +48,10 @@ impl Segment for RealSegment {
 
     fn sync(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
     }
 }
 
@@ -139,9 +145,21 @@ pub(crate) mod faulty {
     #[derive(Clone, Debug, Default)]
     pub(crate) struct FaultyFs {
         failure: Arc<Mutex<Option<io::ErrorKind>>>,
+        truncate_fails: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl FaultyFs {
+        /// Whether taking back a failed write fails too (it succeeds unless set).
+        pub(crate) fn fail_truncate(&self, fails: bool) {
+            self.truncate_fails
+                .store(fails, std::sync::atomic::Ordering::SeqCst);
+        }
+
+        fn truncate_fails(&self) -> bool {
+            self.truncate_fails
+                .load(std::sync::atomic::Ordering::SeqCst)
+        }
+
         /// From now on, every write, sync, create and rename fails with `kind`.
         pub(crate) fn fail(&self, kind: io::ErrorKind) {
             *self.failure.lock().expect("lock") = Some(kind);
@@ -177,6 +195,13 @@ pub(crate) mod faulty {
         fn sync(&mut self) -> io::Result<()> {
             self.fs.check()?;
             self.inner.sync()
+        }
+
+        fn truncate(&mut self, len: u64) -> io::Result<()> {
+            if self.fs.truncate_fails() {
+                return Err(io::Error::other("injected: truncate"));
+            }
+            self.inner.truncate(len)
         }
     }
 

@@ -27,7 +27,7 @@ pub(crate) mod format;
 pub(crate) mod fs;
 mod recovery;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -133,15 +133,22 @@ pub(crate) struct Journal {
     index: u64,
     /// Bytes in the current segment, and in older ones not yet removed.
     bytes: u64,
-    older: Vec<(u64, u64)>,
+    /// Whether the current segment's file was created (so it is removed in its turn).
+    created: bool,
+    older: VecDeque<(u64, u64)>,
     max_bytes: u64,
     segment_limit: u64,
     live: HashMap<RecordId, Live>,
     live_bytes: u64,
     unsynced: bool,
-    /// Set when a damaged file could not be moved aside: the adopted runs are then kept
-    /// (read again at the next start) rather than removed with the evidence.
+    /// Whether the last failed append was taken back whole (the segment is as before).
+    clean_failure: bool,
+    /// Set when a damaged file could not be moved aside, or a run could not be listed:
+    /// the adopted runs are then kept (read again at the next start) rather than removed
+    /// with the evidence.
     keep_adopted: bool,
+    /// The adopted runs that were read: the only ones [`Journal::resume`] removes.
+    adopted: Vec<String>,
 }
 
 impl fmt::Debug for Journal {
@@ -196,16 +203,22 @@ impl Journal {
             .and_then(|()| fs.sync_dir(&runs))
             .map_err(io_error("create the run", &dir))?;
         adopt_orphans(&*fs, &runs, &name, &dir);
+        let newer = |newer: recovery::Newer| JournalError::NewerFormat {
+            path: newer.path,
+            found: newer.version,
+            supported: format::VERSION,
+        };
+        // Checked before anything is read or moved aside, so a newer build finds its
+        // runs as it left them.
+        if let Some(found) = recovery::newer_in(&*fs, &dir) {
+            give_back_adopted(&*fs, &runs, &dir);
+            return Err(newer(found));
+        }
         let recovered = match recovery::read_run(&*fs, &dir, &quarantine) {
             Ok(r) => r,
-            Err(newer) => {
-                // Hand the runs back, untouched, for a newer build to deliver.
+            Err(found) => {
                 give_back_adopted(&*fs, &runs, &dir);
-                return Err(JournalError::NewerFormat {
-                    path: newer.path,
-                    found: newer.version,
-                    supported: format::VERSION,
-                });
+                return Err(newer(found));
             }
         };
         let segment_limit = (max_bytes / 4).clamp(MIN_BYTES / 2, 8 * 1024 * 1024);
@@ -217,13 +230,16 @@ impl Journal {
             segment: None,
             index: 0,
             bytes: 0,
-            older: Vec::new(),
+            created: false,
+            older: VecDeque::new(),
             max_bytes,
             segment_limit,
             live: HashMap::new(),
             live_bytes: 0,
             unsynced: false,
+            clean_failure: false,
             keep_adopted: !recovered.quarantined_all,
+            adopted: recovered.adopted.clone(),
         };
         // The first segment, so a failing disk shows at start, not at the first window.
         if let Err(e) = journal.rotate() {
@@ -253,10 +269,7 @@ impl Journal {
         self.sync()?;
         if !self.keep_adopted {
             let adopted = join(&self.dir, &["adopted"]);
-            for name in self.fs.list(&adopted).unwrap_or_default() {
-                if name.starts_with('.') {
-                    continue;
-                }
+            for name in std::mem::take(&mut self.adopted) {
                 // Hidden first, in one rename: a half-removed run read again could
                 // bring back records its removed segments had settled.
                 let hidden = join(&adopted, &[&format!(".dead-{name}")]);
@@ -270,75 +283,110 @@ impl Journal {
     }
 
     /// Writes a closed window's records (new or changed) and syncs: after `Ok`, a crash
-    /// does not lose them. Refused when the journal is full; the records are then not
-    /// journaled at all (kept in memory only).
-    pub(crate) fn put_window(&mut self, records: &[Stored]) -> Result<(), JournalFailure> {
-        if records.is_empty() {
+    /// does not lose them. `in_flight` are records it did not hold whose attempt is out:
+    /// written with a start, so a restart resends them as ambiguous. On `Err`,
+    /// [`WindowFailure::tracked`] says what the journal now holds of them.
+    pub(crate) fn put_window(
+        &mut self,
+        records: &[Stored],
+        in_flight: &[Stored],
+    ) -> Result<(), WindowFailure> {
+        if records.is_empty() && in_flight.is_empty() {
             return Ok(());
         }
+        let mut puts = Vec::with_capacity(records.len() + in_flight.len());
         let mut bytes = Vec::new();
-        let mut puts = Vec::with_capacity(records.len());
-        for stored in records {
+        for (stored, started) in records
+            .iter()
+            .map(|s| (s, false))
+            .chain(in_flight.iter().map(|s| (s, true)))
+        {
             let start = bytes.len();
             format::encode(&Entry::Put(stored.clone()), &mut bytes);
-            puts.push((stored.id, start));
+            let put = bytes[start..].to_vec();
+            if started {
+                format::encode(&Entry::Start(stored.id), &mut bytes);
+            }
+            puts.push((stored.id, put, started));
         }
         let new = bytes.len() as u64;
         if self.total() + new > self.max_bytes {
-            let dead = self.total().saturating_sub(self.live_bytes);
-            if dead > self.max_bytes / 4 {
-                self.rotate().map_err(JournalFailure::Io)?;
+            if self.dead_bytes() > self.max_bytes / 4 {
+                let _ = self.rotate();
             }
             if self.total() + new > self.max_bytes {
-                return Err(JournalFailure::Full {
-                    max_bytes: self.max_bytes,
+                return Err(WindowFailure {
+                    cause: JournalFailure::Full {
+                        max_bytes: self.max_bytes,
+                    },
+                    tracked: false,
                 });
             }
         }
-        self.append(&bytes).map_err(JournalFailure::Io)?;
-        self.sync().map_err(JournalFailure::Io)?;
-        let ends: Vec<usize> = puts
-            .iter()
-            .skip(1)
-            .map(|&(_, s)| s)
-            .chain([bytes.len()])
-            .collect();
-        for (&(id, start), end) in puts.iter().zip(ends) {
-            self.track_put(id, bytes[start..end].to_vec());
+        let written = self.append(&bytes).and_then(|()| self.sync());
+        let tracked = match &written {
+            Ok(()) => true,
+            // Possibly on disk (a write not taken back, a failed sync): tracked as if
+            // written, so their attempts wait for a start the journal can write, and
+            // the next write rewrites them whole.
+            Err(_) => !self.clean_failure,
+        };
+        if tracked {
+            for (id, put, started) in puts {
+                self.track_put(id, put);
+                if let Some(live) = self.live.get_mut(&id).filter(|_| started) {
+                    live.started = true;
+                }
+            }
         }
-        Ok(())
+        written.map_err(|e| WindowFailure {
+            cause: JournalFailure::Io(e),
+            tracked,
+        })
     }
 
     /// Writes a record's new state after a failed attempt (not synced: losing it only
     /// makes the attempt look in flight). Records that were never journaled are skipped.
+    /// The state is what the journal holds from now on even if the write fails: the next
+    /// write then rewrites it.
     pub(crate) fn put(&mut self, stored: &Stored) -> io::Result<()> {
         if !self.live.contains_key(&stored.id) {
             return Ok(());
         }
         let mut bytes = Vec::new();
         format::encode(&Entry::Put(stored.clone()), &mut bytes);
-        self.append(&bytes)?;
+        let written = self.append(&bytes);
         self.track_put(stored.id, bytes);
-        Ok(())
+        written
     }
 
-    /// Writes that attempts of `ids` are about to leave, and syncs.
+    /// Writes that attempts of `ids` are about to leave, and syncs. On `Err`, none of
+    /// the journaled ones may be sent.
     pub(crate) fn start(&mut self, ids: &[RecordId]) -> io::Result<()> {
         let mut bytes = Vec::new();
+        let mut started = Vec::new();
         for id in ids {
-            if let Some(live) = self.live.get_mut(id) {
-                live.started = true;
+            if self.live.contains_key(id) {
                 format::encode(&Entry::Start(*id), &mut bytes);
+                started.push(*id);
             }
         }
         if bytes.is_empty() {
             return Ok(());
         }
         self.append(&bytes)?;
+        // Marked only once appended: a rewrite after a failure must not claim a start
+        // that never reached the file. Marked even if the sync fails: it may be there.
+        for id in started {
+            if let Some(live) = self.live.get_mut(&id) {
+                live.started = true;
+            }
+        }
         self.sync()
     }
 
-    /// Writes that `id` is done with (not synced).
+    /// Writes that `id` is done with (not synced). Done with even if the write fails:
+    /// the next write's rewrite leaves it out.
     pub(crate) fn settle(&mut self, id: RecordId) -> io::Result<()> {
         let Some(live) = self.live.remove(&id) else {
             return Ok(());
@@ -411,9 +459,23 @@ impl Journal {
         }
     }
 
+    fn dead_bytes(&self) -> u64 {
+        self.total().saturating_sub(self.live_bytes)
+    }
+
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.segment.is_none() || self.bytes + bytes.len() as u64 > self.segment_limit {
-            self.rotate()?;
+        self.clean_failure = false;
+        // A new segment after a failure (the old one may end in a torn write), or when
+        // the settled part is at least as big as the live one: each rotation rewrites
+        // what is live, so it waits until that much space comes back.
+        let full = self.bytes + bytes.len() as u64 > self.segment_limit
+            && self.dead_bytes() >= self.live_bytes.max(self.segment_limit / 2);
+        if self.segment.is_none() || full {
+            if let Err(e) = self.rotate() {
+                // Nothing of `bytes` was written.
+                self.clean_failure = true;
+                return Err(e);
+            }
         }
         let Some(segment) = &mut self.segment else {
             return Err(io::Error::other("no segment is open"));
@@ -425,16 +487,21 @@ impl Journal {
                 Ok(())
             }
             Err(e) => {
-                // Its tail may be torn: write on in a new segment, which starts with
-                // everything live, so nothing depends on what follows the tear.
-                self.segment = None;
+                // Take back what part of it landed; if that fails too, the segment may
+                // end in whole entries of it, or a torn one: write on in a new segment,
+                // which starts with everything live.
+                self.clean_failure = segment.truncate(self.bytes).is_ok();
+                if !self.clean_failure {
+                    self.segment = None;
+                }
                 Err(e)
             }
         }
     }
 
     /// Opens a new segment holding every live record, syncs it, then removes the older
-    /// segments, oldest first.
+    /// segments, oldest first (each removal synced before the next: a power cut that kept
+    /// an older segment but not a newer one could bring back what the newer settled).
     fn rotate(&mut self) -> io::Result<()> {
         let mut bytes = format::header().to_vec();
         for (id, live) in &self.live {
@@ -443,36 +510,47 @@ impl Journal {
                 format::encode(&Entry::Start(*id), &mut bytes);
             }
         }
-        if self.index > 0 {
-            self.older.push((self.index, self.bytes));
+        if self.created {
+            self.older.push_back((self.index, self.bytes));
         }
         self.segment = None;
+        self.created = false;
         self.bytes = 0;
         // A new number even when this fails, so a half-made file is never appended to.
         self.index += 1;
         let path = join(&self.dir, &[&segment_name(self.index)]);
         let mut segment = self.fs.create(&path)?;
+        self.created = true;
+        self.bytes = bytes.len() as u64;
         segment.append(&bytes)?;
         segment.sync()?;
         self.fs.sync_dir(&self.dir)?;
         self.segment = Some(segment);
-        self.bytes = bytes.len() as u64;
         self.unsynced = false;
         // Everything live is in the new segment, synced: the older ones hold nothing
         // that is not settled or written again.
-        while let Some(&(old, _)) = self.older.first() {
-            if self
+        while let Some(&(old, _)) = self.older.front() {
+            let removed = self
                 .fs
                 .remove_file(&join(&self.dir, &[&segment_name(old)]))
-                .is_err()
-            {
+                .and_then(|()| self.fs.sync_dir(&self.dir));
+            if removed.is_err() {
                 break;
             }
-            self.older.remove(0);
+            self.older.pop_front();
         }
-        let _ = self.fs.sync_dir(&self.dir);
         Ok(())
     }
+}
+
+/// A window the journal could not write.
+#[derive(Debug)]
+pub(crate) struct WindowFailure {
+    pub(crate) cause: JournalFailure,
+    /// Whether the journal holds the window's records anyway (they may be on disk, and
+    /// its next write rewrites them). If not, nothing of the window is on disk, and the
+    /// records keep the state they had before it.
+    pub(crate) tracked: bool,
 }
 
 fn run_name(id: u64) -> String {
@@ -505,6 +583,7 @@ fn adopt_orphans(fs: &dyn Fs, runs: &Path, own: &str, dir: &Path) {
         if fs.create_dir_all(&adopted).is_err() {
             return;
         }
+        let _ = fs.sync_dir(dir);
         // The rename is the hand-over: whoever's rename succeeds owns the run.
         if fs.rename(&path, &join(&adopted, &[&name])).is_ok() {
             let _ = fs.sync_dir(runs);
@@ -513,16 +592,22 @@ fn adopt_orphans(fs: &dyn Fs, runs: &Path, own: &str, dir: &Path) {
     }
 }
 
-/// Moves adopted runs back to `runs/` (when this process will not deliver them).
+/// Moves adopted runs back to `runs/` (when this process will not deliver them). Its
+/// own run is removed only if they all went back; else it stays, adoptable as a whole.
 fn give_back_adopted(fs: &dyn Fs, runs: &Path, dir: &Path) {
     let adopted = join(dir, &["adopted"]);
+    let mut all_back = true;
     for name in fs.list(&adopted).unwrap_or_default() {
         if !name.starts_with('.') {
-            let _ = fs.rename(&join(&adopted, &[&name]), &join(runs, &[&name]));
+            all_back &= fs
+                .rename(&join(&adopted, &[&name]), &join(runs, &[&name]))
+                .is_ok();
         }
     }
     let _ = fs.sync_dir(runs);
-    let _ = fs.remove_dir_all(dir);
+    if all_back {
+        let _ = fs.remove_dir_all(dir);
+    }
 }
 
 #[cfg(test)]

@@ -26,8 +26,11 @@ pub(crate) struct Recovered {
     pub(crate) damaged: Vec<Stored>,
     /// Damage found (quarantined files, torn tails), to report.
     pub(crate) issues: Vec<JournalIssue>,
-    /// Whether every damaged file was moved aside (else the run must be kept as it is).
+    /// Whether every run was read whole and every damaged file moved aside (else the
+    /// adopted runs must be kept as they are).
     pub(crate) quarantined_all: bool,
+    /// The adopted runs read (names in `adopted/`): the only ones a resume may remove.
+    pub(crate) adopted: Vec<String>,
 }
 
 /// A record to resume, and whether an attempt of it was in flight when its run ended.
@@ -58,8 +61,13 @@ struct Reader<'a> {
     records: HashMap<RecordId, State>,
     /// Counts entries and damaged stretches, in reading order.
     position: usize,
-    /// Where damage was read, and the issue (a quarantined file) that reports it.
-    damage: Vec<(usize, usize)>,
+    /// Where damage was read, where the run it was read in began (its own entries and
+    /// those of the runs it adopted are the only ones it can hide a settle of), and the
+    /// issue (a quarantined file) that reports it.
+    damage: Vec<(usize, usize, usize)>,
+    /// Where each run being read began, innermost last.
+    run_starts: Vec<usize>,
+    adopted: Vec<String>,
     issues: Vec<JournalIssue>,
     quarantined_all: bool,
 }
@@ -87,6 +95,28 @@ fn segments(fs: &dyn Fs, dir: &Path) -> io::Result<Vec<String>> {
     Ok(found.into_iter().map(|(_, name)| name).collect())
 }
 
+/// The first segment in the run in `dir` (or the runs it adopted) written by a newer
+/// kinde-meter, if any: checked before anything is read, so such a run is left whole.
+pub(crate) fn newer_in(fs: &dyn Fs, dir: &Path) -> Option<Newer> {
+    let adopted = join(dir, &["adopted"]);
+    for name in fs.list(&adopted).unwrap_or_default() {
+        if !name.starts_with('.')
+            && let Some(newer) = newer_in(fs, &join(&adopted, &[&name]))
+        {
+            return Some(newer);
+        }
+    }
+    for name in segments(fs, dir).unwrap_or_default() {
+        let path = join(dir, &[&name]);
+        if let Ok(bytes) = fs.read(&path)
+            && let Header::Newer(version) = format::read_header(&bytes)
+        {
+            return Some(Newer { path, version });
+        }
+    }
+    None
+}
+
 /// Reads the run in `dir` (and the runs it adopted). Damaged segments are moved to
 /// `quarantine`.
 pub(crate) fn read_run(fs: &dyn Fs, dir: &Path, quarantine: &Path) -> Result<Recovered, Newer> {
@@ -96,6 +126,8 @@ pub(crate) fn read_run(fs: &dyn Fs, dir: &Path, quarantine: &Path) -> Result<Rec
         records: HashMap::new(),
         position: 0,
         damage: Vec::new(),
+        run_starts: Vec::new(),
+        adopted: Vec::new(),
         issues: Vec::new(),
         quarantined_all: true,
     };
@@ -105,10 +137,23 @@ pub(crate) fn read_run(fs: &dyn Fs, dir: &Path, quarantine: &Path) -> Result<Rec
 
 impl Reader<'_> {
     fn run(&mut self, dir: &Path) -> Result<(), Newer> {
+        let top = self.run_starts.is_empty();
+        self.run_starts.push(self.position);
         let adopted = join(dir, &["adopted"]);
-        for name in self.fs.list(&adopted).unwrap_or_default() {
+        let children = match self.fs.list(&adopted) {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::error!(target: "kinde_meter", dir = %adopted.display(), "could not list adopted journal runs; they are kept for the next start: {e}");
+                self.quarantined_all = false;
+                Vec::new()
+            }
+        };
+        for name in children {
             if !name.starts_with('.') {
                 self.run(&join(&adopted, &[&name]))?;
+                if top {
+                    self.adopted.push(name);
+                }
             }
         }
         let segments = match segments(self.fs, dir) {
@@ -116,12 +161,14 @@ impl Reader<'_> {
             Err(e) => {
                 tracing::error!(target: "kinde_meter", dir = %dir.display(), "could not list a journal run: {e}");
                 self.quarantined_all = false;
+                self.run_starts.pop();
                 return Ok(());
             }
         };
         for name in segments {
             self.segment(&join(dir, &[&name]), dir)?;
         }
+        self.run_starts.pop();
         Ok(())
     }
 
@@ -237,7 +284,9 @@ impl Reader<'_> {
             }
         };
         let issue = self.issues.len();
-        self.damage.extend(at.iter().map(|&p| (p, issue)));
+        let run_start = self.run_starts.last().copied().unwrap_or(0);
+        self.damage
+            .extend(at.iter().map(|&p| (p, run_start, issue)));
         self.issues.push(JournalIssue::Quarantined {
             path,
             unreadable_bytes,
@@ -258,9 +307,13 @@ impl Reader<'_> {
             if state.settled {
                 continue;
             }
-            // Damage read after its last state may have hidden its settle.
-            match self.damage.iter().find(|(at, _)| *at > put_at) {
-                Some(&(_, issue)) => {
+            // Damage read after its last state, in its run, may have hidden its settle.
+            match self
+                .damage
+                .iter()
+                .find(|&&(at, run_start, _)| run_start < put_at && put_at < at)
+            {
+                Some(&(_, _, issue)) => {
                     if let Some(JournalIssue::Quarantined { records, value, .. }) =
                         self.issues.get_mut(issue)
                     {
@@ -280,6 +333,7 @@ impl Reader<'_> {
             damaged,
             issues: self.issues,
             quarantined_all: self.quarantined_all,
+            adopted: self.adopted,
         }
     }
 }

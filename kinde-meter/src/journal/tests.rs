@@ -81,7 +81,7 @@ fn a_killed_run_is_read_back_whole_by_the_next_start() {
     let a = with_run(stored(1, 5), run);
     let b = with_run(stored(2, 7), run);
     let c = with_run(stored(3, 9), run);
-    j.put_window(&[a.clone(), b.clone(), c.clone()])
+    j.put_window(&[a.clone(), b.clone(), c.clone()], &[])
         .expect("window");
     j.start(&[a.id, b.id]).expect("start");
     j.settle(a.id).expect("settle");
@@ -118,7 +118,9 @@ fn a_live_processs_run_is_never_adopted() {
     let root = TempDir::new("live");
     let (mut first, _) = open(&root.0);
     let a = with_run(stored(1, 5), first.run());
-    first.put_window(std::slice::from_ref(&a)).expect("window");
+    first
+        .put_window(std::slice::from_ref(&a), &[])
+        .expect("window");
     let (_second, seen) = open(&root.0);
     assert!(seen.live.is_empty(), "took a live run: {:?}", seen.live);
     drop(first);
@@ -136,7 +138,7 @@ fn two_processes_starting_at_once_never_adopt_the_same_run() {
         let records: Vec<Stored> = (1..=5)
             .map(|i| with_run(stored(i, i), dead.run()))
             .collect();
-        dead.put_window(&records).expect("window");
+        dead.put_window(&records, &[]).expect("window");
         drop(dead);
         let path = root.0.clone();
         let threads: Vec<_> = (0..2)
@@ -164,7 +166,7 @@ fn two_processes_starting_at_once_never_adopt_the_same_run() {
 fn a_newer_format_is_refused_and_left_as_it_is() {
     let root = TempDir::new("newer");
     let (mut j, _) = open(&root.0);
-    j.put_window(&[with_run(stored(1, 5), j.run())])
+    j.put_window(&[with_run(stored(1, 5), j.run())], &[])
         .expect("window");
     drop(j);
     let seg = segment_files(&root.0).pop().expect("a segment");
@@ -192,16 +194,54 @@ fn a_newer_format_is_refused_and_left_as_it_is() {
     );
 }
 
+/// Damage in one dead run can hide settles of its own records only: a sibling run read
+/// beside it resumes whole.
+#[test]
+fn damage_in_one_run_leaves_the_runs_beside_it_alone() {
+    let root = TempDir::new("siblings");
+    let (mut a, _) = open(&root.0);
+    let (mut b, _) = open(&root.0);
+    let ra: Vec<Stored> = (1..=3).map(|i| with_run(stored(i, i), a.run())).collect();
+    let rb: Vec<Stored> = (4..=6).map(|i| with_run(stored(i, i), b.run())).collect();
+    a.put_window(&ra, &[]).expect("window");
+    b.put_window(&rb, &[]).expect("window");
+    let a_dir = a.dir.clone();
+    drop(a);
+    drop(b);
+    let seg = segment_files(&a_dir).pop().expect("segment");
+    let mut bytes = std::fs::read(&seg).expect("read");
+    // Inside the second of three entries.
+    let entry = (bytes.len() - format::HEADER_LEN) / 3;
+    bytes[format::HEADER_LEN + entry + 30] ^= 0x01;
+    std::fs::write(&seg, &bytes).expect("write");
+    let (_j, r) = open(&root.0);
+    let got = resumed(&r);
+    for s in &rb {
+        assert_eq!(
+            got.get(&s.id).map(|g| &g.0),
+            Some(s),
+            "the undamaged run resumes"
+        );
+    }
+    let handed: Vec<RecordId> = r.damaged.iter().map(|s| s.id).collect();
+    assert_eq!(
+        handed,
+        vec![ra[0].id],
+        "only what the damage may have settled"
+    );
+    assert!(got.contains_key(&ra[2].id), "read past the damage");
+}
+
 /// Writes a run with settled, in-flight and waiting records, and returns its one
 /// segment's bytes and what the next start must find.
 fn sample_run(root: &Path) -> (PathBuf, Vec<u8>, BTreeMap<RecordId, (Stored, bool)>) {
     let (mut j, _) = open(root);
     let run = j.run();
     let r: Vec<Stored> = (1..=4).map(|i| with_run(stored(i, 10 * i), run)).collect();
-    j.put_window(&r[..2]).expect("window");
+    j.put_window(&r[..2], &[]).expect("window");
     j.start(&[r[0].id]).expect("start");
     j.settle(r[0].id).expect("settle");
-    j.put_window(&r[2..]).expect("window");
+    j.put_window(&r[2..], &[]).expect("window");
     j.start(&[r[2].id]).expect("start");
     j.sync().expect("sync");
     drop(j);
@@ -365,16 +405,21 @@ fn a_failing_disk_refuses_windows_and_recovers_when_it_heals() {
         let a = with_run(stored(1, 5), run);
         let b = with_run(stored(2, 6), run);
         let c = with_run(stored(3, 7), run);
-        j.put_window(std::slice::from_ref(&a)).expect("healthy");
+        j.put_window(std::slice::from_ref(&a), &[])
+            .expect("healthy");
         fs.fail(kind);
-        match j.put_window(std::slice::from_ref(&b)) {
-            Err(JournalFailure::Io(e)) => assert_eq!(e.kind(), kind),
+        // The write lands half-way; it is taken back, so nothing of it is on disk.
+        match j.put_window(std::slice::from_ref(&b), &[]) {
+            Err(WindowFailure {
+                cause: JournalFailure::Io(e),
+                tracked: false,
+            }) => assert_eq!(e.kind(), kind),
             other => panic!("{kind:?}: {other:?}"),
         }
         assert!(!j.holds(b.id), "a window that failed is memory only");
-        assert!(j.start(&[a.id]).is_err());
+        assert!(j.start(&[a.id]).is_err(), "so `a` must not be sent");
         fs.heal();
-        j.put_window(std::slice::from_ref(&c)).expect("healed");
+        j.put_window(std::slice::from_ref(&c), &[]).expect("healed");
         drop(j);
         let (_j, r) = open(&root.0);
         let got = resumed(&r);
@@ -384,10 +429,69 @@ fn a_failing_disk_refuses_windows_and_recovers_when_it_heals() {
             "{kind:?}"
         );
         assert!(
-            got[&a.id].1,
-            "{kind:?}: the start that failed may have been sent"
+            r.issues.is_empty(),
+            "{kind:?}: the half write was taken back: {:?}",
+            r.issues
         );
+        assert!(!got[&a.id].1, "{kind:?}: its start never reached the file");
     }
+}
+
+/// A write that fails part-way and cannot be taken back may have left whole entries:
+/// the journal then holds the window as if written, so its attempts wait for a start it
+/// can write, and its next write rewrites everything live into a fresh segment.
+#[test]
+fn a_failed_write_that_cannot_be_taken_back_is_held_as_written() {
+    let root = TempDir::new("untaken");
+    let fs = FaultyFs::default();
+    let (mut j, _) = Journal::open(&root.0, 1 << 20, Arc::new(fs.clone())).expect("open");
+    let run = j.run();
+    let window: Vec<Stored> = (1..=4).map(|i| with_run(stored(i, i), run)).collect();
+    fs.fail(io::ErrorKind::Other);
+    fs.fail_truncate(true);
+    let failure = j.put_window(&window, &[]).expect_err("failing");
+    assert!(failure.tracked);
+    assert!(window.iter().all(|s| j.holds(s.id)));
+    fs.heal();
+    fs.fail_truncate(false);
+    j.start(&[window[0].id]).expect("a start after the rewrite");
+    drop(j);
+    let (_j, r) = open(&root.0);
+    let got = resumed(&r);
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got[&window[0].id].1, "in flight");
+    assert!(
+        r.issues
+            .iter()
+            .all(|i| matches!(i, JournalIssue::TornTail { .. })),
+        "the abandoned segment ends in a torn half entry at most: {:?}",
+        r.issues
+    );
+}
+
+/// Rewriting what is live costs its size, so it waits until as much is settled: with
+/// more live records than a segment holds, settling them one by one must not rewrite
+/// the journal at each settle.
+#[test]
+fn reclaiming_space_costs_in_proportion_to_what_was_settled() {
+    let root = TempDir::new("storm");
+    let (mut j, _) = Journal::open(&root.0, MIN_BYTES, Arc::new(RealFs)).expect("open");
+    let run = j.run();
+    let records: Vec<Stored> = (1..=400).map(|i| with_run(stored(i, i), run)).collect();
+    for chunk in records.chunks(20) {
+        j.put_window(chunk, &[]).expect("window");
+    }
+    assert!(
+        j.live_bytes > j.segment_limit,
+        "more live than a segment: {} bytes",
+        j.live_bytes
+    );
+    let before = j.index;
+    for s in &records[..200] {
+        j.settle(s.id).expect("settle");
+    }
+    let rotations = j.index - before;
+    assert!(rotations <= 2, "{rotations} rotations for 200 settles");
 }
 
 #[test]
@@ -400,13 +504,16 @@ fn the_byte_limit_refuses_new_windows_and_settled_space_is_reclaimed() {
     let full = loop {
         seq += 1;
         let s = with_run(stored(seq, seq), run);
-        match j.put_window(std::slice::from_ref(&s)) {
+        match j.put_window(std::slice::from_ref(&s), &[]) {
             Ok(()) => written.push(s),
             Err(e) => break e,
         }
         assert!(seq < 10_000, "never full");
     };
-    assert!(matches!(full, JournalFailure::Full { max_bytes } if max_bytes == MIN_BYTES));
+    assert!(matches!(
+        full,
+        WindowFailure { cause: JournalFailure::Full { max_bytes }, tracked: false } if max_bytes == MIN_BYTES
+    ));
     let on_disk: u64 = segment_files(&root.0)
         .iter()
         .map(|p| std::fs::metadata(p).expect("meta").len())
@@ -418,7 +525,7 @@ fn the_byte_limit_refuses_new_windows_and_settled_space_is_reclaimed() {
     for _ in 0..written.len() * 2 {
         seq += 1;
         let s = with_run(stored(seq, seq), run);
-        j.put_window(std::slice::from_ref(&s))
+        j.put_window(std::slice::from_ref(&s), &[])
             .expect("room again once settled");
         j.settle(s.id).expect("settle");
     }
@@ -492,7 +599,7 @@ mod model {
                             window.retain(|w: &Stored| w.id != s.id);
                             window.push(s);
                         }
-                        j.put_window(&window).expect("window");
+                        j.put_window(&window, &[]).expect("window");
                         for s in window {
                             model.insert(s.id, (s, false));
                         }

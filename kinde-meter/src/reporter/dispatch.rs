@@ -9,7 +9,7 @@
 //! record not settled) from which a restart would report it again, so a process that dies
 //! between the two must die before the write, never after it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub(crate) struct Dispatch<S> {
     resumed: Option<(Vec<Stored>, Vec<RecordId>)>,
     /// Records handed back after a panic, to settle once reported.
     salvaged: Vec<RecordId>,
+    /// Outcomes of attempts held back (their start could not be journaled), to report.
+    held: Vec<Event>,
 }
 
 /// What resuming the journal at start did.
@@ -87,11 +89,8 @@ impl<S: Sink> Dispatch<S> {
             journal_failure: None,
             resumed: None,
             salvaged: Vec::new(),
+            held: Vec::new(),
         }
-    }
-
-    pub(crate) fn has_journal(&self) -> bool {
-        self.journal.is_some()
     }
 
     /// Takes back what the journal's adopted runs left, by the delivery policy: a
@@ -157,14 +156,18 @@ impl<S: Sink> Dispatch<S> {
         }
     }
 
-    /// Writes the window just pushed and syncs it. `Ok(true)` when it wrote something;
-    /// `Ok(false)` when there was nothing to write, or no journal.
+    /// Writes the window just pushed and syncs it, with any record the journal does not
+    /// hold yet (from a window it could not write). `Ok(true)` when it wrote something;
+    /// `Ok(false)` when there was nothing to write, or no journal. A window it could not
+    /// write is taken back out of the records it merged into, so what the journal holds
+    /// of a record is always what it is.
     pub(crate) fn commit_window(&mut self) -> Result<bool, JournalFailure> {
         let changes = self.outbox.take_changes();
+        let merges = self.outbox.take_merges();
         let Some(journal) = &mut self.journal else {
             return Ok(false);
         };
-        let records: Vec<Stored> = changes
+        let mut records: Vec<Stored> = changes
             .into_iter()
             .filter_map(|c| match c {
                 Change::Put(s) => Some(s),
@@ -172,10 +175,45 @@ impl<S: Sink> Dispatch<S> {
                 Change::Settle(_) => None,
             })
             .collect();
-        if records.is_empty() {
+        let in_window: HashSet<RecordId> = records.iter().map(|s| s.id).collect();
+        records.extend(
+            self.outbox
+                .waiting_records()
+                .filter(|r| !journal.holds(r.id) && !in_window.contains(&r.id))
+                .map(Record::stored),
+        );
+        let in_flight: Vec<Stored> = self
+            .sending
+            .values()
+            .filter(|r| !journal.holds(r.id))
+            .map(Record::stored)
+            .collect();
+        if records.is_empty() && in_flight.is_empty() {
             return Ok(false);
         }
-        journal.put_window(&records).map(|()| true)
+        match journal.put_window(&records, &in_flight) {
+            Ok(()) => Ok(true),
+            Err(failure) => {
+                if !failure.tracked {
+                    let now = Instant::now();
+                    for before in merges {
+                        if journal.holds(before.id) {
+                            self.outbox.unmerge(before, now);
+                        }
+                    }
+                }
+                Err(failure.cause)
+            }
+        }
+    }
+
+    /// Whether every record held is in the journal (so nothing is in memory only).
+    pub(crate) fn all_journaled(&self) -> bool {
+        let Some(journal) = &self.journal else {
+            return false;
+        };
+        self.outbox.waiting_records().all(|r| journal.holds(r.id))
+            && self.sending.values().all(|r| journal.holds(r.id))
     }
 
     /// A journal write that failed since the last call (outside windows).
@@ -254,10 +292,24 @@ impl<S: Sink> Dispatch<S> {
             return (wait, 0);
         }
         // Synced before any of them leaves, so a restart knows they may have been sent.
+        // When it cannot be, the journal's records wait (a restart would resend them
+        // unreported); records it does not hold go, from memory.
         if let Some(journal) = &mut self.journal {
             let ids: Vec<RecordId> = due.iter().map(|(r, _)| r.id).collect();
             if let Err(e) = journal.start(&ids) {
+                let message = format!("held: the journal could not record the attempt ({e})");
                 self.journal_failure = Some(JournalFailure::Io(e));
+                let now = Instant::now();
+                let (held, free): (Vec<_>, Vec<_>) =
+                    due.into_iter().partition(|(r, _)| journal.holds(r.id));
+                due = free;
+                for (record, _) in held {
+                    let not_sent = ApiError::NotSent {
+                        source: message.clone().into(),
+                    };
+                    let event = self.outbox.complete(record, Err(not_sent), now);
+                    self.held.push(event);
+                }
             }
         }
         let started = due.len() as u64;
@@ -275,6 +327,11 @@ impl<S: Sink> Dispatch<S> {
             self.sending.insert(handle.id(), record);
         }
         (wait, started)
+    }
+
+    /// Outcomes of attempts held back since the last call.
+    pub(crate) fn take_held(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.held)
     }
 
     /// Waits for the next request to finish; `None` at once when none is out.
@@ -319,7 +376,7 @@ impl<S: Sink> Dispatch<S> {
                 Err(e) => {
                     if let Some(mut record) = self.sending.remove(&e.id()) {
                         self.outbox.abandon_in_flight(&record);
-                        record.attempts.count += 1;
+                        record.attempts.count = record.attempts.count.saturating_add(1);
                         record.attempts.maybe_applied = true;
                         record.attempts.last_error =
                             Some("abandoned in flight at the shutdown deadline".to_owned());

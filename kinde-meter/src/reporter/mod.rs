@@ -451,10 +451,8 @@ impl Reporter {
         sink: S,
         on_stop: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<Self, InitError> {
-        shared
-            .registry
-            .set_max_pending_keys(config.max_pending_keys);
-        shared.registry.restart();
+        // Opened first: a journal that cannot be opened leaves the cells as they were
+        // (after a shutdown, still reporting new usage as recorded after it).
         let journal = match &config.journal_dir {
             Some(dir) => Some(
                 crate::journal::Journal::open(dir, config.journal_max_bytes, journal_fs(&config))
@@ -462,6 +460,10 @@ impl Reporter {
             ),
             None => None,
         };
+        shared
+            .registry
+            .set_max_pending_keys(config.max_pending_keys);
+        shared.registry.restart();
         shared.set_hooks(config.on_error.clone(), config.on_unsent.clone());
         let settings = Settings {
             journal,
@@ -631,13 +633,16 @@ impl Reporter {
             self.ask_shutdown(timeout),
             timeout.saturating_add(ANSWER_GRACE),
         ) {
-            Some(report) => {
-                // It has answered (or is gone): it ends at once.
+            // It has answered: it ends at once.
+            Some(report) if report.failure.is_none() => {
                 if let Some(thread) = self.thread.take() {
                     let _ = thread.join();
                 }
                 report
             }
+            // It failed to (a panic in the middle of the shutdown): it may serve on until
+            // this reporter's commands close, so it is not waited for.
+            Some(report) => report,
             None => self.failed_report("the reporter's thread did not answer within the deadline"),
         }
     }

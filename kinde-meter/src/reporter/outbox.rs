@@ -190,6 +190,9 @@ pub(crate) struct Outbox {
     next_seq: u64,
     /// Changes not yet taken, when a journal takes them.
     changes: Option<Vec<Change>>,
+    /// With a journal: records merged into since the last window was taken, as they
+    /// were before, so a window the journal could not write can be taken back out.
+    merges: Vec<Stored>,
 }
 
 impl Outbox {
@@ -207,6 +210,7 @@ impl Outbox {
             run: 0,
             next_seq: 0,
             changes: None,
+            merges: Vec::new(),
         }
     }
 
@@ -233,6 +237,67 @@ impl Outbox {
             .as_mut()
             .map(std::mem::take)
             .unwrap_or_default()
+    }
+
+    /// The records merged into since the last call, as they were before.
+    pub(crate) fn take_merges(&mut self) -> Vec<Stored> {
+        let mut merges = std::mem::take(&mut self.merges);
+        // A record merged into twice was, before the first, as the first says.
+        let mut seen = HashSet::new();
+        merges.retain(|m| seen.insert(m.id));
+        merges
+    }
+
+    /// Takes a merge back: the record returns to `before` (what the journal holds of it),
+    /// and what the merge added waits as a record of its own, which the journal does not
+    /// hold.
+    pub(crate) fn unmerge(&mut self, before: Stored, now: Instant) {
+        let Some(entry) = self.waiting.iter_mut().find(|e| e.record.id == before.id) else {
+            return;
+        };
+        let r = &mut entry.record;
+        let added = match r.usage.meter_type {
+            MeterType::Delta => r.usage.value.saturating_sub(before.usage.value),
+            MeterType::Absolute => r.usage.value,
+        };
+        let timestamp = r.usage.timestamp;
+        let key = Key {
+            agreement: r.usage.agreement.clone(),
+            feature: r.usage.feature.clone(),
+            meter_type: r.usage.meter_type,
+        };
+        r.usage = before.usage;
+        r.attempts = before.attempts;
+        if r.usage.meter_type == MeterType::Delta && added == 0 {
+            return;
+        }
+        let record = Record {
+            id: RecordId {
+                run: self.run,
+                seq: self.next_seq,
+            },
+            bucket: self.bucket_of(timestamp),
+            usage: UsageRecord {
+                agreement: key.agreement,
+                feature: key.feature,
+                meter_type: key.meter_type,
+                value: added,
+                timestamp,
+                idempotency_key: self.idempotency_key(),
+            },
+            attempts: Attempts::default(),
+        };
+        self.next_seq += 1;
+        // Not merged back: it stands apart until the journal holds it.
+        self.waiting.push(Entry {
+            record,
+            not_before: now,
+        });
+    }
+
+    /// Every record held, waiting or not, by id.
+    pub(crate) fn waiting_records(&self) -> impl Iterator<Item = &Record> {
+        self.waiting.iter().map(|e| &e.record)
     }
 
     fn log(&mut self, change: impl FnOnce() -> Change) {
@@ -292,6 +357,10 @@ impl Outbox {
             attempts: Attempts::default(),
         };
         if let Some(i) = self.mergeable(&record) {
+            let before = self
+                .changes
+                .is_some()
+                .then(|| self.waiting[i].record.stored());
             let r = &mut self.waiting[i].record;
             let merged = match record.usage.meter_type {
                 MeterType::Delta => r.usage.value.checked_add(value),
@@ -306,6 +375,7 @@ impl Outbox {
                 r.attempts.maybe_applied = false;
                 let stored = r.stored();
                 self.log(|| Change::Put(stored));
+                self.merges.extend(before);
                 return;
             }
         }
@@ -424,7 +494,7 @@ impl Outbox {
         if record.is_absolute() {
             self.absolute_in_flight.remove(&record.absolute_key());
         }
-        record.attempts.count += 1;
+        record.attempts.count = record.attempts.count.saturating_add(1);
         let error = match outcome {
             Ok(()) => {
                 self.regain_concurrency();
@@ -564,6 +634,56 @@ mod tests {
             vec![4, 3, 8],
             "a maybe-applied record takes no more usage"
         );
+    }
+
+    #[test]
+    fn a_merge_taken_back_leaves_the_record_as_journaled_and_the_rest_apart() {
+        let now = Instant::now();
+        let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(9)).journaled(5);
+        let k = key("agreement_a", MeterType::Delta);
+        o.push(k.clone(), 1, ts(7200), now);
+        let journaled = o.waiting[0].record.stored();
+        assert_eq!(o.take_changes(), vec![Change::Put(journaled.clone())]);
+        assert!(
+            o.take_merges().is_empty(),
+            "a new record merges into nothing"
+        );
+        o.push(k.clone(), 2, ts(7201), now);
+        o.push(k.clone(), 4, ts(7202), now);
+        let merges = o.take_merges();
+        assert_eq!(
+            merges,
+            vec![journaled.clone()],
+            "the state before the first merge"
+        );
+        for before in merges {
+            o.unmerge(before, now);
+        }
+        let records: Vec<&Record> = o.waiting_records().collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].stored(), journaled, "as the journal holds it");
+        assert_eq!(records[1].usage.value, 6, "what the merges added, apart");
+        assert_ne!(records[1].id, journaled.id);
+        assert_ne!(
+            records[1].usage.idempotency_key,
+            journaled.usage.idempotency_key
+        );
+    }
+
+    #[test]
+    fn attempt_counts_saturate() {
+        let now = Instant::now();
+        let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(10));
+        let mut stored = {
+            o.push(key("agreement_a", MeterType::Delta), 1, ts(1), now);
+            o.take_all().remove(0).stored()
+        };
+        stored.attempts.count = u32::MAX;
+        o.restore(stored, now);
+        let r = o.next(now).expect("due");
+        o.complete(r, Err(server(503)), now);
+        let r = o.next(now + Duration::from_secs(60)).expect("due");
+        assert_eq!(r.attempts.count, u32::MAX);
     }
 
     #[test]

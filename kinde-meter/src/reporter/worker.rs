@@ -192,7 +192,8 @@ impl<S: Sink> Worker<S> {
                 if wrote {
                     self.accounts.journal_ok();
                 }
-                self.dispatch.has_journal()
+                // Durable only if nothing earlier is still in memory only.
+                self.dispatch.all_journaled()
             }
             Err(cause) => {
                 // What this window added; usage merged in from earlier windows was
@@ -221,6 +222,9 @@ impl<S: Sink> Worker<S> {
     fn start_due(&mut self, deadline: Option<Instant>) -> Wait {
         let (wait, started) = self.dispatch.start_due(deadline);
         self.accounts.requests(started);
+        for held in self.dispatch.take_held() {
+            self.finished(Some(held));
+        }
         wait
     }
 
