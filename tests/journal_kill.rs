@@ -27,18 +27,34 @@
 //! cache. So this checks that the journal writes before it acknowledges and that a start
 //! takes over what dead processes left, not that it syncs (a power cut is another test).
 //!
+//! A second campaign runs two children at once on one journal directory, each recording
+//! keys of its own, and kills one of them at a time (which one drawn at random) while the
+//! other keeps running: "several processes may share a directory", "a start adopts the
+//! runs whose lock is free", "two processes never deliver the same record" and "a live
+//! process's run is never touched". Each killed child is restarted at once from the round
+//! after its own last durable one. A dead run goes to whichever start opens the journal
+//! first, so a child may take over the other's dead runs (one left by a restart killed
+//! before it adopted, or one the other's restart had not reached yet): what is checked is
+//! per key, never per child. Then, faults off, the child left running is told to finish a
+//! few rounds on and the other one is restarted to the end, both at once, then one drain
+//! run. The same checks per key hold; a start that took a live process's run would show as
+//! records delivered by two processes and never reported ambiguous, or as usage lost (the
+//! live process's later writes going to files the adopter removes).
+//!
 //! `KINDE_METER_CAMPAIGN_SEED` replays a campaign's kill times and fault draws (the seed
 //! is printed; timing still varies from run to run), `KINDE_METER_CAMPAIGN_KILLS` sets
-//! the number of kills.
+//! the number of kills (of each campaign).
 
 #[path = "journal/plan.rs"]
 mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,9 +64,12 @@ const CHILD: &str = env!("CARGO_BIN_EXE_journal-child");
 /// Kills by default: some 0.3 s each (a kill lands 0 to 600 ms after its spawn, or 0 to
 /// 150 ms), so the campaign takes under a minute.
 const DEFAULT_KILLS: usize = 150;
+/// Kills by default in the campaign of two children: some 0.25 s each (a kill lands 0 to
+/// 600 ms, or 0 to 150 ms, after the one before), so it takes under 40 s.
+const DEFAULT_KILLS_OF_TWO: usize = 120;
 /// Keys per child.
 const KEYS: u64 = 6;
-/// Longest time between a spawn and its kill.
+/// Longest time between a spawn and its kill (between two kills, with two children).
 const MAX_LIFETIME_MS: u64 = 600;
 /// Longest time between a spawn and an early kill, one that lands while the child starts.
 const EARLY_KILL_MS: u64 = 150;
@@ -178,6 +197,9 @@ struct Output {
 struct Running {
     child: Child,
     spawned: Instant,
+    stdin: Option<ChildStdin>,
+    /// Set once it has printed `started`.
+    started: Arc<AtomicBool>,
     stdout: Option<JoinHandle<Vec<String>>>,
     stderr: Option<JoinHandle<String>>,
 }
@@ -195,7 +217,7 @@ impl Running {
             .arg(last.to_string())
             .arg(KEYS.to_string())
             .arg(first_key.to_string())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -203,11 +225,18 @@ impl Running {
         // Read as it comes, so a chatty child never blocks on a full pipe.
         let out: ChildStdout = child.stdout.take().expect("piped stdout");
         let err: ChildStderr = child.stderr.take().expect("piped stderr");
+        let stdin = child.stdin.take();
+        let started = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&started);
         let stdout = std::thread::spawn(move || {
-            BufReader::new(out)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<_>>()
+            let mut lines = Vec::new();
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line == "started" {
+                    seen.store(true, Ordering::SeqCst);
+                }
+                lines.push(line);
+            }
+            lines
         });
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
@@ -217,9 +246,25 @@ impl Running {
         Self {
             child,
             spawned,
+            stdin,
+            started,
             stdout: Some(stdout),
             stderr: Some(stderr),
         }
+    }
+
+    /// Whether it has printed `started` (its journal opened, the dead runs adopted).
+    fn has_started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// Tells it to record `rounds` more rounds after the one in progress, then shut down.
+    fn finish(&mut self, rounds: u64) {
+        let stdin = self.stdin.as_mut().expect("piped stdin");
+        stdin
+            .write_all(format!("finish {rounds}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("tell the child to finish");
     }
 
     /// SIGKILL (what `Child::kill` sends on Unix), then everything it printed.
@@ -250,6 +295,7 @@ impl Running {
     }
 
     fn collect(&mut self, status: ExitStatus, exited_before_kill: bool) -> Output {
+        self.stdin = None;
         let lines = self
             .stdout
             .take()
@@ -287,13 +333,14 @@ struct Ambiguous {
     value: u64,
 }
 
-/// One child of a campaign: its keys, and what its runs said about its rounds. Its runs
-/// record rounds one after another; what is checked is per key, so which process
-/// delivered a record does not matter.
+/// One child of a campaign (the one child, or one of two on the same journal): its keys,
+/// and what its runs said about its rounds. Its runs record rounds one after another;
+/// what is checked is per key, so which process delivered a record does not matter.
 #[derive(Debug, Default)]
 struct Lane {
     /// It records keys `first_key..first_key + KEYS`.
     first_key: u64,
+    kills: usize,
     /// The last round one of its runs printed durable.
     last_durable: Option<u64>,
     /// The highest round one of its runs began.
@@ -311,6 +358,10 @@ impl Lane {
 
     fn next_round(&self) -> u64 {
         self.last_durable.map_or(0, |r| r + 1)
+    }
+
+    fn records(&self, agreement: &str) -> bool {
+        self.keys().any(|k| plan::agreement(k) == agreement)
     }
 }
 
@@ -332,6 +383,12 @@ struct Campaign {
     kills_before_start: usize,
     lanes: Vec<Lane>,
     ambiguous: Vec<Ambiguous>,
+    /// `ambiguous` lines a child printed about the other child's keys: a record it resumed
+    /// from a run of the other child's that it adopted.
+    ambiguous_of_the_other: usize,
+    /// Spawns while the other child had not printed `started` yet (both starting: either
+    /// may adopt the other's dead run).
+    spawns_beside_a_start: usize,
     /// Partial entries found at the end of a journal file (a kill in the middle of a write).
     torn: usize,
     /// Lines and outcomes that must not happen, with the run they came from.
@@ -410,6 +467,9 @@ impl Campaign {
                     else {
                         panic!("run {run}: malformed line {line:?}");
                     };
+                    if lane.is_some_and(|l| !self.lanes[l].records(agreement)) {
+                        self.ambiguous_of_the_other += 1;
+                    }
                     self.ambiguous.push(Ambiguous {
                         idempotency_key: key.to_owned(),
                         agreement: agreement.to_owned(),
@@ -434,6 +494,7 @@ impl Campaign {
     fn killed(&mut self, lane: usize, first: u64, out: &Output) {
         let rounds = self.absorb(Some(lane), first, out);
         self.kills += 1;
+        self.lanes[lane].kills += 1;
         if out.exited_before_kill {
             self.problems.push(format!(
                 "run {}: exited on its own ({}) before its kill",
@@ -801,6 +862,120 @@ fn kill_9_loses_at_most_the_open_window_and_reports_every_duplicate() {
             campaign.runs,
             last + 1,
             started.elapsed().as_secs_f64()
+        )
+    });
+    assert!(
+        failures.is_empty(),
+        "seed {seed} (KINDE_METER_CAMPAIGN_SEED={seed} KINDE_METER_CAMPAIGN_KILLS={kills}):\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn kill_9_beside_a_live_process_on_the_same_journal_leaves_its_run_alone() {
+    let started = Instant::now();
+    let seed = campaign_seed();
+    let kills = campaign_kills(DEFAULT_KILLS_OF_TWO);
+    eprintln!(
+        "journal kill campaign, two children on one journal: seed {seed} (KINDE_METER_CAMPAIGN_SEED), {kills} kills"
+    );
+    let mut rng = Rng::new(seed);
+    let emulator = faulty_emulator(&mut rng);
+    let journal = TempDir::new("journal-kill-two", seed);
+    let mut campaign = Campaign::new(2);
+    // A child of `lane`, from the round after its last durable one; the round it starts at.
+    let spawn = |campaign: &mut Campaign, lane: usize, other: Option<&Running>| {
+        if other.is_some_and(|o| !o.has_started()) {
+            campaign.spawns_beside_a_start += 1;
+        }
+        let lane = &campaign.lanes[lane];
+        let first = lane.next_round();
+        let child = Running::spawn(
+            &emulator,
+            &journal.0,
+            first,
+            first + ROUNDS_PER_RUN,
+            lane.first_key,
+        );
+        (first, child)
+    };
+    let mut children: [Option<(u64, Running)>; 2] = [None, None];
+    for lane in 0..2 {
+        let other = children[1 - lane].as_ref().map(|(_, c)| c);
+        let spawned = spawn(&mut campaign, lane, other);
+        children[lane] = Some(spawned);
+    }
+
+    // The kills, of one child at a time, the other one running on.
+    while campaign.kills < kills {
+        let victim = usize::from(rng.below(2) == 1);
+        std::thread::sleep(kill_delay(&mut rng));
+        let (first, child) = children[victim].take().expect("both children run");
+        let out = child.kill();
+        campaign.killed(victim, first, &out);
+        if campaign.kills < kills {
+            let other = children[1 - victim].as_ref().map(|(_, c)| c);
+            let spawned = spawn(&mut campaign, victim, other);
+            children[victim] = Some(spawned);
+        }
+    }
+    let during = DuringKills::of(&emulator);
+
+    // Faults off: the child still running is told to finish a few rounds on, the one
+    // killed last is restarted to the end beside it; then a drain run.
+    emulator.set_faults(Faults::none());
+    if children.iter().any(Option::is_none)
+        && children.iter().flatten().any(|(_, c)| !c.has_started())
+    {
+        campaign.spawns_beside_a_start += 1;
+    }
+    let finals: Vec<(usize, u64, Option<u64>, Running)> = (0..2)
+        .map(|lane| match children[lane].take() {
+            Some((first, mut running)) => {
+                running.finish(FINAL_EXTRA_ROUNDS);
+                (lane, first, None, running)
+            }
+            None => {
+                let l = &campaign.lanes[lane];
+                let first = l.next_round();
+                let last = l.max_begun.unwrap_or(0).max(first) + FINAL_EXTRA_ROUNDS;
+                let running = Running::spawn(&emulator, &journal.0, first, last, l.first_key);
+                (lane, first, Some(last), running)
+            }
+        })
+        .collect();
+    let mut end = 0;
+    for (lane, first, last, running) in finals {
+        let out = running.wait(RUN_TIMEOUT);
+        end = end.max(campaign.finished(lane, first, last, &out));
+    }
+    let out = Running::spawn(&emulator, &journal.0, end + 1, end, 0).wait(RUN_TIMEOUT);
+    campaign.drained(end + 1, &out);
+    assert!(
+        emulator.wait_idle(Duration::from_secs(30)),
+        "the emulator is still handling requests"
+    );
+
+    // What Kinde holds.
+    let failures = campaign.verdict(&emulator, started, &during, || {
+        let [a, b] = &campaign.lanes[..] else {
+            unreachable!("two children")
+        };
+        let rounds = |l: &Lane| l.last.map_or(0, |r| r + 1);
+        format!(
+            "seed {seed}: {} kills ({} before the reporter started) over {} runs of two children on one journal, \
+             {} + {} rounds x {KEYS} keys, {:.1} s\n  kills per child {} + {}; spawns while the other child was \
+             starting {}; ambiguous reports of the other child's keys {}",
+            campaign.kills,
+            campaign.kills_before_start,
+            campaign.runs,
+            rounds(a),
+            rounds(b),
+            started.elapsed().as_secs_f64(),
+            a.kills,
+            b.kills,
+            campaign.spawns_beside_a_start,
+            campaign.ambiguous_of_the_other
         )
     });
     assert!(
