@@ -2,10 +2,12 @@
 //! records a known workload round after round and says on stdout what it may rely on.
 //!
 //! ```text
-//! journal-child <kinde url> <client id> <client secret> <journal dir> <first round> <last round> <keys>
+//! journal-child <kinde url> <client id> <client secret> <journal dir> <first round> <last round> <keys> [<first key>]
 //! ```
 //!
-//! Each round records [`plan::CALLS_PER_ROUND`] calls of [`plan::amount`] per key, a few
+//! It records keys `<first key>` (0 by default) to `<first key> + <keys> - 1`, so two
+//! children on one journal can record disjoint keys. Each round records
+//! [`plan::CALLS_PER_ROUND`] calls of [`plan::amount`] per key, a few
 //! milliseconds apart (the 100 ms flush timer closes windows in the middle of rounds
 //! too), then flushes. Lines on stdout, each written and flushed whole:
 //!
@@ -22,11 +24,16 @@
 //!
 //! With a first round past the last, it records nothing: it starts (replaying what the
 //! journal holds) and shuts down.
+//!
+//! A line `finish <n>` on stdin brings the last round forward: the child records `n` more
+//! rounds after the one in progress (or the next one, between rounds), then shuts down as
+//! after its last round. Anything else on stdin, and its end, is ignored.
 
 mod plan;
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kinde_meter::api::{Credentials, Domain};
@@ -40,6 +47,23 @@ const PAUSE: Duration = Duration::from_millis(15);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the final shutdown may take.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `<n>` of the last `finish <n>` line read on stdin; `u64::MAX` until one comes.
+static FINISH: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Reads `finish <n>` lines from stdin, on a thread of its own, until stdin ends.
+fn listen_for_finish() {
+    std::thread::spawn(|| {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if let Some(Ok(n)) = line
+                .strip_prefix("finish ")
+                .map(|n| n.trim().parse::<u64>())
+            {
+                FINISH.store(n.min(u64::MAX - 1), Ordering::SeqCst);
+            }
+        }
+    });
+}
 
 /// Writes one line and flushes it, so a kill right after loses none of it.
 fn say(line: &str) {
@@ -88,13 +112,18 @@ struct Args {
     first: u64,
     last: u64,
     keys: u64,
+    first_key: u64,
 }
 
 fn args() -> Result<Args, String> {
     let v: Vec<String> = std::env::args().skip(1).collect();
-    let [url, client_id, client_secret, journal, first, last, keys] = v.as_slice() else {
+    let (fixed, first_key) = match v.as_slice() {
+        [fixed @ .., first_key] if fixed.len() == 7 => (fixed, Some(first_key)),
+        fixed => (fixed, None),
+    };
+    let [url, client_id, client_secret, journal, first, last, keys] = fixed else {
         return Err(format!(
-            "usage: journal-child <url> <client id> <client secret> <journal dir> <first> <last> <keys> (got {v:?})"
+            "usage: journal-child <url> <client id> <client secret> <journal dir> <first> <last> <keys> [<first key>] (got {v:?})"
         ));
     };
     let number = |s: &str| s.parse::<u64>().map_err(|e| format!("{s:?}: {e}"));
@@ -106,6 +135,7 @@ fn args() -> Result<Args, String> {
         first: number(first)?,
         last: number(last)?,
         keys: number(keys)?,
+        first_key: first_key.map_or(Ok(0), |k| number(k))?,
     })
 }
 
@@ -127,14 +157,17 @@ fn run(args: &Args) -> Result<(), String> {
     say("started");
 
     let feature = FeatureCode::new(plan::FEATURE).map_err(|e| e.to_string())?;
-    let ids = (0..args.keys)
+    let ids = (args.first_key..args.first_key + args.keys)
         .map(|k| plan::agreement(k).parse::<AgreementId>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    for round in args.first..=args.last {
+    listen_for_finish();
+    let mut last = args.last;
+    let mut round = args.first;
+    while round <= last {
         say(&format!("begin {round}"));
         for call in 0..plan::CALLS_PER_ROUND {
-            for (key, id) in (0u64..).zip(&ids) {
+            for (key, id) in (args.first_key..).zip(&ids) {
                 reporter.record_for(id, &feature, plan::amount(round, key, call));
             }
             std::thread::sleep(PAUSE);
@@ -146,6 +179,11 @@ fn run(args: &Args) -> Result<(), String> {
             say(&format!("notdurable {round} {report:?}"));
             break;
         }
+        let finish = FINISH.load(Ordering::SeqCst);
+        if finish != u64::MAX {
+            last = last.min(round.saturating_add(finish));
+        }
+        round += 1;
     }
 
     let report = reporter.shutdown_blocking(SHUTDOWN_TIMEOUT);
