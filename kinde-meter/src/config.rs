@@ -32,7 +32,9 @@ pub enum Delivery {
 /// attributed. Runs on the caller's thread or the reporter's thread: keep it short.
 pub type ErrorHook = Arc<dyn Fn(&MeterError) + Send + Sync>;
 /// The unsent hook: called with records that will not be delivered (at shutdown, or
-/// ambiguous records under [`Delivery::AtMostOnce`]).
+/// ambiguous records under [`Delivery::AtMostOnce`]). With a journal, a record can reach
+/// it twice: a process that dies after calling it, before the journal says so, leaves the
+/// record to the next start, which hands it back again. Keep records by idempotency key.
 pub type UnsentHook = Arc<dyn Fn(&[UnsentRecord]) + Send + Sync>;
 
 /// The variables [`Config::from_env`] reads, in order of precedence within each group.
