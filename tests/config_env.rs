@@ -455,3 +455,51 @@ fn reporter_starts_at_the_limits_of_every_option() {
     let report = reporter.shutdown_blocking(Duration::from_secs(2));
     assert!(report.left.is_empty(), "{report:?}");
 }
+
+// ----- KINDE_METER_JOURNAL_DIR, KINDE_METER_JOURNAL_MAX_BYTES -----
+
+#[test]
+fn the_journal_is_off_unless_its_directory_is_set() {
+    let off = format!("{:?}", config(&[DOMAIN, TOKEN]));
+    assert!(off.contains("journal_dir: None"), "{off}");
+    let on = format!(
+        "{:?}",
+        config(&[
+            DOMAIN,
+            TOKEN,
+            (env::JOURNAL_DIR, " /var/lib/svc/meter \n"),
+            (env::JOURNAL_MAX_BYTES, "1048576"),
+        ])
+    );
+    assert!(
+        on.contains(r#"journal_dir: Some("/var/lib/svc/meter")"#)
+            && on.contains("journal_max_bytes: 1048576"),
+        "{on}"
+    );
+}
+
+#[test]
+fn a_journal_limit_out_of_range_or_not_a_number_is_named() {
+    for raw in ["lots", "-1", "1000", "1099511627777"] {
+        let e = error(&[DOMAIN, TOKEN, (env::JOURNAL_MAX_BYTES, raw)]);
+        assert_eq!(named(&e), "KINDE_METER_JOURNAL_MAX_BYTES", "{raw}: {e}");
+        assert!(e.to_string().contains("65536"), "{raw}: {e}");
+    }
+}
+
+#[test]
+fn a_journal_limit_out_of_range_in_code_is_refused_at_start_naming_the_option() {
+    let emulator = Emulator::start().expect("emulator");
+    let config = Config::new(
+        Domain::parse(&emulator.base_url()).expect("domain"),
+        Credentials::access_token("t"),
+    )
+    .journal(std::env::temp_dir().join("kinde-meter-never-created"))
+    .journal_max_bytes(10);
+    match Reporter::start(config) {
+        Err(InitError::Config(ConfigError::InvalidOption { option, .. })) => {
+            assert_eq!(option, "journal_max_bytes")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -470,12 +470,12 @@ impl Journal {
         // what is live, so it waits until that much space comes back.
         let full = self.bytes + bytes.len() as u64 > self.segment_limit
             && self.dead_bytes() >= self.live_bytes.max(self.segment_limit / 2);
-        if self.segment.is_none() || full {
-            if let Err(e) = self.rotate() {
-                // Nothing of `bytes` was written.
-                self.clean_failure = true;
-                return Err(e);
-            }
+        if (self.segment.is_none() || full)
+            && let Err(e) = self.rotate()
+        {
+            // Nothing of `bytes` was written.
+            self.clean_failure = true;
+            return Err(e);
         }
         let Some(segment) = &mut self.segment else {
             return Err(io::Error::other("no segment is open"));

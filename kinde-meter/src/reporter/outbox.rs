@@ -271,22 +271,7 @@ impl Outbox {
         if r.usage.meter_type == MeterType::Delta && added == 0 {
             return;
         }
-        let record = Record {
-            id: RecordId {
-                run: self.run,
-                seq: self.next_seq,
-            },
-            bucket: self.bucket_of(timestamp),
-            usage: UsageRecord {
-                agreement: key.agreement,
-                feature: key.feature,
-                meter_type: key.meter_type,
-                value: added,
-                timestamp,
-                idempotency_key: self.idempotency_key(),
-            },
-            attempts: Attempts::default(),
-        };
+        let record = self.fresh(key, added, timestamp);
         self.next_seq += 1;
         // Not merged back: it stands apart until the journal holds it.
         self.waiting.push(Entry {
@@ -337,10 +322,10 @@ impl Outbox {
         format!("{:016x}{:016x}", self.rng.u64(..), self.rng.u64(..))
     }
 
-    /// Adds a new record (merging it into a waiting one when allowed), with a fresh
-    /// idempotency key and no attempts.
-    pub(crate) fn push(&mut self, key: Key, value: u64, timestamp: Timestamp, now: Instant) {
-        let record = Record {
+    /// A record with the next id, a fresh idempotency key and no attempts (the id is
+    /// taken only when the caller keeps it: `next_seq += 1`).
+    fn fresh(&mut self, key: Key, value: u64, timestamp: Timestamp) -> Record {
+        Record {
             id: RecordId {
                 run: self.run,
                 seq: self.next_seq,
@@ -355,7 +340,13 @@ impl Outbox {
                 idempotency_key: self.idempotency_key(),
             },
             attempts: Attempts::default(),
-        };
+        }
+    }
+
+    /// Adds a new record (merging it into a waiting one when allowed), with a fresh
+    /// idempotency key and no attempts.
+    pub(crate) fn push(&mut self, key: Key, value: u64, timestamp: Timestamp, now: Instant) {
+        let record = self.fresh(key, value, timestamp);
         if let Some(i) = self.mergeable(&record) {
             let before = self
                 .changes
