@@ -146,9 +146,22 @@ pub(crate) mod faulty {
     pub(crate) struct FaultyFs {
         failure: Arc<Mutex<Option<io::ErrorKind>>>,
         truncate_fails: Arc<std::sync::atomic::AtomicBool>,
+        /// Bytes of each segment made durable by its last sync.
+        synced: Arc<Mutex<std::collections::HashMap<PathBuf, u64>>>,
     }
 
     impl FaultyFs {
+        /// A power cut: every segment written through this file system loses what was
+        /// not synced. (Directory entries are taken as they are: the journal syncs its
+        /// directory after each name it creates, renames or removes.)
+        pub(crate) fn power_cut(&self) {
+            for (path, len) in self.synced.lock().expect("lock").iter() {
+                if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) {
+                    let _ = file.set_len(*len);
+                }
+            }
+        }
+
         /// Whether taking back a failed write fails too (it succeeds unless set).
         pub(crate) fn fail_truncate(&self, fails: bool) {
             self.truncate_fails
@@ -180,28 +193,43 @@ pub(crate) mod faulty {
     struct FaultySegment {
         inner: Box<dyn Segment>,
         fs: FaultyFs,
+        path: PathBuf,
+        written: u64,
     }
 
     impl Segment for FaultySegment {
         fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
             if let Err(e) = self.fs.check() {
                 // A failing disk often takes part of a write: leave a torn tail.
-                let _ = self.inner.append(&bytes[..bytes.len() / 2]);
+                let half = &bytes[..bytes.len() / 2];
+                if self.inner.append(half).is_ok() {
+                    self.written += half.len() as u64;
+                }
                 return Err(e);
             }
-            self.inner.append(bytes)
+            self.inner.append(bytes)?;
+            self.written += bytes.len() as u64;
+            Ok(())
         }
 
         fn sync(&mut self) -> io::Result<()> {
             self.fs.check()?;
-            self.inner.sync()
+            self.inner.sync()?;
+            self.fs
+                .synced
+                .lock()
+                .expect("lock")
+                .insert(self.path.clone(), self.written);
+            Ok(())
         }
 
         fn truncate(&mut self, len: u64) -> io::Result<()> {
             if self.fs.truncate_fails() {
                 return Err(io::Error::other("injected: truncate"));
             }
-            self.inner.truncate(len)
+            self.inner.truncate(len)?;
+            self.written = len;
+            Ok(())
         }
     }
 
@@ -221,9 +249,16 @@ pub(crate) mod faulty {
 
         fn create(&self, path: &Path) -> io::Result<Box<dyn Segment>> {
             self.check()?;
+            let inner = RealFs.create(path)?;
+            self.synced
+                .lock()
+                .expect("lock")
+                .insert(path.to_path_buf(), 0);
             Ok(Box::new(FaultySegment {
-                inner: RealFs.create(path)?,
+                inner,
                 fs: self.clone(),
+                path: path.to_path_buf(),
+                written: 0,
             }))
         }
 

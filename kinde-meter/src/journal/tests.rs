@@ -437,6 +437,51 @@ fn a_failing_disk_refuses_windows_and_recovers_when_it_heals() {
     }
 }
 
+/// A power cut keeps only what was synced: closed windows and the starts of attempts are
+/// synced before anything relies on them, so they survive it; an outcome written after
+/// its attempt may be lost, and the record then resumes in flight (resent as ambiguous,
+/// reported), never as if it had not been sent.
+#[test]
+fn a_power_cut_keeps_every_window_and_every_start() {
+    let root = TempDir::new("power");
+    let fs = FaultyFs::default();
+    let (mut j, _) = Journal::open(&root.0, 1 << 20, Arc::new(fs.clone())).expect("open");
+    let run = j.run();
+    let a = with_run(stored(1, 5), run);
+    let b = with_run(stored(2, 6), run);
+    let c = with_run(stored(3, 7), run);
+    j.put_window(std::slice::from_ref(&a), &[]).expect("window");
+    j.start(&[a.id]).expect("start");
+    let mut retried = a.clone();
+    retried.attempts.count += 1;
+    retried.attempts.last_error = Some("503".to_owned());
+    j.put(&retried).expect("retry state");
+    j.put_window(std::slice::from_ref(&c), &[]).expect("window");
+    j.put_window(std::slice::from_ref(&b), &[]).expect("window");
+    // The last sync before the cut is this start's own.
+    j.start(&[b.id]).expect("start");
+    j.settle(b.id).expect("delivered");
+    fs.power_cut();
+    drop(j);
+    let (_j, r) = open(&root.0);
+    let got = resumed(&r);
+    assert_eq!(
+        got.get(&a.id),
+        Some(&(retried, false)),
+        "synced along with the next window"
+    );
+    assert_eq!(
+        got.get(&c.id),
+        Some(&(c.clone(), false)),
+        "a window is synced"
+    );
+    assert_eq!(
+        got.get(&b.id),
+        Some(&(b.clone(), true)),
+        "its settle was lost, its start was not: resent as ambiguous"
+    );
+}
+
 /// A write that fails part-way and cannot be taken back may have left whole entries:
 /// the journal then holds the window as if written, so its attempts wait for a start it
 /// can write, and its next write rewrites everything live into a fresh segment.
