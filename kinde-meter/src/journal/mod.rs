@@ -143,6 +143,9 @@ pub(crate) struct Journal {
     unsynced: bool,
     /// Whether the last failed append was taken back whole (the segment is as before).
     clean_failure: bool,
+    /// Set when a write failed whose content the journal holds anyway (a settle, a
+    /// state, a window that may be on disk): the next write rewrites everything first.
+    rewrite_pending: bool,
     /// Set when a damaged file could not be moved aside, or a run could not be listed:
     /// the adopted runs are then kept (read again at the next start) rather than removed
     /// with the evidence.
@@ -238,6 +241,7 @@ impl Journal {
             live_bytes: 0,
             unsynced: false,
             clean_failure: false,
+            rewrite_pending: false,
             keep_adopted: !recovered.quarantined_all,
             adopted: recovered.adopted.clone(),
         };
@@ -331,6 +335,9 @@ impl Journal {
             // the next write rewrites them whole.
             Err(_) => !self.clean_failure,
         };
+        if tracked && written.is_err() {
+            self.rewrite_pending = true;
+        }
         if tracked {
             for (id, put, started) in puts {
                 self.track_put(id, put);
@@ -356,6 +363,7 @@ impl Journal {
         let mut bytes = Vec::new();
         format::encode(&Entry::Put(stored.clone()), &mut bytes);
         let written = self.append(&bytes);
+        self.rewrite_pending |= written.is_err();
         self.track_put(stored.id, bytes);
         written
     }
@@ -394,7 +402,21 @@ impl Journal {
         self.live_bytes = self.live_bytes.saturating_sub(live.put.len() as u64);
         let mut bytes = Vec::new();
         format::encode(&Entry::Settle(id), &mut bytes);
-        self.append(&bytes)
+        let written = self.append(&bytes);
+        self.rewrite_pending |= written.is_err();
+        written
+    }
+
+    /// Whether what is on disk may differ from what the journal holds (a write failed
+    /// since the last rewrite): until [`Journal::rewrite`] succeeds, nothing it holds is
+    /// known to be durable.
+    pub(crate) fn needs_rewrite(&self) -> bool {
+        self.segment.is_none() || self.rewrite_pending
+    }
+
+    /// Writes everything live into a new segment and syncs it.
+    pub(crate) fn rewrite(&mut self) -> io::Result<()> {
+        self.rotate()
     }
 
     /// Whether `id` is on disk (so it survives this process).
@@ -470,7 +492,7 @@ impl Journal {
         // what is live, so it waits until that much space comes back.
         let full = self.bytes + bytes.len() as u64 > self.segment_limit
             && self.dead_bytes() >= self.live_bytes.max(self.segment_limit / 2);
-        if (self.segment.is_none() || full)
+        if (self.needs_rewrite() || full)
             && let Err(e) = self.rotate()
         {
             // Nothing of `bytes` was written.
@@ -521,12 +543,13 @@ impl Journal {
         let path = join(&self.dir, &[&segment_name(self.index)]);
         let mut segment = self.fs.create(&path)?;
         self.created = true;
-        self.bytes = bytes.len() as u64;
         segment.append(&bytes)?;
+        self.bytes = bytes.len() as u64;
         segment.sync()?;
         self.fs.sync_dir(&self.dir)?;
         self.segment = Some(segment);
         self.unsynced = false;
+        self.rewrite_pending = false;
         // Everything live is in the new segment, synced: the older ones hold nothing
         // that is not settled or written again.
         while let Some(&(old, _)) = self.older.front() {

@@ -499,12 +499,17 @@ fn a_failed_write_that_cannot_be_taken_back_is_held_as_written() {
     assert!(window.iter().all(|s| j.holds(s.id)));
     fs.heal();
     fs.fail_truncate(false);
-    j.start(&[window[0].id]).expect("a start after the rewrite");
+    assert!(
+        j.needs_rewrite(),
+        "not durable until rewritten, even with no new write"
+    );
+    j.rewrite().expect("rewritten");
+    assert!(!j.needs_rewrite());
     drop(j);
     let (_j, r) = open(&root.0);
     let got = resumed(&r);
     assert_eq!(got.len(), 4, "{got:?}");
-    assert!(got[&window[0].id].1, "in flight");
+    assert!(got.values().all(|g| !g.1), "none started");
     assert!(
         r.issues
             .iter()
@@ -512,6 +517,36 @@ fn a_failed_write_that_cannot_be_taken_back_is_held_as_written() {
         "the abandoned segment ends in a torn half entry at most: {:?}",
         r.issues
     );
+}
+
+/// A settle or a state that fails to be written, even when the failed write is taken
+/// back, is what the journal holds: the next write rewrites everything, so a delivered
+/// record does not come back.
+#[test]
+fn a_settle_that_failed_is_written_by_the_next_rewrite() {
+    let root = TempDir::new("settle-failed");
+    let fs = FaultyFs::default();
+    let (mut j, _) = Journal::open(&root.0, 1 << 20, Arc::new(fs.clone())).expect("open");
+    let run = j.run();
+    let a = with_run(stored(1, 5), run);
+    let b = with_run(stored(2, 6), run);
+    let c = with_run(stored(3, 7), run);
+    j.put_window(&[a.clone(), b.clone()], &[]).expect("window");
+    j.start(&[a.id, b.id]).expect("start");
+    fs.fail(io::ErrorKind::StorageFull);
+    assert!(j.settle(a.id).is_err());
+    let mut retried = b.clone();
+    retried.attempts.count += 1;
+    assert!(j.put(&retried).is_err());
+    assert!(j.needs_rewrite());
+    fs.heal();
+    j.put_window(std::slice::from_ref(&c), &[]).expect("window");
+    drop(j);
+    let (_j, r) = open(&root.0);
+    let got = resumed(&r);
+    assert!(!got.contains_key(&a.id), "delivered, and back: {got:?}");
+    assert_eq!(got.get(&b.id), Some(&(retried, false)), "its new state");
+    assert!(got.contains_key(&c.id));
 }
 
 /// Rewriting what is live costs its size, so it waits until as much is settled: with

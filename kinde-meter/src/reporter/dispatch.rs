@@ -47,8 +47,6 @@ pub(crate) struct Dispatch<S> {
     resumed: Option<(Vec<Stored>, Vec<RecordId>)>,
     /// Records handed back after a panic, to settle once reported.
     salvaged: Vec<RecordId>,
-    /// Outcomes of attempts held back (their start could not be journaled), to report.
-    held: Vec<Event>,
 }
 
 /// What resuming the journal at start did.
@@ -89,7 +87,6 @@ impl<S: Sink> Dispatch<S> {
             journal_failure: None,
             resumed: None,
             salvaged: Vec::new(),
-            held: Vec::new(),
         }
     }
 
@@ -189,6 +186,10 @@ impl<S: Sink> Dispatch<S> {
             .map(Record::stored)
             .collect();
         if records.is_empty() && in_flight.is_empty() {
+            // Nothing new, but what it holds may not all be on disk since a failure.
+            if journal.needs_rewrite() {
+                return journal.rewrite().map(|()| true).map_err(JournalFailure::Io);
+            }
             return Ok(false);
         }
         match journal.put_window(&records, &in_flight) {
@@ -212,7 +213,8 @@ impl<S: Sink> Dispatch<S> {
         let Some(journal) = &self.journal else {
             return false;
         };
-        self.outbox.waiting_records().all(|r| journal.holds(r.id))
+        !journal.needs_rewrite()
+            && self.outbox.waiting_records().all(|r| journal.holds(r.id))
             && self.sending.values().all(|r| journal.holds(r.id))
     }
 
@@ -271,7 +273,7 @@ impl<S: Sink> Dispatch<S> {
     /// before `deadline`. Returns what to wait for next and how many it started.
     pub(crate) fn start_due(&mut self, deadline: Option<Instant>) -> (Wait, u64) {
         let mut due = Vec::new();
-        let wait = loop {
+        let mut wait = loop {
             let now = Instant::now();
             let timeout = match deadline {
                 Some(d) => {
@@ -297,18 +299,18 @@ impl<S: Sink> Dispatch<S> {
         if let Some(journal) = &mut self.journal {
             let ids: Vec<RecordId> = due.iter().map(|(r, _)| r.id).collect();
             if let Err(e) = journal.start(&ids) {
-                let message = format!("held: the journal could not record the attempt ({e})");
                 self.journal_failure = Some(JournalFailure::Io(e));
                 let now = Instant::now();
                 let (held, free): (Vec<_>, Vec<_>) =
                     due.into_iter().partition(|(r, _)| journal.holds(r.id));
                 due = free;
                 for (record, _) in held {
-                    let not_sent = ApiError::NotSent {
-                        source: message.clone().into(),
+                    let again = self.outbox.hold(record, now);
+                    // Woken for it, whatever else the worker waits for.
+                    wait = match wait {
+                        Wait::Until(t) => Wait::Until(t.min(again)),
+                        Wait::InFlight | Wait::Idle => Wait::Until(again),
                     };
-                    let event = self.outbox.complete(record, Err(not_sent), now);
-                    self.held.push(event);
                 }
             }
         }
@@ -327,11 +329,6 @@ impl<S: Sink> Dispatch<S> {
             self.sending.insert(handle.id(), record);
         }
         (wait, started)
-    }
-
-    /// Outcomes of attempts held back since the last call.
-    pub(crate) fn take_held(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.held)
     }
 
     /// Waits for the next request to finish; `None` at once when none is out.

@@ -101,7 +101,11 @@ fn a_failing_disk_keeps_metering_in_memory_and_says_so_per_window() {
     sink.attempts.lock().expect("lock").clear();
     std::thread::sleep(Duration::from_millis(300));
     let tried = sink.attempts.lock().expect("lock").clone();
-    assert!(tried.iter().any(|a| a == "agreement_2"), "{tried:?}");
+    assert!(
+        tried.iter().any(|a| a == "agreement_2"),
+        "{tried:?} {:?}",
+        reporter.stats()
+    );
     assert!(
         !tried.iter().any(|a| a == "agreement_1"),
         "sent unjournaled: {tried:?}"

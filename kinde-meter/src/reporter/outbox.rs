@@ -158,6 +158,10 @@ impl TokenBucket {
         }
     }
 
+    fn refund(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.capacity);
+    }
+
     fn take(&mut self, now: Instant) -> Result<(), Instant> {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
@@ -536,6 +540,27 @@ impl Outbox {
             throttled,
             error: message,
         }
+    }
+
+    /// Puts back a record taken with [`Outbox::next`] that was not sent (its attempt's
+    /// start could not be journaled): no attempt is counted, and it waits a backoff.
+    /// Returns when it may go again.
+    pub(crate) fn hold(&mut self, record: Record, now: Instant) -> Instant {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        // Its rate token goes back: nothing was sent, and records that can go must not
+        // wait behind it.
+        self.bucket.refund();
+        if record.is_absolute() {
+            self.absolute_in_flight.remove(&record.absolute_key());
+        }
+        // Not sooner than the first backoff step: a failing disk is not retried in a spin.
+        let delay = self
+            .backoff(record.attempts.count)
+            .max(self.policy.backoff_initial);
+        let not_before = now + delay;
+        // At the front, where it was due from: ahead of any newer value of its key.
+        self.waiting.insert(0, Entry { record, not_before });
+        not_before
     }
 
     /// Additive increase after a 429 halved the concurrency.

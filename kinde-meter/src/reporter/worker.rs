@@ -222,9 +222,6 @@ impl<S: Sink> Worker<S> {
     fn start_due(&mut self, deadline: Option<Instant>) -> Wait {
         let (wait, started) = self.dispatch.start_due(deadline);
         self.accounts.requests(started);
-        for held in self.dispatch.take_held() {
-            self.finished(Some(held));
-        }
         wait
     }
 
