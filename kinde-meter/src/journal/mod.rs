@@ -269,8 +269,12 @@ impl Journal {
         for &id in settled {
             format::encode(&Entry::Settle(id), &mut bytes);
         }
-        self.append(&bytes)?;
-        self.sync()?;
+        if let Err(e) = self.append(&bytes).and_then(|()| self.sync()) {
+            // The adopted runs stay (read again at the next start, before this run);
+            // this run's next write rewrites what it holds.
+            self.rewrite_pending = true;
+            return Err(e);
+        }
         if !self.keep_adopted {
             let adopted = join(&self.dir, &["adopted"]);
             for name in std::mem::take(&mut self.adopted) {
