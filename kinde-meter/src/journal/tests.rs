@@ -33,6 +33,19 @@ impl Drop for TempDir {
     }
 }
 
+/// A journal on a fresh directory, written through a file system that fails on demand.
+fn faulty_journal(name: &str) -> (TempDir, FaultyFs, Journal) {
+    let root = TempDir::new(name);
+    let fs = FaultyFs::default();
+    let (j, _) = Journal::open(&root.0, 1 << 20, Arc::new(fs.clone())).expect("open");
+    (root, fs, j)
+}
+
+/// Three records of `j`'s run, values 5, 6 and 7.
+fn three_records(j: &Journal) -> [Stored; 3] {
+    [(1, 5), (2, 6), (3, 7)].map(|(seq, value)| with_run(stored(seq, value), j.run()))
+}
+
 fn open(root: &Path) -> (Journal, Recovered) {
     Journal::open(root, 1 << 20, Arc::new(RealFs)).expect("open")
 }
@@ -398,13 +411,8 @@ fn a_failing_disk_refuses_windows_and_recovers_when_it_heals() {
         io::ErrorKind::Other,
         io::ErrorKind::ReadOnlyFilesystem,
     ] {
-        let root = TempDir::new("faulty");
-        let fs = FaultyFs::default();
-        let (mut j, _) = Journal::open(&root.0, 1 << 20, Arc::new(fs.clone())).expect("open");
-        let run = j.run();
-        let a = with_run(stored(1, 5), run);
-        let b = with_run(stored(2, 6), run);
-        let c = with_run(stored(3, 7), run);
+        let (root, fs, mut j) = faulty_journal("faulty");
+        let [a, b, c] = three_records(&j);
         j.put_window(std::slice::from_ref(&a), &[])
             .expect("healthy");
         fs.fail(kind);
@@ -443,13 +451,8 @@ fn a_failing_disk_refuses_windows_and_recovers_when_it_heals() {
 /// reported), never as if it had not been sent.
 #[test]
 fn a_power_cut_keeps_every_window_and_every_start() {
-    let root = TempDir::new("power");
-    let fs = FaultyFs::default();
-    let (mut j, _) = Journal::open(&root.0, 1 << 20, Arc::new(fs.clone())).expect("open");
-    let run = j.run();
-    let a = with_run(stored(1, 5), run);
-    let b = with_run(stored(2, 6), run);
-    let c = with_run(stored(3, 7), run);
+    let (root, fs, mut j) = faulty_journal("power");
+    let [a, b, c] = three_records(&j);
     j.put_window(std::slice::from_ref(&a), &[]).expect("window");
     j.start(&[a.id]).expect("start");
     let mut retried = a.clone();
@@ -524,13 +527,8 @@ fn a_failed_write_that_cannot_be_taken_back_is_held_as_written() {
 /// record does not come back.
 #[test]
 fn a_settle_that_failed_is_written_by_the_next_rewrite() {
-    let root = TempDir::new("settle-failed");
-    let fs = FaultyFs::default();
-    let (mut j, _) = Journal::open(&root.0, 1 << 20, Arc::new(fs.clone())).expect("open");
-    let run = j.run();
-    let a = with_run(stored(1, 5), run);
-    let b = with_run(stored(2, 6), run);
-    let c = with_run(stored(3, 7), run);
+    let (root, fs, mut j) = faulty_journal("settle-failed");
+    let [a, b, c] = three_records(&j);
     j.put_window(&[a.clone(), b.clone()], &[]).expect("window");
     j.start(&[a.id, b.id]).expect("start");
     fs.fail(io::ErrorKind::StorageFull);
