@@ -141,8 +141,6 @@ pub(crate) struct Journal {
     live: HashMap<RecordId, Live>,
     live_bytes: u64,
     unsynced: bool,
-    /// Whether the last failed append was taken back whole (the segment is as before).
-    clean_failure: bool,
     /// Set when a write failed whose content the journal holds anyway (a settle, a
     /// state, a window that may be on disk): the next write rewrites everything first.
     rewrite_pending: bool,
@@ -159,10 +157,7 @@ impl fmt::Debug for Journal {
         f.debug_struct("Journal")
             .field("dir", &self.dir)
             .field("live", &self.live.len())
-            .field(
-                "bytes",
-                &(self.bytes + self.older.iter().map(|s| s.1).sum::<u64>()),
-            )
+            .field("bytes", &self.total())
             .finish_non_exhaustive()
     }
 }
@@ -240,7 +235,6 @@ impl Journal {
             live: HashMap::new(),
             live_bytes: 0,
             unsynced: false,
-            clean_failure: false,
             rewrite_pending: false,
             keep_adopted: !recovered.quarantined_all,
             adopted: recovered.adopted.clone(),
@@ -331,14 +325,16 @@ impl Journal {
                 });
             }
         }
-        let written = self.append(&bytes).and_then(|()| self.sync());
-        let tracked = match &written {
-            Ok(()) => true,
-            // Possibly on disk (a write not taken back, a failed sync): tracked as if
-            // written, so their attempts wait for a start the journal can write, and
-            // the next write rewrites them whole.
-            Err(_) => !self.clean_failure,
-        };
+        let written = self.try_append(&bytes).and_then(|()| {
+            self.sync().map_err(|error| Failed {
+                error,
+                taken_back: false,
+            })
+        });
+        // Possibly on disk (a write not taken back, a failed sync): tracked as if
+        // written, so their attempts wait for a start the journal can write, and the
+        // next write rewrites them whole.
+        let tracked = written.as_ref().map_or_else(|f| !f.taken_back, |()| true);
         if tracked && written.is_err() {
             self.rewrite_pending = true;
         }
@@ -350,8 +346,8 @@ impl Journal {
                 }
             }
         }
-        written.map_err(|e| WindowFailure {
-            cause: JournalFailure::Io(e),
+        written.map_err(|f| WindowFailure {
+            cause: JournalFailure::Io(f.error),
             tracked,
         })
     }
@@ -490,21 +486,30 @@ impl Journal {
     }
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.clean_failure = false;
+        self.try_append(bytes).map_err(|f| f.error)
+    }
+
+    /// Appends `bytes`; on failure, says whether the segment is as it was before.
+    fn try_append(&mut self, bytes: &[u8]) -> Result<(), Failed> {
         // A new segment after a failure (the old one may end in a torn write), or when
         // the settled part is at least as big as the live one: each rotation rewrites
         // what is live, so it waits until that much space comes back.
         let full = self.bytes + bytes.len() as u64 > self.segment_limit
             && self.dead_bytes() >= self.live_bytes.max(self.segment_limit / 2);
         if (self.needs_rewrite() || full)
-            && let Err(e) = self.rotate()
+            && let Err(error) = self.rotate()
         {
             // Nothing of `bytes` was written.
-            self.clean_failure = true;
-            return Err(e);
+            return Err(Failed {
+                error,
+                taken_back: true,
+            });
         }
         let Some(segment) = &mut self.segment else {
-            return Err(io::Error::other("no segment is open"));
+            return Err(Failed {
+                error: io::Error::other("no segment is open"),
+                taken_back: true,
+            });
         };
         match segment.append(bytes) {
             Ok(()) => {
@@ -512,15 +517,15 @@ impl Journal {
                 self.unsynced = true;
                 Ok(())
             }
-            Err(e) => {
+            Err(error) => {
                 // Take back what part of it landed; if that fails too, the segment may
                 // end in whole entries of it, or a torn one: write on in a new segment,
                 // which starts with everything live.
-                self.clean_failure = segment.truncate(self.bytes).is_ok();
-                if !self.clean_failure {
+                let taken_back = segment.truncate(self.bytes).is_ok();
+                if !taken_back {
                     self.segment = None;
                 }
-                Err(e)
+                Err(Failed { error, taken_back })
             }
         }
     }
@@ -568,6 +573,12 @@ impl Journal {
         }
         Ok(())
     }
+}
+
+/// An append that failed, and whether the segment is as it was before it.
+struct Failed {
+    error: io::Error,
+    taken_back: bool,
 }
 
 /// A window the journal could not write.
