@@ -93,12 +93,18 @@ pub struct UsageRecord {
 /// An idempotency key as the client sends one: 1 to 255 bytes of visible ASCII.
 fn idempotency_key<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let key = String::deserialize(d)?;
-    if key.is_empty() || key.len() > MAX_ID_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if !is_idempotency_key(&key) {
         return Err(serde::de::Error::custom(format_args!(
             "invalid idempotency key: it must be 1 to {MAX_ID_LEN} bytes of visible ASCII (no spaces)"
         )));
     }
     Ok(key)
+}
+
+/// Whether `key` is an idempotency key the client sends: 1 to 255 bytes of visible
+/// ASCII. Checked wherever a record comes back in (deserialization, the journal).
+pub(crate) fn is_idempotency_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_ID_LEN && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// `value` as delta usage: 0 for an absolute value, which does not add up. The one

@@ -13,7 +13,7 @@
 //! The length is stored twice (the second time inverted) so a damaged length is seen as
 //! damage, not mistaken for a write the process died in (a torn tail).
 
-use crate::api::{AgreementId, FeatureCode, MeterType, Timestamp};
+use crate::api::{AgreementId, FeatureCode, MAX_ID_LEN, MeterType, Timestamp};
 use crate::usage::{Attempts, RecordId, UsageRecord};
 
 const MAGIC: &[u8; 8] = b"KMJRNL\0\0";
@@ -23,8 +23,12 @@ pub(crate) const HEADER_LEN: usize = 16;
 const ENTRY_HEADER_LEN: usize = 12;
 /// No entry is longer: agreement ids, feature codes and keys are at most 255 bytes,
 /// and error texts are cut to fit.
-const MAX_PAYLOAD: usize = 16 * 1024;
+const MAX_PAYLOAD: usize = 4 * 1024;
 const MAX_ERROR_LEN: usize = 2 * 1024;
+/// A `Start` or `Settle` payload: the tag and an id.
+const ID_PAYLOAD: usize = 17;
+/// The shortest `Put` payload (empty strings, no error).
+const MIN_PUT_PAYLOAD: usize = 52;
 
 const PUT: u8 = 1;
 const START: u8 = 2;
@@ -192,6 +196,7 @@ pub(crate) enum Piece {
 /// on at the next offset where a whole, valid entry starts, so damage costs only what
 /// it covers.
 pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Piece>, End) {
+    let mut resync_budget = bytes.len().saturating_mul(4).saturating_add(1 << 20);
     let mut pieces = Vec::new();
     let mut at = HEADER_LEN.min(bytes.len());
     while at < bytes.len() {
@@ -209,8 +214,21 @@ pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<Piece>, End) {
                 return (pieces, End::Torn { at });
             }
             Err(_) => {
+                // Checksums tried while looking for the next entry are bounded, so a
+                // file made to look like entries everywhere costs a few passes, not one
+                // per byte; past the budget, the rest is damage.
                 let next = (at + 1..bytes.len())
-                    .find(|&o| entry_at(bytes, o).is_ok())
+                    .find(|&o| {
+                        let Some(len) = plausible_at(bytes, o) else {
+                            return false;
+                        };
+                        if len > resync_budget {
+                            resync_budget = 0;
+                            return false;
+                        }
+                        resync_budget -= len;
+                        entry_at(bytes, o).is_ok()
+                    })
                     .unwrap_or(bytes.len());
                 pieces.push(Piece::Damaged { at, len: next - at });
                 at = next;
@@ -230,6 +248,23 @@ enum Bad {
     Content,
 }
 
+/// The payload length of a whole entry that may start at `at`, judged by its framing and
+/// tag alone (no checksum).
+fn plausible_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let rest = bytes.get(at..)?;
+    let word = |i: usize| {
+        rest.get(i..i + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    let (len, check) = (word(0)? as usize, word(4)?);
+    let fits = match rest.get(ENTRY_HEADER_LEN)? {
+        &PUT => (MIN_PUT_PAYLOAD..=MAX_PAYLOAD).contains(&len),
+        &START | &SETTLE => len == ID_PAYLOAD,
+        _ => false,
+    };
+    (check == !(len as u32) && fits && rest.len() >= ENTRY_HEADER_LEN + len).then_some(len)
+}
+
 fn entry_at(bytes: &[u8], at: usize) -> Result<(Entry, usize), Bad> {
     let rest = &bytes[at..];
     if rest.len() < ENTRY_HEADER_LEN {
@@ -245,6 +280,8 @@ fn entry_at(bytes: &[u8], at: usize) -> Result<(Entry, usize), Bad> {
         return Err(Bad::Partial);
     }
     let payload = &rest[ENTRY_HEADER_LEN..end];
+    #[cfg(test)]
+    tests::HASHED.with(|h| h.set(h.get() + payload.len()));
     let entry = (crc32fast::hash(payload) == crc)
         .then(|| decode(payload))
         .flatten();
@@ -308,7 +345,10 @@ fn decode(payload: &[u8]) -> Option<Entry> {
             };
             let agreement = AgreementId::new(r.str()?).ok()?;
             let feature = FeatureCode::new(r.str()?).ok()?;
-            let key = r.str()?.to_owned();
+            let key = r
+                .str()
+                .filter(|k| crate::usage::is_idempotency_key(k))?
+                .to_owned();
             let last_error = match r.u8()? {
                 0 => None,
                 1 => Some(r.str()?.to_owned()),
@@ -342,6 +382,11 @@ fn decode(payload: &[u8]) -> Option<Entry> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// Payload bytes checksummed on this thread, to count decoding's work.
+        pub(super) static HASHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     pub(crate) fn stored(seq: u64, value: u64) -> Stored {
         Stored {
@@ -447,6 +492,46 @@ pub(crate) mod tests {
             matches!(pieces[..], [Piece::Damaged { at: HEADER_LEN, .. }]),
             "{pieces:?}"
         );
+    }
+
+    #[test]
+    fn a_file_made_to_look_like_entries_everywhere_is_read_in_bounded_work() {
+        // Every 8th offset has sound framing, a `Put` tag and a 4 KiB length: looking for
+        // the next entry after damage would hash 4 KiB per offset without the budget.
+        let len: u32 = 0x0FFE;
+        let mut word = len.to_le_bytes().to_vec();
+        word.extend_from_slice(&(!len).to_le_bytes());
+        let mut bytes = header().to_vec();
+        for _ in 0..(1 << 20) / word.len() {
+            bytes.extend_from_slice(&word);
+        }
+        let unbounded: usize = (1..bytes.len())
+            .filter_map(|o| plausible_at(&bytes, o))
+            .sum();
+        assert!(
+            unbounded > 100 * bytes.len(),
+            "as hostile as meant: {unbounded}"
+        );
+        HASHED.with(|h| h.set(0));
+        let (pieces, _) = decode_all(&bytes);
+        assert!(pieces.iter().all(|p| matches!(p, Piece::Damaged { .. })));
+        let hashed = HASHED.with(|h| h.get());
+        assert!(
+            hashed <= 5 * bytes.len() + (1 << 20),
+            "{hashed} bytes hashed for a {} byte file",
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn a_put_with_an_idempotency_key_the_client_would_refuse_is_damage() {
+        let mut s = stored(4, 1);
+        s.usage.idempotency_key = "k".repeat(MAX_ID_LEN + 1);
+        let mut bytes = header().to_vec();
+        encode(&Entry::Put(s), &mut bytes);
+        encode(&Entry::Settle(RecordId { run: 7, seq: 9 }), &mut bytes);
+        let (pieces, _) = decode_all(&bytes);
+        assert!(matches!(pieces[0], Piece::Damaged { .. }), "{pieces:?}");
     }
 
     #[test]
