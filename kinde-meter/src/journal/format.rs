@@ -13,7 +13,7 @@
 //! The length is stored twice (the second time inverted) so a damaged length is seen as
 //! damage, not mistaken for a write the process died in (a torn tail).
 
-use crate::api::{AgreementId, FeatureCode, MAX_ID_LEN, MeterType, Timestamp};
+use crate::api::{AgreementId, FeatureCode, MeterType, Timestamp};
 use crate::usage::{Attempts, RecordId, UsageRecord};
 
 const MAGIC: &[u8; 8] = b"KMJRNL\0\0";
@@ -526,7 +526,7 @@ pub(crate) mod tests {
     #[test]
     fn a_put_with_an_idempotency_key_the_client_would_refuse_is_damage() {
         let mut s = stored(4, 1);
-        s.usage.idempotency_key = "k".repeat(MAX_ID_LEN + 1);
+        s.usage.idempotency_key = "k".repeat(crate::api::MAX_ID_LEN + 1);
         let mut bytes = header().to_vec();
         encode(&Entry::Put(s), &mut bytes);
         encode(&Entry::Settle(RecordId { run: 7, seq: 9 }), &mut bytes);
