@@ -7,6 +7,7 @@
 //! endpoint), `model.rs` (validated wire types), `error.rs`, `token.rs`, `sent.rs`,
 //! `body.rs`, `domain.rs`.
 
+mod billing;
 mod body;
 mod client;
 mod domain;
@@ -17,6 +18,10 @@ mod request;
 mod sent;
 mod token;
 
+pub use billing::{
+    Agreement, AgreementEntitlement, AgreementsPage, CustomerId, OrgCode, Organization,
+    OrganizationAgreement, OrganizationBilling, User, UserBilling, UserId,
+};
 pub(crate) use client::deadline_after;
 pub use client::{
     ApiResponse, Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,

@@ -24,7 +24,7 @@ pub struct InvalidInput {
 }
 
 impl InvalidInput {
-    fn new(what: &'static str, value: &str, reason: &'static str) -> Self {
+    pub(crate) fn new(what: &'static str, value: &str, reason: &'static str) -> Self {
         // Show enough of the input to recognise it, never an unbounded amount.
         let value = match value.char_indices().nth(64) {
             Some((cut, _)) => format!("{}…", &value[..cut]),
