@@ -52,6 +52,7 @@ pub mod config;
 mod context;
 mod journal;
 mod reporter;
+pub mod resolve;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -63,7 +64,7 @@ mod usage;
 #[doc(hidden)]
 pub mod __private;
 
-pub use api::{AgreementId, FeatureCode, MeterType};
+pub use api::{AgreementId, Customer, FeatureCode, MeterType};
 pub use config::{Config, ConfigError, Delivery};
 pub use context::{
     AgreementFutureExt, AgreementGuard, WithAgreement, current_agreement, enter_agreement,

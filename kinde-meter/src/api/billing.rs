@@ -233,6 +233,26 @@ pub struct Agreement {
 }
 
 impl Agreement {
+    /// An agreement with entitlements to `features` and nothing else known of it: for
+    /// a [`StaticResolver`](crate::resolve::StaticResolver) or a test.
+    pub fn new(id: AgreementId, features: impl IntoIterator<Item = FeatureCode>) -> Self {
+        Self {
+            id,
+            plan_code: None,
+            expires_on: None,
+            billing_group_id: None,
+            current_period_start: None,
+            current_period_end: None,
+            entitlements: features
+                .into_iter()
+                .map(|feature_code| AgreementEntitlement {
+                    feature_code,
+                    entitlement_id: None,
+                })
+                .collect(),
+        }
+    }
+
     /// Whether this agreement has an entitlement for `feature`.
     pub fn has_feature(&self, feature: &FeatureCode) -> bool {
         self.entitlements.iter().any(|e| &e.feature_code == feature)
@@ -359,5 +379,97 @@ mod tests {
         );
         let bare: User = serde_json::from_str(r#"{"id": "kp_1"}"#).unwrap();
         assert!(bare.billing.is_none());
+    }
+}
+
+/// Whom a service bills, as it knows them from a verified Kinde token: an organization
+/// (`org_code`, B2B), a user (`sub`, B2C), or a billing customer id it already has.
+///
+/// Usage recorded for a customer is resolved to one of its agreements when its window
+/// closes, on the reporter's thread (see `Config::resolver`), never on the caller's.
+///
+/// ```
+/// use kinde_meter::Customer;
+///
+/// let org = Customer::org("org_1ccfb819462")?;
+/// let user = Customer::user("kp_c3143a4b50ad43c88e541d9077681782")?;
+/// assert_eq!(org.to_string(), "organization org_1ccfb819462");
+/// assert!(Customer::org("").is_err());
+/// # let _ = user;
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Customer {
+    /// An organization, by its code (the `org_code` claim).
+    Org(OrgCode),
+    /// A user, by their id (the `sub` claim).
+    User(UserId),
+    /// A billing customer, by its id.
+    Id(CustomerId),
+}
+
+impl Customer {
+    /// An organization by its code.
+    pub fn org(code: impl AsRef<str>) -> Result<Self, InvalidInput> {
+        OrgCode::new(code).map(Self::Org)
+    }
+
+    /// A user by their id.
+    pub fn user(id: impl AsRef<str>) -> Result<Self, InvalidInput> {
+        UserId::new(id).map(Self::User)
+    }
+
+    /// A billing customer by its id.
+    pub fn id(id: impl AsRef<str>) -> Result<Self, InvalidInput> {
+        CustomerId::new(id).map(Self::Id)
+    }
+
+    /// The form carried through the hot path in place of an agreement id:
+    /// `org:<code>`, `user:<id>` or `customer:<id>`. The `:` is outside the alphabet of
+    /// agreement ids, so no agreement can be taken for a customer or the other way round.
+    pub(crate) fn placeholder(&self) -> String {
+        match self {
+            Customer::Org(code) => format!("org:{code}"),
+            Customer::User(id) => format!("user:{id}"),
+            Customer::Id(id) => format!("customer:{id}"),
+        }
+    }
+
+    /// Reads back [`Customer::placeholder`].
+    pub(crate) fn from_placeholder(s: &str) -> Option<Self> {
+        let (kind, id) = s.split_once(':')?;
+        match kind {
+            "org" => Self::org(id).ok(),
+            "user" => Self::user(id).ok(),
+            "customer" => Self::id(id).ok(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Customer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Customer::Org(code) => write!(f, "organization {code}"),
+            Customer::User(id) => write!(f, "user {id}"),
+            Customer::Id(id) => write!(f, "billing customer {id}"),
+        }
+    }
+}
+
+impl Serialize for Customer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.placeholder())
+    }
+}
+
+impl<'de> Deserialize<'de> for Customer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::from_placeholder(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid customer {text:?}: expected `org:<code>`, `user:<id>` or `customer:<id>`"
+            ))
+        })
     }
 }

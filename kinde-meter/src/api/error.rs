@@ -108,6 +108,9 @@ pub enum ApiError {
         status: StatusCode,
         /// Kinde's error list.
         errors: Vec<KindeError>,
+        /// The scope the endpoint needs (`create:meter_usage`, `read:billing_agreements`,
+        /// `read:organizations`, `read:users`): a 403 usually means it was not granted.
+        scope: &'static str,
     },
     /// 5xx, or 408: Kinde could not handle the request.
     Server {
@@ -281,10 +284,14 @@ impl fmt::Display for ApiError {
                 "Kinde rejected the request ({status}: {}); fix the request, resending it will fail the same way",
                 Errors(errors)
             ),
-            ApiError::Unauthorized { status, errors } => write!(
+            ApiError::Unauthorized {
+                status,
+                errors,
+                scope,
+            } => write!(
                 f,
                 "Kinde refused the access token ({status}: {}); check that the machine-to-machine application \
-                 is authorized for the Kinde Management API with the `create:meter_usage` scope",
+                 is authorized for the Kinde Management API with the `{scope}` scope",
                 Errors(errors)
             ),
             ApiError::Server { status, errors } => {

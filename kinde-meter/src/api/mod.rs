@@ -19,7 +19,7 @@ mod sent;
 mod token;
 
 pub use billing::{
-    Agreement, AgreementEntitlement, AgreementsPage, CustomerId, OrgCode, Organization,
+    Agreement, AgreementEntitlement, AgreementsPage, Customer, CustomerId, OrgCode, Organization,
     OrganizationAgreement, OrganizationBilling, User, UserBilling, UserId,
 };
 pub(crate) use client::deadline_after;

@@ -141,6 +141,39 @@ impl AgreementId {
         &self.id
     }
 
+    /// The stand-in for `customer` on the hot path until its usage is resolved to one of
+    /// its agreements (see [`Customer::placeholder`](crate::api::Customer)). Never sent.
+    pub(crate) fn for_customer(customer: &crate::api::Customer) -> Self {
+        let id = customer.placeholder();
+        Self {
+            hash: content_hash(id.as_bytes()),
+            id: Arc::from(id),
+        }
+    }
+
+    /// The customer this stands in for, if it is a stand-in.
+    pub(crate) fn customer(&self) -> Option<crate::api::Customer> {
+        if self.id.contains(':') {
+            crate::api::Customer::from_placeholder(&self.id)
+        } else {
+            None
+        }
+    }
+
+    /// Whether this stands in for a customer (see [`AgreementId::for_customer`]).
+    pub(crate) fn is_customer(&self) -> bool {
+        self.id.contains(':')
+    }
+
+    /// Reads an id back from the journal: an agreement id, or a customer's stand-in.
+    pub(crate) fn from_stored(id: &str) -> Option<Self> {
+        if id.contains(':') {
+            crate::api::Customer::from_placeholder(id).map(|c| Self::for_customer(&c))
+        } else {
+            Self::new(id).ok()
+        }
+    }
+
     /// Address of the shared string: equal addresses are equal ids.
     #[inline]
     pub(crate) fn ptr(&self) -> *const u8 {

@@ -18,11 +18,18 @@ use super::error::{ApiError, BoxError, TokenError};
 use super::model::ErrorBody;
 use super::sent::{Sent, watch};
 
+/// The scope `POST /api/v1/billing/meter_usage` needs.
+pub(super) const METER_USAGE_SCOPE: &str = "create:meter_usage";
+
 /// One call of an endpoint, before the shared path takes it.
 pub(super) struct Call<'a, B> {
     pub(super) method: Method,
     /// The path on the Kinde domain, `/api/v1/...`.
     pub(super) path: &'a str,
+    /// Query parameters, encoded onto the path.
+    pub(super) query: &'a [(&'a str, &'a str)],
+    /// The scope the endpoint needs, named when the token is refused.
+    pub(super) scope: &'static str,
     /// Sent as JSON, when there is one.
     pub(super) body: Option<&'a B>,
     pub(super) options: &'a RequestOptions,
@@ -63,7 +70,15 @@ impl Client {
             None => None,
         };
         let idempotency_key = idempotency_header(call.options.idempotency_key.as_deref())?;
-        let url = inner.domain.url(call.path);
+        let mut url = inner.domain.url(call.path);
+        if !call.query.is_empty() {
+            let query =
+                serde_urlencoded::to_string(call.query).map_err(|e| ApiError::InvalidRequest {
+                    reason: e.to_string(),
+                })?;
+            url.push('?');
+            url.push_str(&query);
+        }
         let mut reminted = false;
         loop {
             let token = inner
@@ -121,7 +136,14 @@ impl Client {
                     body: excerpt(&body.bytes),
                 });
             }
-            return decode(status, headers, &body.bytes);
+            return decode(status, headers, &body.bytes).map_err(|e| match e {
+                ApiError::Unauthorized { status, errors, .. } => ApiError::Unauthorized {
+                    status,
+                    errors,
+                    scope: call.scope,
+                },
+                other => other,
+            });
         }
     }
 }
@@ -208,7 +230,12 @@ pub(super) fn decode<T: DeserializeOwned>(
             errors,
         },
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            ApiError::Unauthorized { status, errors }
+            // The endpoint's scope is filled in by `execute`; this is meter usage's.
+            ApiError::Unauthorized {
+                status,
+                errors,
+                scope: METER_USAGE_SCOPE,
+            }
         }
         StatusCode::REQUEST_TIMEOUT => ApiError::Server { status, errors },
         s if s.is_redirection() => ApiError::Redirected {

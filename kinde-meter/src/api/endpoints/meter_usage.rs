@@ -5,7 +5,7 @@ use http::Method;
 use crate::api::client::{ApiResponse, Client, RequestOptions};
 use crate::api::error::ApiError;
 use crate::api::model::{CreateMeterUsageRecordRequest, CreateMeterUsageRecordResponse};
-use crate::api::request::Call;
+use crate::api::request::{Call, METER_USAGE_SCOPE};
 
 const PATH: &str = "/api/v1/billing/meter_usage";
 
@@ -42,6 +42,8 @@ impl Client {
         self.execute(Call {
             method: Method::POST,
             path: PATH,
+            query: &[],
+            scope: METER_USAGE_SCOPE,
             body: Some(request),
             options,
         })

@@ -3,4 +3,5 @@
 //! deadline, body cap, classification) is the shared path in `request.rs`, so a new
 //! endpoint is a new module here.
 
+mod billing;
 mod meter_usage;
