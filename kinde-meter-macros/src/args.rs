@@ -49,6 +49,14 @@ const KEYS: &[Key] = &[
         },
     },
     Key {
+        name: "customer",
+        example: "&claims.customer",
+        apply: |fields, value| {
+            fields.customer = Some(value);
+            Ok(())
+        },
+    },
+    Key {
         name: "on",
         example: "\"return\"",
         apply: |fields, value| {
@@ -116,6 +124,9 @@ pub(crate) struct MeterArgs {
     pub(crate) value: Option<Expr>,
     /// `agreement = <expr>`, if given (the default is the agreement in scope).
     pub(crate) agreement: Option<Expr>,
+    /// `customer = <expr>`, if given: usage resolved to one of its agreements later.
+    /// Never together with `agreement`.
+    pub(crate) customer: Option<Expr>,
     /// `on = ...` and the span of its literal (the default is `Call`, spanned on the
     /// attribute).
     pub(crate) on: (On, Span),
@@ -151,6 +162,7 @@ struct Fields {
     feature: Option<LitStr>,
     value: Option<Expr>,
     agreement: Option<Expr>,
+    customer: Option<Expr>,
     on: Option<(On, Span)>,
     meter_type: Option<MeterKind>,
     krate: Option<Path>,
@@ -174,6 +186,13 @@ pub(crate) fn parse(args: TokenStream) -> syn::Result<MeterArgs> {
                  e.g. `#[meter(feature = \"api_calls\")]`",
             ));
         }
+        if let (Some(_), Some(customer)) = (&fields.agreement, &fields.customer) {
+            errors.push(syn::Error::new_spanned(
+                customer,
+                "`customer` and `agreement` both say whom to bill: keep `agreement` to bill \
+                 that agreement, or `customer` to bill the agreement the customer has",
+            ));
+        }
         errors.finish(|| MeterArgs {
             // Present whenever no error was recorded: `feature` was seen and valid.
             feature: fields
@@ -181,6 +200,7 @@ pub(crate) fn parse(args: TokenStream) -> syn::Result<MeterArgs> {
                 .unwrap_or_else(|| LitStr::new("", Span::call_site())),
             value: fields.value,
             agreement: fields.agreement,
+            customer: fields.customer,
             on: fields.on.unwrap_or((On::Call, Span::call_site())),
             meter_type: fields.meter_type.unwrap_or(MeterKind::Delta),
             krate: fields.krate,

@@ -32,9 +32,10 @@ pub(crate) fn expand(args: &MeterArgs, func: &MeterFn) -> TokenStream {
         MeterKind::Delta => quote!(Delta),
         MeterKind::Absolute => quote!(Absolute),
     };
-    let agreement = match &args.agreement {
-        Some(expr) => expr.to_token_stream(),
-        None => quote!(#private::CurrentAgreement),
+    let agreement = match (&args.agreement, &args.customer) {
+        (Some(expr), _) => expr.to_token_stream(),
+        (None, Some(expr)) => quote!(#private::ForCustomer(#expr)),
+        (None, None) => quote!(#private::CurrentAgreement),
     };
     let value = match &args.value {
         Some(expr) => expr.to_token_stream(),

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 pub use crate::api::MeterType;
 pub use crate::reporter::Outcome;
 
-use crate::api::{AgreementId, FeatureCode};
+use crate::api::{AgreementId, Customer, FeatureCode};
 use crate::reporter;
 pub use crate::reporter::InvalidValue;
 
@@ -123,6 +123,46 @@ impl AgreementArg for &String {
     }
     fn defer(self) -> Deferred {
         self.as_str().defer()
+    }
+}
+
+/// `customer = <expr>`: usage billed to the agreement `customer` resolves to. Builds the
+/// customer's stand-in key on every call (an allocation), which a customer scope does
+/// once per scope.
+#[derive(Clone, Copy, Debug)]
+pub struct ForCustomer<C>(pub C);
+
+/// What `customer = <expr>` may evaluate to.
+#[diagnostic::on_unimplemented(
+    message = "`#[meter(customer = ...)]` must be a customer; `{Self}` is not",
+    label = "expected `Customer` or `&Customer`",
+    note = "build it once from the verified token: `kinde_meter::Customer::org(&claims.org_code)?`"
+)]
+pub trait CustomerArg {
+    /// The customer.
+    fn customer(&self) -> &Customer;
+}
+
+impl CustomerArg for Customer {
+    fn customer(&self) -> &Customer {
+        self
+    }
+}
+
+impl CustomerArg for &Customer {
+    fn customer(&self) -> &Customer {
+        self
+    }
+}
+
+impl<C: CustomerArg> AgreementArg for ForCustomer<C> {
+    #[inline]
+    fn record(self, site: &'static CallSite, value: u64) {
+        let key = AgreementId::for_customer(self.0.customer());
+        reporter::record_explicit(&key, &site.feature, site.meter_type, value);
+    }
+    fn defer(self) -> Deferred {
+        Deferred::Id(AgreementId::for_customer(self.0.customer()))
     }
 }
 

@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
-use crate::api::AgreementId;
+use crate::api::{AgreementId, Customer};
 
 /// Which tokio task entered a thread scope (`None`: outside any task).
 type TaskId = Option<tokio::task::Id>;
@@ -137,7 +137,29 @@ impl Found<'_> {
 
 /// The agreement metered calls made here would bill: the task scope, else the thread
 /// scope entered by this same task (or outside any task), else `None`.
+///
+/// `None` too when the scope is a customer's ([`current_customer`]): its agreement is
+/// only known once its usage is resolved.
 pub fn current_agreement() -> Option<AgreementId> {
+    current().filter(|a| !a.is_customer())
+}
+
+/// The customer metered calls made here would bill, when the scope is a customer's
+/// ([`with_customer`], [`enter_customer`]); else `None`.
+///
+/// ```
+/// use kinde_meter::{current_customer, in_customer, Customer};
+///
+/// let acme = Customer::org("org_acme")?;
+/// assert_eq!(in_customer(acme.clone(), current_customer), Some(acme));
+/// assert_eq!(current_customer(), None);
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+pub fn current_customer() -> Option<Customer> {
+    current().and_then(|a| a.customer())
+}
+
+fn current() -> Option<AgreementId> {
     let (agreement, hidden) = with_current(|found| (found.agreement.cloned(), found.hidden));
     if hidden {
         warn_hidden();
@@ -260,8 +282,47 @@ pub fn in_agreement<R>(agreement: AgreementId, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Makes `customer` this thread's current customer until the guard is dropped: as
+/// [`enter_agreement`], for usage that is resolved to one of the customer's agreements
+/// when its window closes (see [`Config::resolver`](crate::Config::resolver)).
+///
+/// ```
+/// use kinde_meter::{current_customer, enter_customer, Customer};
+///
+/// let _scope = enter_customer(Customer::org("org_acme")?);
+/// assert_eq!(current_customer(), Some(Customer::org("org_acme")?));
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+pub fn enter_customer(customer: Customer) -> AgreementGuard {
+    enter_agreement(AgreementId::for_customer(&customer))
+}
+
+/// Runs `f` with `customer` as this thread's current customer ([`enter_customer`] for
+/// a closure).
+pub fn in_customer<R>(customer: Customer, f: impl FnOnce() -> R) -> R {
+    let _scope = enter_customer(customer);
+    f()
+}
+
+/// Runs `future` with `customer` as the current customer (the task scope): as
+/// [`with_agreement`], for usage resolved to one of the customer's agreements when its
+/// window closes. The call never waits on the network.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use kinde_meter::{current_customer, with_customer, Customer};
+///
+/// let acme = Customer::org("org_acme")?;
+/// let seen = with_customer(acme.clone(), async { current_customer() }).await;
+/// assert_eq!(seen, Some(acme));
+/// # Ok(()) }
+/// ```
+pub fn with_customer<F: Future>(customer: Customer, future: F) -> WithAgreement<F> {
+    WithAgreement::new(Some(AgreementId::for_customer(&customer)), future)
+}
+
 /// Ends the thread scope it was returned for when dropped. Returned by
-/// [`enter_agreement`].
+/// [`enter_agreement`] and [`enter_customer`].
 #[must_use = "the agreement is current only while this guard is alive"]
 pub struct AgreementGuard {
     token: u64,

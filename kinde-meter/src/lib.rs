@@ -67,8 +67,8 @@ pub mod __private;
 pub use api::{AgreementId, Customer, FeatureCode, MeterType};
 pub use config::{Config, ConfigError, Delivery};
 pub use context::{
-    AgreementFutureExt, AgreementGuard, WithAgreement, current_agreement, enter_agreement,
-    in_agreement, with_agreement,
+    AgreementFutureExt, AgreementGuard, WithAgreement, current_agreement, current_customer,
+    enter_agreement, enter_customer, in_agreement, in_customer, with_agreement, with_customer,
 };
 pub use journal::JournalError;
 pub use kinde_meter_macros::meter;

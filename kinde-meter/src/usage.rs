@@ -9,7 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::api::{
-    AgreementId, ApiError, CreateMeterUsageRecordRequest, FeatureCode, MAX_ID_LEN, MeterType,
+    AgreementId, ApiError, CreateMeterUsageRecordRequest, Customer, FeatureCode, MAX_ID_LEN, MeterType,
     Timestamp,
 };
 
@@ -75,8 +75,15 @@ impl std::error::Error for InvalidValue {}
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct UsageRecord {
-    /// The agreement billed.
+    /// The agreement billed. For usage recorded for a [`customer`](Self::customer): the
+    /// agreement it was resolved to, or, before it was (an `on_unsent` with
+    /// [`UnsentReason::NoAgreement`]), a stand-in naming the customer (`org:org_acme`)
+    /// that is never sent.
     pub agreement: AgreementId,
+    /// The customer the usage was recorded for, when it was recorded in a customer
+    /// scope ([`with_customer`](crate::with_customer)) rather than for an agreement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<Customer>,
     /// The feature.
     pub feature: FeatureCode,
     /// Delta (summed) or absolute (last value).
@@ -449,6 +456,7 @@ mod tests {
     fn record() -> UsageRecord {
         UsageRecord {
             agreement: AgreementId::new("agreement_acme").unwrap(),
+            customer: None,
             feature: FeatureCode::from_static("api_calls"),
             meter_type: MeterType::Absolute,
             value: 12,

@@ -5,6 +5,7 @@
 //! entry:   len u32 | !len u32 | crc32(payload) u32 | payload (len bytes)
 //! payload: 1 Put    id | meter u8 | value u64 | timestamp u64 | attempts u32 |
 //!                   maybe_applied u8 | agreement str | feature str | key str | last_error opt-str
+//!                   [1 customer str]   (only for usage recorded for a customer)
 //!          2 Start  id        (an attempt of the record is about to leave)
 //!          3 Settle id        (delivered, rejected, superseded or handed back: done)
 //! id:      run u64 | seq u64;  str: len u32 | UTF-8;  opt-str: 0 | 1 str;  all little-endian
@@ -132,6 +133,11 @@ pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) {
                     out.push(1);
                     string(out, truncate(e, MAX_ERROR_LEN));
                 }
+            }
+            // Only when there is one, so records of agreements read as they always did.
+            if let Some(customer) = &s.usage.customer {
+                out.push(1);
+                string(out, &customer.placeholder());
             }
         }
         Entry::Start(i) => {
@@ -343,7 +349,7 @@ fn decode(payload: &[u8]) -> Option<Entry> {
                 1 => true,
                 _ => return None,
             };
-            let agreement = AgreementId::new(r.str()?).ok()?;
+            let agreement = AgreementId::from_stored(r.str()?)?;
             let feature = FeatureCode::new(r.str()?).ok()?;
             let key = r
                 .str()
@@ -354,10 +360,18 @@ fn decode(payload: &[u8]) -> Option<Entry> {
                 1 => Some(r.str()?.to_owned()),
                 _ => return None,
             };
+            let customer = if r.0.is_empty() {
+                None
+            } else if r.u8()? == 1 {
+                Some(crate::api::Customer::from_placeholder(r.str()?)?)
+            } else {
+                return None;
+            };
             Entry::Put(Stored {
                 id,
                 usage: UsageRecord {
                     agreement,
+                    customer,
                     feature,
                     meter_type,
                     value,
@@ -393,6 +407,7 @@ pub(crate) mod tests {
             id: RecordId { run: 7, seq },
             usage: UsageRecord {
                 agreement: AgreementId::new(format!("agreement_{seq}")).expect("id"),
+                customer: None,
                 feature: FeatureCode::from_static("api_calls"),
                 meter_type: MeterType::Delta,
                 value,

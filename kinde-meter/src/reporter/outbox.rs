@@ -336,6 +336,7 @@ impl Outbox {
             },
             bucket: self.bucket_of(timestamp),
             usage: UsageRecord {
+                customer: key.agreement.customer(),
                 agreement: key.agreement,
                 feature: key.feature,
                 meter_type: key.meter_type,
@@ -723,6 +724,7 @@ mod tests {
         let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(8));
         let usage = UsageRecord {
             agreement: AgreementId::new("agreement_a").expect("id"),
+            customer: None,
             feature: FeatureCode::from_static("f"),
             meter_type: MeterType::Delta,
             value: 7,
