@@ -156,6 +156,7 @@ async fn refused_after_one_remint(status: u16) {
     let ApiError::Unauthorized {
         status: got,
         errors,
+        ..
     } = &e
     else {
         panic!("not Unauthorized: {e:?}");

@@ -643,6 +643,7 @@ mod tests {
         let valid: Vec<(&str, TokenStream)> = vec![
             ("value", quote!(value = rows.len())),
             ("agreement", quote!(agreement = &self.agreement)),
+            ("customer", quote!(customer = &self.customer)),
             ("on", quote!(on = "return")),
             ("meter_type", quote!(meter_type = "absolute")),
             ("crate", quote!(crate = ::kinde_meter)),
@@ -651,7 +652,11 @@ mod tests {
         for (a, first) in &valid {
             for (b, second) in &valid {
                 let all = messages(quote!(feature = "f", #first, #second));
-                if a == b {
+                let whom = |k: &str| k == "agreement" || k == "customer";
+                if a != b && whom(a) && whom(b) {
+                    assert_eq!(all.len(), 1, "{a} then {b}: {all:?}");
+                    assert!(all[0].contains("both say whom to bill"), "{all:?}");
+                } else if a == b {
                     assert_eq!(all.len(), 1, "{a} twice: {all:?}");
                     assert!(all[0].starts_with(&format!("duplicate `{a}`")), "{all:?}");
                 } else {

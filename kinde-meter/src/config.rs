@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{self, Client, ClientBuilder, Credentials, Domain, InvalidDomain};
+use crate::resolve::AgreementResolver;
 use crate::usage::{MeterError, UnsentRecord};
 
 /// What to do with a record whose delivery may or may not have been applied (a timeout
@@ -24,6 +25,26 @@ pub enum Delivery {
     /// Do not resend it: hand it to the `on_unsent` hook (and
     /// [`Stats::unsent`](crate::Stats::unsent)) for reconciliation.
     AtMostOnce,
+}
+
+/// What to do with usage recorded for a customer when Kinde refuses it because the
+/// agreement it was resolved to has ended (a plan change cancelled it).
+///
+/// The default re-resolves: the usage is the same customer's, and only the agreement
+/// that carries it changed, so sending it to the agreement the customer has now bills
+/// the right customer and loses nothing. Handing it back is for services that follow
+/// Kinde's own "unpaid usage is forgiven on a plan change" to the letter, or reconcile
+/// plan changes themselves. Usage recorded for an explicit agreement is never re-resolved:
+/// it is rejected as before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AgreementEnded {
+    /// Forget the customer's cached agreements and send the usage to the agreement it
+    /// resolves to now (the default). Done at most a few times per record; past that it
+    /// is handed back.
+    #[default]
+    Reresolve,
+    /// Hand the record to `on_unsent` ([`UnsentReason::AgreementEnded`](crate::UnsentReason::AgreementEnded)).
+    HandBack,
 }
 
 // The hook types sit with the rest of the configuration, where they are set; the reporter
@@ -181,6 +202,11 @@ pub struct Config {
     pub(crate) on_unsent: Option<UnsentHook>,
     pub(crate) journal_dir: Option<PathBuf>,
     pub(crate) journal_max_bytes: u64,
+    pub(crate) resolver: Option<Arc<dyn AgreementResolver>>,
+    pub(crate) agreement_ended: AgreementEnded,
+    pub(crate) resolver_ttl: Duration,
+    pub(crate) resolver_negative_ttl: Duration,
+    pub(crate) resolver_max_customers: usize,
     /// The journal's file system, replaced by the journal's fault tests.
     #[cfg(test)]
     pub(crate) journal_fs: Option<Arc<dyn crate::journal::fs::Fs>>,
@@ -215,6 +241,12 @@ pub mod limits {
     pub const REQUESTS_PER_SECOND: (f64, f64) = (0.01, 100_000.0);
     /// `journal_max_bytes`: 64 KiB to 1 TiB.
     pub const JOURNAL_MAX_BYTES: (u64, u64) = (crate::journal::MIN_BYTES, 1 << 40);
+    /// `resolver_cache` time to live: 1 s to 1 day.
+    pub const RESOLVER_TTL: (Duration, Duration) = (SEC, DAY);
+    /// `resolver_cache` negative time to live: 1 s to 1 h.
+    pub const RESOLVER_NEGATIVE_TTL: (Duration, Duration) = (SEC, HOUR);
+    /// `resolver_max_customers`: 1 to 10 million.
+    pub const RESOLVER_MAX_CUSTOMERS: (usize, usize) = (1, 10_000_000);
 }
 
 /// Defaults, also listed in the README's configuration table.
@@ -239,6 +271,13 @@ pub mod defaults {
     pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
     /// The journal's size limit: 64 MiB, some 400,000 waiting records.
     pub const JOURNAL_MAX_BYTES: u64 = 64 * 1024 * 1024;
+    /// How long a customer's agreements are used before they are asked for again (and
+    /// as long again served stale while a refresh runs).
+    pub const RESOLVER_TTL: Duration = Duration::from_secs(300);
+    /// How long "this customer has no billing" is believed.
+    pub const RESOLVER_NEGATIVE_TTL: Duration = Duration::from_secs(30);
+    /// Customers whose agreements are held at once.
+    pub const RESOLVER_MAX_CUSTOMERS: usize = 10_000;
 }
 
 /// `Ok` if `value` lies in `min..=max` (NaN does not), else an error naming `option`.
@@ -270,6 +309,9 @@ impl fmt::Debug for Config {
             .field("on_error", &self.on_error.is_some())
             .field("on_unsent", &self.on_unsent.is_some())
             .field("journal_dir", &self.journal_dir)
+            .field("resolver", &self.resolver.is_some())
+            .field("agreement_ended", &self.agreement_ended)
+            .field("resolver_ttl", &self.resolver_ttl)
             .field("journal_max_bytes", &self.journal_max_bytes)
             .finish_non_exhaustive()
     }
@@ -293,6 +335,11 @@ impl Config {
             on_unsent: None,
             journal_dir: None,
             journal_max_bytes: defaults::JOURNAL_MAX_BYTES,
+            resolver: None,
+            agreement_ended: AgreementEnded::default(),
+            resolver_ttl: defaults::RESOLVER_TTL,
+            resolver_negative_ttl: defaults::RESOLVER_NEGATIVE_TTL,
+            resolver_max_customers: defaults::RESOLVER_MAX_CUSTOMERS,
             #[cfg(test)]
             journal_fs: None,
         }
@@ -523,6 +570,54 @@ impl Config {
         self
     }
 
+    /// Who answers a customer's agreements, for usage recorded in a customer scope
+    /// ([`with_customer`](crate::with_customer), `#[meter(customer = ...)]`). The default
+    /// asks Kinde ([`KindeResolver`](crate::resolve::KindeResolver), through the
+    /// reporter's client: scopes `read:organizations`, `read:users` and
+    /// `read:billing_agreements`); a reporter started with its own sink has no default,
+    /// and hands such usage back. Answers are cached ([`Config::resolver_cache`]).
+    ///
+    /// ```
+    /// # use kinde_meter::{Config, Customer, api::{Credentials, Domain}, resolve::StaticResolver};
+    /// let resolver = StaticResolver::new();
+    /// resolver.set(Customer::org("org_acme")?, "agreement_acme".parse()?, ["api_calls".parse()?]);
+    /// let config = Config::new(Domain::parse("acme.kinde.com")?, Credentials::access_token("t"))
+    ///     .resolver(resolver);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn resolver(mut self, resolver: impl AgreementResolver) -> Self {
+        self.resolver = Some(Arc::new(resolver));
+        self
+    }
+
+    /// How long a customer's agreements are used before being asked for again (default
+    /// 5 min, 1 s to 1 day; as long again they are served while a refresh runs), and how
+    /// long a customer with no billing is believed to have none (default 30 s, 1 s to
+    /// 1 h). A billing webhook ([`billing_changed`](crate::billing_changed)) or an
+    /// agreement Kinde says has ended forgets them at once.
+    #[must_use]
+    pub fn resolver_cache(mut self, ttl: Duration, negative_ttl: Duration) -> Self {
+        self.resolver_ttl = ttl;
+        self.resolver_negative_ttl = negative_ttl;
+        self
+    }
+
+    /// Customers whose agreements are held at once (default 10,000; 1 to 10 million).
+    #[must_use]
+    pub fn resolver_max_customers(mut self, max: usize) -> Self {
+        self.resolver_max_customers = max;
+        self
+    }
+
+    /// What happens to a customer's usage when the agreement it was resolved to has
+    /// ended (default [`AgreementEnded::Reresolve`]).
+    #[must_use]
+    pub fn agreement_ended(mut self, policy: AgreementEnded) -> Self {
+        self.agreement_ended = policy;
+        self
+    }
+
     /// The file system the journal writes through, for fault tests.
     #[cfg(test)]
     pub(crate) fn journal_fs(mut self, fs: Arc<dyn crate::journal::fs::Fs>) -> Self {
@@ -563,6 +658,17 @@ impl Config {
             "journal_max_bytes",
             self.journal_max_bytes,
             JOURNAL_MAX_BYTES,
+        )?;
+        within("resolver_cache", self.resolver_ttl, RESOLVER_TTL)?;
+        within(
+            "resolver_cache",
+            self.resolver_negative_ttl,
+            RESOLVER_NEGATIVE_TTL,
+        )?;
+        within(
+            "resolver_max_customers",
+            self.resolver_max_customers,
+            RESOLVER_MAX_CUSTOMERS,
         )?;
         Ok(())
     }

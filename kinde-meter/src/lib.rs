@@ -65,7 +65,7 @@ mod usage;
 pub mod __private;
 
 pub use api::{AgreementId, Customer, FeatureCode, MeterType};
-pub use config::{Config, ConfigError, Delivery};
+pub use config::{AgreementEnded, Config, ConfigError, Delivery};
 pub use context::{
     AgreementFutureExt, AgreementGuard, WithAgreement, current_agreement, current_customer,
     enter_agreement, enter_customer, in_agreement, in_customer, with_agreement, with_customer,
@@ -74,8 +74,8 @@ pub use journal::JournalError;
 pub use kinde_meter_macros::meter;
 pub use reporter::{
     FlushReport, Guard, InitError, KindeSink, Outcome, Reporter, SendResult, ShutdownReport, Sink,
-    Stats, Usage, init, record, record_for, stats,
+    Stats, Usage, billing_changed, init, record, record_for, stats,
 };
 pub use usage::{
-    JournalFailure, JournalIssue, MeterError, UnsentReason, UnsentRecord, UsageRecord,
+    JournalFailure, JournalIssue, MeterError, UnsentReason, UnsentRecord, Unresolved, UsageRecord,
 };

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::resolve::Unresolved;
+
 use crate::api::{
     AgreementId, ApiError, CreateMeterUsageRecordRequest, Customer, FeatureCode, MAX_ID_LEN, MeterType,
     Timestamp,
@@ -205,11 +207,16 @@ pub enum MeterError {
     /// The journal could not keep usage durable (full, or the disk failing), or found a
     /// damaged file at start. Metering goes on in memory; see [`JournalIssue`].
     Journal(JournalIssue),
+    /// Usage recorded for a customer could not be billed to any of its agreements: it
+    /// has none with the feature, several, or Kinde does not know it. The record goes to
+    /// `on_unsent` ([`UnsentReason::NoAgreement`]); it is never sent to a guessed agreement.
+    Unresolved(Unresolved),
 }
 
 impl fmt::Display for MeterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            MeterError::Unresolved(unresolved) => write!(f, "{unresolved}"),
             MeterError::Unattributed { feature, value } => write!(
                 f,
                 "usage of `{feature}` (value {value}) had no customer agreement in scope and was not sent; run the \
@@ -283,6 +290,13 @@ pub enum UnsentReason {
     /// may have settled it (delivered it, or handed it back), so it is neither resent nor
     /// dropped. The file is kept in the journal's `quarantine` folder.
     JournalDamaged,
+    /// It was recorded for a customer that has no agreement with its feature, several,
+    /// or none Kinde knows of (see [`MeterError::Unresolved`]).
+    NoAgreement,
+    /// Kinde refused it because the agreement it was resolved to has ended, and
+    /// [`AgreementEnded::HandBack`](crate::AgreementEnded::HandBack) is set (or it was
+    /// re-resolved as often as allowed).
+    AgreementEnded,
 }
 
 impl fmt::Display for UnsentReason {
@@ -296,6 +310,8 @@ impl fmt::Display for UnsentReason {
             UnsentReason::JournalDamaged => {
                 "it was read from a damaged journal file that may also have settled it"
             }
+            UnsentReason::NoAgreement => "its customer has no agreement to bill it to",
+            UnsentReason::AgreementEnded => "the agreement it was resolved to has ended",
         })
     }
 }
@@ -447,6 +463,10 @@ pub(crate) struct Attempts {
     pub(crate) maybe_applied: bool,
     /// The last error, if an attempt failed.
     pub(crate) last_error: Option<String>,
+    /// For usage recorded for a customer: the agreement it was resolved to, which every
+    /// attempt goes to (a retry must not land on another agreement than an attempt that
+    /// may have been applied). `None` until resolved, and again after Kinde said it ended.
+    pub(crate) bound: Option<AgreementId>,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! entry:   len u32 | !len u32 | crc32(payload) u32 | payload (len bytes)
 //! payload: 1 Put    id | meter u8 | value u64 | timestamp u64 | attempts u32 |
 //!                   maybe_applied u8 | agreement str | feature str | key str | last_error opt-str
-//!                   [1 customer str]   (only for usage recorded for a customer)
+//!                   [1 bound str]   (usage recorded for a customer, once resolved)
 //!          2 Start  id        (an attempt of the record is about to leave)
 //!          3 Settle id        (delivered, rejected, superseded or handed back: done)
 //! id:      run u64 | seq u64;  str: len u32 | UTF-8;  opt-str: 0 | 1 str;  all little-endian
@@ -135,9 +135,9 @@ pub(crate) fn encode(entry: &Entry, out: &mut Vec<u8>) {
                 }
             }
             // Only when there is one, so records of agreements read as they always did.
-            if let Some(customer) = &s.usage.customer {
+            if let Some(bound) = &s.attempts.bound {
                 out.push(1);
-                string(out, &customer.placeholder());
+                string(out, bound.as_str());
             }
         }
         Entry::Start(i) => {
@@ -360,13 +360,14 @@ fn decode(payload: &[u8]) -> Option<Entry> {
                 1 => Some(r.str()?.to_owned()),
                 _ => return None,
             };
-            let customer = if r.0.is_empty() {
+            let bound = if r.0.is_empty() {
                 None
             } else if r.u8()? == 1 {
-                Some(crate::api::Customer::from_placeholder(r.str()?)?)
+                Some(AgreementId::new(r.str()?).ok()?)
             } else {
                 return None;
             };
+            let customer = agreement.customer();
             Entry::Put(Stored {
                 id,
                 usage: UsageRecord {
@@ -382,6 +383,7 @@ fn decode(payload: &[u8]) -> Option<Entry> {
                     count,
                     maybe_applied,
                     last_error,
+                    bound,
                 },
             })
         }
@@ -418,6 +420,7 @@ pub(crate) mod tests {
                 count: 1,
                 maybe_applied: seq.is_multiple_of(2),
                 last_error: Some("timed out ✓".to_owned()),
+                bound: None,
             },
         }
     }

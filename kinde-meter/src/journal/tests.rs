@@ -103,6 +103,7 @@ fn a_killed_run_is_read_back_whole_by_the_next_start() {
         count: 2,
         maybe_applied: false,
         last_error: Some("503".to_owned()),
+        bound: None,
     };
     j.put(&b2).expect("retry state");
     j.start(&[b.id]).expect("start again");

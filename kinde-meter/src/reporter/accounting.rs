@@ -17,6 +17,8 @@ pub(crate) struct Accounts {
     journal_failing: bool,
     /// (feature, status) pairs already logged as rejected.
     rejections_logged: HashSet<(String, Option<u16>)>,
+    /// (customer, feature) pairs already warned of as unresolved (at most 1,000).
+    unresolved_logged: HashSet<(crate::api::Customer, crate::api::FeatureCode)>,
 }
 
 impl Accounts {
@@ -26,6 +28,7 @@ impl Accounts {
             failing: false,
             journal_failing: false,
             rejections_logged: HashSet::new(),
+            unresolved_logged: HashSet::new(),
         }
     }
 
@@ -57,7 +60,7 @@ impl Accounts {
                 if let Some(value) = ambiguous {
                     saturating_add(&c.ambiguous, value);
                     self.shared.error(MeterError::Ambiguous {
-                        record: record.usage,
+                        record: record.billed(),
                         attempts: record.attempts.count,
                         error: error.clone(),
                     });
@@ -71,7 +74,7 @@ impl Accounts {
                 saturating_add(&c.rejected, record.delta());
                 let message = error.to_string();
                 self.shared.set_last_error(message.clone());
-                let usage = &record.usage;
+                let usage = &record.billed();
                 let first = self.rejections_logged.len() < 1000
                     && self.rejections_logged.insert((
                         usage.feature.to_string(),
@@ -88,7 +91,7 @@ impl Accounts {
                     );
                 }
                 self.shared.error(MeterError::Rejected {
-                    record: record.usage,
+                    record: record.billed(),
                     error,
                 });
             }
@@ -97,6 +100,28 @@ impl Accounts {
                 saturating_add(&c.ambiguous, delta);
                 saturating_add(&c.unsent, delta);
                 self.episode_failure(unsent.last_error.clone().unwrap_or_default());
+                self.shared.unsent(&[unsent]);
+            }
+            Event::Unresolved { unsent, unresolved } => {
+                let delta = unsent.record.delta();
+                saturating_add(&c.unsent, delta);
+                saturating_add(&c.unresolved, delta);
+                let message = unresolved.to_string();
+                self.shared.set_last_error(message.clone());
+                let first = self.unresolved_logged.len() < 1000
+                    && self.unresolved_logged.insert((
+                        unresolved.customer.clone(),
+                        unresolved.feature.clone(),
+                    ));
+                if first {
+                    tracing::warn!(
+                        target: "kinde_meter",
+                        customer = %unresolved.customer,
+                        feature = unresolved.feature.as_str(),
+                        "{message} (logged once per customer and feature)"
+                    );
+                }
+                self.shared.error(MeterError::Unresolved(unresolved));
                 self.shared.unsent(&[unsent]);
             }
             Event::Superseded => {}

@@ -18,8 +18,9 @@ use tokio::time::Instant;
 
 use super::outbox::{Change, Event, Outbox, Policy, Record, Wait};
 use super::sink::{SendResult, Sink};
-use crate::api::{ApiError, Timestamp};
-use crate::config::Delivery;
+use crate::api::{AgreementId, ApiError, Customer, CustomerId, StatusCode, Timestamp};
+use crate::config::{AgreementEnded, Delivery};
+use crate::resolve::{Cached, Lookup, ResolveError, Unresolved};
 use crate::journal::format::Stored;
 use crate::journal::{Journal, Recovered};
 use crate::usage::{
@@ -32,6 +33,50 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(20);
 /// An outcome that came back: what the policy made of it.
 pub(crate) type Finished = Option<Event>;
 
+/// How many times one record is sent to a re-resolved agreement after Kinde said the
+/// one before had ended; past that it is handed back (a plan changing faster than a
+/// record can be delivered is not one to chase).
+const MAX_RERESOLVED: u32 = 3;
+
+/// How usage recorded for customers finds its agreement.
+pub(crate) struct Resolution {
+    /// The cached resolver; `None` when there is none (a sink without one configured).
+    pub(crate) cache: Option<Arc<Cached>>,
+    pub(crate) agreement_ended: AgreementEnded,
+}
+
+/// What a task of the dispatcher did: sent a record, or looked up its customer.
+enum Task {
+    Sent(SendResult),
+    Resolved(Result<Arc<crate::resolve::CustomerAgreements>, Arc<ResolveError>>),
+}
+
+/// Why a record of a customer goes back to the resolver: Kinde said its agreement ended.
+#[derive(Debug)]
+struct Reresolving(ApiError);
+
+impl std::fmt::Display for Reresolving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; looking up the customer's agreement again", self.0)
+    }
+}
+
+impl std::error::Error for Reresolving {}
+
+/// Whether Kinde refused a record because its agreement is gone (cancelled, expired,
+/// unknown). Kinde does not document the answer: a 400 or 404 whose error code or
+/// message speaks of the agreement is taken as such (an assumption the README names).
+fn agreement_gone(error: &ApiError) -> bool {
+    let ApiError::Rejected { status, errors } = error else {
+        return false;
+    };
+    (*status == StatusCode::BAD_REQUEST || *status == StatusCode::NOT_FOUND)
+        && errors.iter().any(|e| {
+            e.code.as_deref().is_some_and(|c| c.to_ascii_uppercase().contains("AGREEMENT"))
+                || e.message.as_deref().is_some_and(|m| m.to_ascii_lowercase().contains("agreement"))
+        })
+}
+
 pub(crate) struct Dispatch<S> {
     sink: Arc<S>,
     policy: Policy,
@@ -39,7 +84,10 @@ pub(crate) struct Dispatch<S> {
     outbox: Outbox,
     /// Records out with the sink, by the task carrying them.
     sending: HashMap<Id, Record>,
-    tasks: JoinSet<SendResult>,
+    /// Records whose customer is being looked up, by the task doing it.
+    resolving: HashMap<Id, Record>,
+    tasks: JoinSet<Task>,
+    resolution: Resolution,
     journal: Option<Journal>,
     /// A journal write that failed outside a window (an outcome, a start), not yet reported.
     journal_failure: Option<JournalFailure>,
@@ -75,6 +123,7 @@ impl<S: Sink> Dispatch<S> {
         policy: Policy,
         request_timeout: Duration,
         journal: Option<Journal>,
+        resolution: Resolution,
     ) -> Self {
         Self {
             outbox: new_outbox(&policy, journal.as_ref()),
@@ -82,7 +131,9 @@ impl<S: Sink> Dispatch<S> {
             policy,
             request_timeout,
             sending: HashMap::new(),
+            resolving: HashMap::new(),
             tasks: JoinSet::new(),
+            resolution,
             journal,
             journal_failure: None,
             resumed: None,
@@ -176,6 +227,7 @@ impl<S: Sink> Dispatch<S> {
         records.extend(
             self.outbox
                 .waiting_records()
+                .chain(self.resolving.values())
                 .filter(|r| !journal.holds(r.id) && !in_window.contains(&r.id))
                 .map(Record::stored),
         );
@@ -216,6 +268,7 @@ impl<S: Sink> Dispatch<S> {
         !journal.needs_rewrite()
             && self.outbox.waiting_records().all(|r| journal.holds(r.id))
             && self.sending.values().all(|r| journal.holds(r.id))
+            && self.resolving.values().all(|r| journal.holds(r.id))
     }
 
     /// A journal write that failed since the last call (outside windows).
@@ -273,6 +326,8 @@ impl<S: Sink> Dispatch<S> {
     /// before `deadline`. Returns what to wait for next and how many it started.
     pub(crate) fn start_due(&mut self, deadline: Option<Instant>) -> (Wait, u64) {
         let mut due = Vec::new();
+        // Records resolved here: the agreement each goes to is written before it leaves.
+        let mut newly_bound = Vec::new();
         let mut wait = loop {
             let now = Instant::now();
             let timeout = match deadline {
@@ -286,7 +341,16 @@ impl<S: Sink> Dispatch<S> {
                 None => self.request_timeout,
             };
             match self.outbox.next(now) {
-                Ok(record) => due.push((record, timeout)),
+                Ok(mut record) => match record.unresolved_customer().cloned() {
+                    None => due.push((record, timeout)),
+                    Some(customer) => match self.bind(&mut record, &customer) {
+                        Some(()) => {
+                            newly_bound.push(record.stored());
+                            due.push((record, timeout));
+                        }
+                        None => self.resolve(record, customer, timeout),
+                    },
+                },
                 Err(wait) => break wait,
             }
         };
@@ -297,6 +361,12 @@ impl<S: Sink> Dispatch<S> {
         // When it cannot be, the journal's records wait (a restart would resend them
         // unreported); records it does not hold go, from memory.
         if let Some(journal) = &mut self.journal {
+            newly_bound.retain(|s| journal.holds(s.id));
+            for stored in &newly_bound {
+                if let Err(e) = journal.put(stored) {
+                    self.journal_failure = Some(JournalFailure::Io(e));
+                }
+            }
             let ids: Vec<RecordId> = due.iter().map(|(r, _)| r.id).collect();
             if let Err(e) = journal.start(&ids) {
                 self.journal_failure = Some(JournalFailure::Io(e));
@@ -317,14 +387,16 @@ impl<S: Sink> Dispatch<S> {
         let started = due.len() as u64;
         for (record, timeout) in due {
             let sink = Arc::clone(&self.sink);
-            let usage = record.usage.clone();
+            let usage = record.billed();
             // The timeout is enforced here, not left to the sink: a sink that never
             // answers would otherwise hold its in-flight slot for good.
             let handle = self.tasks.spawn(async move {
-                match tokio::time::timeout(timeout, sink.send(&usage, timeout)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(ApiError::Timeout { after: timeout }),
-                }
+                Task::Sent(
+                    match tokio::time::timeout(timeout, sink.send(&usage, timeout)).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(ApiError::Timeout { after: timeout }),
+                    },
+                )
             });
             self.sending.insert(handle.id(), record);
         }
@@ -342,9 +414,16 @@ impl<S: Sink> Dispatch<S> {
         !self.tasks.is_empty()
     }
 
-    fn finished(&mut self, joined: Result<(Id, SendResult), JoinError>) -> Finished {
+    fn finished(&mut self, joined: Result<(Id, Task), JoinError>) -> Finished {
         let (id, outcome) = match joined {
-            Ok((id, outcome)) => (id, outcome),
+            Ok((id, Task::Resolved(answer))) => return self.resolved(id, answer),
+            Ok((id, Task::Sent(outcome))) => (id, outcome),
+            // A lookup task that panicked: nothing was sent; look again after a backoff.
+            Err(e) if self.resolving.contains_key(&e.id()) => {
+                let record = self.resolving.remove(&e.id())?;
+                self.outbox.lookup_failed(record, Instant::now());
+                return None;
+            }
             // The request task panicked or was aborted: whether it was sent is unknown.
             Err(e) => {
                 let id = e.id();
@@ -354,8 +433,155 @@ impl<S: Sink> Dispatch<S> {
                 (id, outcome)
             }
         };
-        let record = self.sending.remove(&id)?;
-        Some(self.outbox.complete(record, outcome, Instant::now()))
+        let mut record = self.sending.remove(&id)?;
+        let now = Instant::now();
+        if let (Some(customer), Err(error)) = (record.usage.customer.clone(), &outcome)
+            && record.attempts.bound.is_some()
+            && agreement_gone(error)
+        {
+            if let Some(cache) = &self.resolution.cache {
+                cache.invalidate(&customer);
+            }
+            let chase = self.resolution.agreement_ended == AgreementEnded::Reresolve
+                && record.reresolved < MAX_RERESOLVED
+                // An earlier attempt may have reached the old agreement: sending the
+                // usage to another one could bill it twice.
+                && !record.attempts.maybe_applied;
+            if chase {
+                record.reresolved += 1;
+                record.attempts.bound = None;
+                let Err(error) = outcome else { return None };
+                let again = Err(ApiError::NotSent {
+                    source: Box::new(Reresolving(error)),
+                });
+                return Some(self.outbox.complete(record, again, now));
+            }
+            record.attempts.count = record.attempts.count.saturating_add(1);
+            record.attempts.last_error = Some(error.to_string());
+            self.outbox.give_up(&record);
+            let unresolved = Unresolved {
+                customer,
+                feature: record.usage.feature.clone(),
+                reason: format!(
+                    "the agreement {} ended ({error})",
+                    record.attempts.bound.as_ref().map_or("", AgreementId::as_str)
+                ),
+            };
+            return Some(Event::Unresolved {
+                unsent: record.unsent(crate::usage::UnsentReason::AgreementEnded),
+                unresolved,
+            });
+        }
+        Some(self.outbox.complete(record, outcome, now))
+    }
+
+    /// Binds a customer's record from what the cache holds, without waiting.
+    fn bind(&mut self, record: &mut Record, customer: &Customer) -> Option<()> {
+        let cache = self.resolution.cache.as_ref()?;
+        let Lookup::Found(agreements) = cache.cached(customer) else {
+            return None;
+        };
+        let agreement = agreements
+            .pick(&record.usage.feature, record.usage.timestamp)
+            .ok()?;
+        record.attempts.bound = Some(agreement.clone());
+        Some(())
+    }
+
+    /// Looks `customer` up in a task of its own; the record waits with it.
+    fn resolve(&mut self, record: Record, customer: Customer, timeout: Duration) {
+        let cache = self.resolution.cache.clone();
+        let handle = self.tasks.spawn(async move {
+            let Some(cache) = cache else {
+                return Task::Resolved(Err(Arc::new(ResolveError::UnknownCustomer {
+                    customer,
+                    reason: "the reporter has no agreement resolver (set `Config::resolver`)"
+                        .to_owned(),
+                })));
+            };
+            match tokio::time::timeout(timeout, cache.get(&customer)).await {
+                Ok(answer) => Task::Resolved(answer),
+                Err(_) => Task::Resolved(Err(Arc::new(ResolveError::Lookup(ApiError::Timeout {
+                    after: timeout,
+                })))),
+            }
+        });
+        self.resolving.insert(handle.id(), record);
+    }
+
+    /// A lookup came back: the record is bound and goes (due at once), waits a backoff
+    /// (a failure that may pass), or is handed back with the reason (no agreement).
+    fn resolved(
+        &mut self,
+        id: Id,
+        answer: Result<Arc<crate::resolve::CustomerAgreements>, Arc<ResolveError>>,
+    ) -> Finished {
+        let mut record = self.resolving.remove(&id)?;
+        let now = Instant::now();
+        let customer = record.usage.customer.clone()?;
+        let unresolved = match answer {
+            Ok(agreements) => {
+                match agreements.pick(&record.usage.feature, record.usage.timestamp) {
+                    Ok(agreement) => {
+                        record.lookup_failures = 0;
+                        record.attempts.bound = Some(agreement.clone());
+                        self.outbox.requeue(record, now);
+                        return None;
+                    }
+                    Err(why) => Unresolved::no_agreement(&customer, &record.usage.feature, &why),
+                }
+            }
+            Err(error) if error.is_transient() => {
+                record.attempts.last_error = Some(error.to_string());
+                self.outbox.lookup_failed(record, now);
+                return None;
+            }
+            Err(error) => Unresolved::failed(&customer, &record.usage.feature, &error),
+        };
+        record.attempts.last_error = Some(unresolved.reason.clone());
+        self.outbox.give_up(&record);
+        Some(Event::Unresolved {
+            unsent: record.unsent(crate::usage::UnsentReason::NoAgreement),
+            unresolved,
+        })
+    }
+
+    /// Binds the waiting records of the customers that `billing_changed` names to the
+    /// agreements the cache holds for them now, then forgets those: the usage recorded
+    /// before the change goes to the agreement it was recorded under, the usage after
+    /// it to the one the customer has next.
+    pub(crate) fn billing_changed(&mut self, id: Option<&CustomerId>, named: &[Customer]) {
+        let Some(cache) = self.resolution.cache.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        self.outbox.bind_waiting(now, |record| {
+            let customer = record.usage.customer.as_ref()?;
+            let affected = named.contains(customer)
+                || id.is_some_and(|id| *customer == Customer::Id(id.clone()));
+            let Lookup::Found(agreements) = cache.cached(customer) else {
+                return None;
+            };
+            let affected = affected || (id.is_some() && agreements.customer_id.as_ref() == id);
+            if !affected {
+                return None;
+            }
+            agreements
+                .pick(&record.usage.feature, record.usage.timestamp)
+                .ok()
+                .cloned()
+        });
+        cache.invalidate_billing(id, named);
+    }
+
+    /// Questions the resolver was asked (not answered from its cache).
+    pub(crate) fn resolver_lookups(&self) -> u64 {
+        self.resolution.cache.as_ref().map_or(0, |c| c.lookups())
+    }
+
+    /// The earliest end of a billing cycle after `after`, among the customers resolved.
+    pub(crate) fn next_period_end(&self, after: Timestamp) -> Option<Timestamp> {
+        self.resolution.cache.as_ref()?.next_period_end(after)
     }
 
     /// At the deadline: abandons the requests still out and waits for their tasks to
@@ -371,7 +597,13 @@ impl<S: Sink> Dispatch<S> {
             match joined {
                 Ok(done) => events.extend(self.finished(Ok(done))),
                 Err(e) => {
-                    if let Some(mut record) = self.sending.remove(&e.id()) {
+                    if let Some(mut record) = self.resolving.remove(&e.id()) {
+                        // Never sent: handed back as not applied.
+                        self.outbox.abandon_in_flight(&record);
+                        record.attempts.last_error =
+                            Some("its customer was being looked up at the shutdown deadline".to_owned());
+                        left.push((record.id, record.unsent(UnsentReason::DeadlineExceeded)));
+                    } else if let Some(mut record) = self.sending.remove(&e.id()) {
                         self.outbox.abandon_in_flight(&record);
                         record.attempts.count = record.attempts.count.saturating_add(1);
                         record.attempts.maybe_applied = true;
@@ -417,6 +649,10 @@ impl<S: Sink> Dispatch<S> {
                 r.unsent(UnsentReason::WorkerFailed)
             })
             .collect();
+        for (_, record) in self.resolving.drain() {
+            ids.push(record.id);
+            held.push(record.unsent(UnsentReason::WorkerFailed));
+        }
         let waiting = self.outbox.take_all();
         ids.extend(waiting.iter().map(|r| r.id));
         held.extend(waiting.iter().map(|r| r.unsent(UnsentReason::WorkerFailed)));

@@ -35,6 +35,13 @@ pub struct Stats {
     pub invalid: u64,
     /// Delta usage handed to `on_unsent`.
     pub unsent: u64,
+    /// Of `unsent`: delta usage recorded for customers that could not be billed to any
+    /// agreement (see [`MeterError::Unresolved`](crate::MeterError::Unresolved)), or whose
+    /// agreement ended ([`AgreementEnded::HandBack`](crate::AgreementEnded::HandBack)).
+    pub unresolved: u64,
+    /// Customer lookups the resolver answered from Kinde (or its own source), not from
+    /// its cache: one per customer per time to live when all is well.
+    pub resolver_lookups: u64,
     /// Delta usage recorded after the reporter shut down, which waits in memory for the
     /// next start (see [`MeterError::AfterShutdown`](crate::MeterError::AfterShutdown)).
     pub after_shutdown: u64,

@@ -29,7 +29,11 @@ pub(crate) use self::cells::AgreementRef;
 pub use self::events::{FlushReport, ShutdownReport, Stats};
 use self::shared::{CallProblem, Shared};
 pub use self::sink::{KindeSink, SendResult, Sink};
+use self::dispatch::Resolution;
+use self::shared::BillingChange;
 use self::worker::{Command, Reply, Settings, Worker};
+use crate::api::{Customer, CustomerId, OrgCode, UserId};
+use crate::resolve::{CacheSettings, Cached};
 use crate::api::{AgreementId, FeatureCode, MeterType, deadline_after};
 use crate::config::{Config, ConfigError, defaults};
 use crate::context::with_current;
@@ -156,6 +160,41 @@ pub fn stats() -> Stats {
 
 /// The path of `record` and `#[meter]` without an explicit agreement.
 #[inline(always)]
+/// Tells the global reporter that a customer's billing changed (a plan changed, an
+/// agreement was created or cancelled): its pending usage is sent at once, to the
+/// agreement it was recorded under, and its cached agreements are forgotten, so usage
+/// from now on is resolved afresh. What a billing webhook handler calls
+/// ([`webhooks`](crate::webhooks) does). Name the customer any way you know it; returns
+/// `false` when no reporter runs.
+///
+/// ```
+/// let customer: kinde_meter::api::CustomerId = "customer_0195ac80a14c2ca2cec97d026d864de0".parse()?;
+/// assert!(!kinde_meter::billing_changed(Some(&customer), None, None));
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+pub fn billing_changed(
+    customer: Option<&CustomerId>,
+    org: Option<&OrgCode>,
+    user: Option<&UserId>,
+) -> bool {
+    GLOBAL.billing_changed(billing_change(customer, org, user))
+}
+
+fn billing_change(
+    customer: Option<&CustomerId>,
+    org: Option<&OrgCode>,
+    user: Option<&UserId>,
+) -> BillingChange {
+    let mut named = Vec::new();
+    named.extend(customer.map(|id| Customer::Id(id.clone())));
+    named.extend(org.map(|code| Customer::Org(code.clone())));
+    named.extend(user.map(|id| Customer::User(id.clone())));
+    BillingChange {
+        customer_id: customer.cloned(),
+        named,
+    }
+}
+
 pub(crate) fn record_current(feature: &FeatureCode, meter_type: MeterType, value: u64) {
     if let Some(recorder) = local::current() {
         return with_current(|found| {
@@ -436,12 +475,16 @@ impl Reporter {
 
     /// `on_stop` runs once the worker has shut down (the global reporter's release).
     fn start_with(
-        config: Config,
+        mut config: Config,
         shared: Arc<Shared>,
         on_stop: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<Self, InitError> {
         config.validate()?;
-        let sink = KindeSink::new(config.client()?);
+        let client = config.client()?;
+        if config.resolver.is_none() {
+            config.resolver = Some(Arc::new(crate::resolve::KindeResolver::new(client.clone())));
+        }
+        let sink = KindeSink::new(client);
         Self::start_sink(config, shared, sink, on_stop)
     }
 
@@ -477,10 +520,32 @@ impl Reporter {
                 backoff_max: config.backoff_max,
                 coalesce_secs: config.coalesce_window.as_secs().max(1),
             },
+            resolution: Resolution {
+                cache: config.resolver.clone().map(|resolver| {
+                    Arc::new(Cached::new(
+                        resolver,
+                        CacheSettings {
+                            ttl: config.resolver_ttl,
+                            negative_ttl: config.resolver_negative_ttl,
+                            stale_for: config.resolver_ttl,
+                            max_customers: config.resolver_max_customers,
+                        },
+                    ))
+                }),
+                agreement_ended: config.agreement_ended,
+            },
         };
         let (commands, receiver) = mpsc::unbounded_channel();
+        let (billing, billing_news) = mpsc::unbounded_channel();
+        shared.set_billing(Some(billing));
         let global = on_stop.is_some();
-        let mut worker = Worker::new(Arc::clone(&shared), Arc::new(sink), settings, receiver);
+        let mut worker = Worker::new(
+            Arc::clone(&shared),
+            Arc::new(sink),
+            settings,
+            receiver,
+            billing_news,
+        );
         if let Some(on_stop) = on_stop {
             worker.on_stop(on_stop);
         }
@@ -539,6 +604,17 @@ impl Reporter {
         let (meter_type, value) = usage.into().parts();
         self.shared
             .record(AgreementRef::Id(agreement), feature, meter_type, value);
+    }
+
+    /// [`billing_changed`] for this reporter.
+    pub fn billing_changed(
+        &self,
+        customer: Option<&CustomerId>,
+        org: Option<&OrgCode>,
+        user: Option<&UserId>,
+    ) -> bool {
+        self.shared
+            .billing_changed(billing_change(customer, org, user))
     }
 
     /// This reporter's counters.

@@ -53,6 +53,10 @@ pub(crate) struct Record {
     pub(crate) attempts: Attempts,
     /// The coalescing bucket of `usage.timestamp`.
     bucket: u64,
+    /// Lookups of its customer that failed since it was last sent, for their backoff.
+    pub(crate) lookup_failures: u32,
+    /// Times it was sent to a re-resolved agreement after Kinde said one had ended.
+    pub(crate) reresolved: u32,
 }
 
 impl Record {
@@ -65,9 +69,27 @@ impl Record {
         }
     }
 
+    /// What is billed: the usage, with the agreement a customer's usage was resolved to
+    /// in place of the customer's stand-in.
+    pub(crate) fn billed(&self) -> UsageRecord {
+        let mut usage = self.usage.clone();
+        if let Some(bound) = &self.attempts.bound {
+            usage.agreement = bound.clone();
+        }
+        usage
+    }
+
+    /// The customer whose agreement is still to be found, if it is one.
+    pub(crate) fn unresolved_customer(&self) -> Option<&crate::api::Customer> {
+        self.usage
+            .customer
+            .as_ref()
+            .filter(|_| self.attempts.bound.is_none())
+    }
+
     pub(crate) fn unsent(&self, reason: UnsentReason) -> UnsentRecord {
         UnsentRecord {
-            record: self.usage.clone(),
+            record: self.billed(),
             reason,
             maybe_applied: self.attempts.maybe_applied,
             attempts: self.attempts.count,
@@ -125,6 +147,11 @@ pub(crate) enum Event {
     },
     Rejected(Record, ApiError),
     Unsent(UnsentRecord),
+    /// A customer's record that no agreement could take: handed back with the reason.
+    Unresolved {
+        unsent: UnsentRecord,
+        unresolved: crate::resolve::Unresolved,
+    },
     /// An absolute record that a newer value of its key replaced while it was out.
     Superseded,
 }
@@ -345,6 +372,8 @@ impl Outbox {
                 idempotency_key: self.idempotency_key(),
             },
             attempts: Attempts::default(),
+            lookup_failures: 0,
+            reresolved: 0,
         }
     }
 
@@ -392,6 +421,8 @@ impl Outbox {
             id: stored.id,
             usage: stored.usage,
             attempts: stored.attempts,
+            lookup_failures: 0,
+            reresolved: 0,
         };
         self.waiting.push(Entry {
             record,
@@ -562,6 +593,64 @@ impl Outbox {
         // At the front, where it was due from: ahead of any newer value of its key.
         self.waiting.insert(0, Entry { record, not_before });
         not_before
+    }
+
+    /// Puts back a record taken with [`Outbox::next`] that was not sent because its
+    /// customer was being resolved: no attempt is counted, its rate token goes back, and
+    /// it is due at `not_before`, ahead of newer records of its key.
+    pub(crate) fn requeue(&mut self, record: Record, not_before: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.bucket.refund();
+        if record.is_absolute() {
+            self.absolute_in_flight.remove(&record.absolute_key());
+        }
+        let stored = record.stored();
+        self.log(|| Change::Put(stored));
+        self.waiting.insert(0, Entry { record, not_before });
+    }
+
+    /// [`Outbox::requeue`] after a lookup of its customer failed for a reason that may
+    /// pass: it waits a backoff that grows with each failure, as a delivery does.
+    pub(crate) fn lookup_failed(&mut self, mut record: Record, now: Instant) -> Instant {
+        record.lookup_failures = record.lookup_failures.saturating_add(1);
+        let delay = self
+            .backoff(record.lookup_failures - 1)
+            .max(self.policy.backoff_initial);
+        self.requeue(record, now + delay);
+        now + delay
+    }
+
+    /// Settles a record taken with [`Outbox::next`] that will not be sent again.
+    pub(crate) fn give_up(&mut self, record: &Record) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if record.is_absolute() {
+            self.absolute_in_flight.remove(&record.absolute_key());
+        }
+        let id = record.id;
+        self.log(|| Change::Settle(id));
+    }
+
+    /// Binds the waiting records of customers not yet resolved, where `bind` gives an
+    /// agreement; they are due at once.
+    pub(crate) fn bind_waiting(
+        &mut self,
+        now: Instant,
+        mut bind: impl FnMut(&Record) -> Option<AgreementId>,
+    ) {
+        let mut bound = Vec::new();
+        for entry in &mut self.waiting {
+            if entry.record.unresolved_customer().is_none() {
+                continue;
+            }
+            if let Some(agreement) = bind(&entry.record) {
+                entry.record.attempts.bound = Some(agreement);
+                entry.not_before = entry.not_before.min(now);
+                bound.push(entry.record.stored());
+            }
+        }
+        for stored in bound {
+            self.log(|| Change::Put(stored));
+        }
     }
 
     /// Additive increase after a 429 halved the concurrency.
@@ -735,6 +824,7 @@ mod tests {
             count: 2,
             maybe_applied: true,
             last_error: Some("timed out".to_owned()),
+            bound: None,
         };
         o.restore(
             Stored {
@@ -980,10 +1070,15 @@ mod properties {
             match event {
                 Event::Delivered(r) => self.delivered += u128::from(r.delta()),
                 Event::Rejected(r, _) => self.rejected += u128::from(r.delta()),
-                Event::Unsent(u) if u.record.meter_type == MeterType::Delta => {
+                Event::Unsent(u) | Event::Unresolved { unsent: u, .. }
+                    if u.record.meter_type == MeterType::Delta =>
+                {
                     self.unsent += u128::from(u.record.value)
                 }
-                Event::Unsent(_) | Event::Retrying { .. } | Event::Superseded => {}
+                Event::Unsent(_)
+                | Event::Unresolved { .. }
+                | Event::Retrying { .. }
+                | Event::Superseded => {}
             }
         }
     }

@@ -26,12 +26,22 @@ pub(crate) struct Counters {
     pub(crate) refused_overflow: AtomicU64,
     pub(crate) invalid: AtomicU64,
     pub(crate) unsent: AtomicU64,
+    pub(crate) unresolved: AtomicU64,
+    pub(crate) resolver_lookups: AtomicU64,
     pub(crate) after_shutdown: AtomicU64,
     pub(crate) hook_panics: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) kept: AtomicU64,
     pub(crate) not_durable: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
+}
+
+/// What a billing webhook said changed (see [`crate::billing_changed`]): whose pending
+/// usage goes out now, and whose agreements are forgotten.
+#[derive(Clone, Debug)]
+pub(crate) struct BillingChange {
+    pub(crate) customer_id: Option<crate::api::CustomerId>,
+    pub(crate) named: Vec<crate::api::Customer>,
 }
 
 #[derive(Clone, Default)]
@@ -68,6 +78,8 @@ pub(crate) struct Shared {
     hooks: RwLock<Hooks>,
     /// Features already warned about as unattributed or invalid: one warning each.
     warned: Mutex<HashSet<(&'static str, String)>>,
+    /// The running worker's ear for billing webhooks.
+    billing: Mutex<Option<tokio::sync::mpsc::UnboundedSender<BillingChange>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -99,7 +111,19 @@ impl Shared {
             counters: Counters::default(),
             hooks: RwLock::default(),
             warned: Mutex::default(),
+            billing: Mutex::default(),
         }
+    }
+
+    /// Where [`Shared::billing_changed`] sends, while a worker runs.
+    pub(crate) fn set_billing(&self, to: Option<tokio::sync::mpsc::UnboundedSender<BillingChange>>) {
+        *self.billing.lock().unwrap_or_else(|e| e.into_inner()) = to;
+    }
+
+    /// Tells the worker; `false` when none runs.
+    pub(crate) fn billing_changed(&self, change: BillingChange) -> bool {
+        let billing = self.billing.lock().unwrap_or_else(|e| e.into_inner());
+        billing.as_ref().is_some_and(|to| to.send(change).is_ok())
     }
 
     pub(crate) fn set_hooks(&self, on_error: Option<ErrorHook>, on_unsent: Option<UnsentHook>) {
@@ -301,6 +325,8 @@ impl Shared {
             refused_overflow: get(&c.refused_overflow),
             invalid: get(&c.invalid),
             unsent: get(&c.unsent),
+            unresolved: get(&c.unresolved),
+            resolver_lookups: get(&c.resolver_lookups),
             after_shutdown: get(&c.after_shutdown),
             hook_panics: get(&c.hook_panics),
             replayed: get(&c.replayed),

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use super::accounting::{Accounts, delta_of};
 use super::cells::Drained;
-use super::dispatch::{Dispatch, Finished, Left};
+use super::dispatch::{Dispatch, Finished, Left, Resolution};
+use super::shared::BillingChange;
 use super::events::{FlushReport, ShutdownReport};
 use super::outbox::{Policy, Wait};
 use super::shared::Shared;
@@ -29,6 +30,7 @@ pub(crate) struct Settings {
     pub(crate) policy: Policy,
     /// The journal, opened, and what it read of dead processes' runs.
     pub(crate) journal: Option<(Journal, Recovered)>,
+    pub(crate) resolution: Resolution,
 }
 
 /// What closing a window did.
@@ -71,6 +73,11 @@ pub(crate) struct Worker<S> {
     on_stop: Option<Box<dyn FnOnce() + Send>>,
     /// What the journal read at start, until the first run resumes it.
     recovered: Option<Recovered>,
+    /// Billing webhooks' news (see [`crate::billing_changed`]).
+    billing: mpsc::UnboundedReceiver<BillingChange>,
+    /// The end of the last window closed: a billing cycle that ended after it and
+    /// before the next close stamps the next window.
+    last_close: Timestamp,
 }
 
 impl<S: Sink> Worker<S> {
@@ -79,16 +86,25 @@ impl<S: Sink> Worker<S> {
         sink: Arc<S>,
         settings: Settings,
         commands: mpsc::UnboundedReceiver<Command>,
+        billing: mpsc::UnboundedReceiver<BillingChange>,
     ) -> Self {
         let (journal, recovered) = settings.journal.unzip();
         Self {
             accounts: Accounts::new(Arc::clone(&shared)),
             shared,
             flush_interval: settings.flush_interval,
-            dispatch: Dispatch::new(sink, settings.policy, settings.request_timeout, journal),
+            dispatch: Dispatch::new(
+                sink,
+                settings.policy,
+                settings.request_timeout,
+                journal,
+                settings.resolution,
+            ),
             commands,
             on_stop: None,
             recovered,
+            billing,
+            last_close: Timestamp::now(),
         }
     }
 
@@ -112,6 +128,11 @@ impl<S: Sink> Worker<S> {
         let interval = self.flush_interval;
         let mut next_flush = deadline_after(interval);
         loop {
+            // A billing cycle ending before the next close closes the window there, so
+            // no window straddles it.
+            if let Some(end) = self.next_period_end() {
+                next_flush = next_flush.min(end);
+            }
             let wake = match self.start_due(None) {
                 Wait::Until(t) => t.min(next_flush),
                 Wait::InFlight | Wait::Idle => next_flush,
@@ -138,6 +159,13 @@ impl<S: Sink> Worker<S> {
                     }
                 },
                 Some(finished) = self.dispatch.next_finished(), if has_tasks => self.finished(finished),
+                Some(change) = self.billing.recv() => {
+                    // The customer's usage so far goes out now, to the agreement it was
+                    // recorded under; what comes after is resolved afresh.
+                    self.flush();
+                    self.dispatch.billing_changed(change.customer_id.as_ref(), &change.named);
+                    next_flush = deadline_after(interval);
+                }
                 () = self.shared.registry.flush_wanted() => {
                     self.flush();
                     next_flush = deadline_after(interval);
@@ -166,8 +194,28 @@ impl<S: Sink> Worker<S> {
         self.push_drained(drained)
     }
 
+    /// When the earliest billing cycle of a resolved customer ends, if it ends later
+    /// than the last window closed.
+    fn next_period_end(&self) -> Option<Instant> {
+        let end = self.dispatch.next_period_end(self.last_close)?;
+        let wall = std::time::SystemTime::now();
+        let left = end.to_system_time().duration_since(wall).unwrap_or(Duration::ZERO);
+        Some(Instant::now() + left)
+    }
+
     fn push_drained(&mut self, drained: Vec<Drained>) -> Closed {
-        let timestamp = Timestamp::now();
+        let now_stamp = Timestamp::now();
+        // Usage is stamped inside the cycle it happened in: a window closed at (or just
+        // after) a cycle's end carries the cycle's last second. Kinde's stamps are whole
+        // seconds, and the end is the first second of the next cycle.
+        let timestamp = match self.dispatch.next_period_end(self.last_close) {
+            Some(end) if end.unix_seconds() <= now_stamp.unix_seconds() => {
+                Timestamp::from_unix_seconds(end.unix_seconds().saturating_sub(1))
+                    .unwrap_or(now_stamp)
+            }
+            _ => now_stamp,
+        };
+        self.last_close = now_stamp;
         let now = Instant::now();
         let found = !drained.is_empty();
         let mut window_delta = 0u64;
@@ -226,6 +274,10 @@ impl<S: Sink> Worker<S> {
     }
 
     fn finished(&mut self, finished: Finished) {
+        self.shared
+            .counters
+            .resolver_lookups
+            .store(self.dispatch.resolver_lookups(), std::sync::atomic::Ordering::Relaxed);
         if let Some(event) = finished {
             self.accounts.account(event);
             self.dispatch.write_changes();

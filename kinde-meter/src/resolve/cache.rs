@@ -48,8 +48,9 @@ struct State {
 pub(crate) enum Lookup {
     /// An answer to use.
     Found(Arc<CustomerAgreements>),
-    /// A refusal still in force.
-    Refused(Arc<ResolveError>),
+    /// A refusal still in force (asking again is left to [`Cached::get`], which
+    /// answers it at once).
+    Refused,
     /// Nothing usable: ask with [`Cached::get`].
     Miss,
 }
@@ -59,6 +60,8 @@ pub(crate) struct Cached {
     inner: Arc<dyn AgreementResolver>,
     settings: CacheSettings,
     state: Mutex<State>,
+    /// Questions put to the resolver (not answered from here).
+    lookups: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Cached {
@@ -75,6 +78,7 @@ impl Cached {
             inner,
             settings,
             state: Mutex::new(State::default()),
+            lookups: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -107,7 +111,7 @@ impl Cached {
             if self.usable(entry, now) {
                 return match &entry.answer {
                     Ok(found) => Lookup::Found(Arc::clone(found)),
-                    Err(refused) => Lookup::Refused(Arc::clone(refused)),
+                    Err(_) => Lookup::Refused,
                 };
             }
             if !self.stale_but_servable(entry, now) {
@@ -153,6 +157,8 @@ impl Cached {
         };
         let answer = flight
             .get_or_init(|| async {
+                self.lookups
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.inner
                     .agreements(customer)
                     .await
@@ -205,6 +211,11 @@ impl Cached {
             };
             state.entries.remove(&oldest);
         }
+    }
+
+    /// Questions put to the resolver so far.
+    pub(crate) fn lookups(&self) -> u64 {
+        self.lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Forgets `customer`'s answer, and whatever a lookup in flight brings back.
@@ -379,7 +390,7 @@ mod tests {
         let (cache, inner) = cache(60, 100);
         let user = Customer::user("kp_1").expect("id");
         assert!(cache.get(&user).await.is_err());
-        assert!(matches!(cache.cached(&user), Lookup::Refused(_)));
+        assert!(matches!(cache.cached(&user), Lookup::Refused));
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(matches!(cache.cached(&user), Lookup::Miss));
         inner.fail.store(true, Ordering::SeqCst);
