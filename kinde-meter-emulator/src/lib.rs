@@ -49,6 +49,8 @@
 //! library.
 
 mod amount;
+mod billing;
+mod clock;
 pub mod codes;
 mod control;
 mod exchange;
@@ -57,6 +59,7 @@ mod ledger;
 mod limits;
 mod server;
 mod validate;
+mod webhook;
 
 #[cfg(test)]
 mod tests;
@@ -66,16 +69,27 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use amount::{Amount, ParseAmountError};
+pub use billing::{
+    Agreement, BILLING_GROUP_ID, BillingCustomer, BillingError, Cycle, DEFAULT_CYCLE_LENGTH,
+    Entitlement,
+};
 pub use faults::{FaultKind, Faults};
-pub use ledger::{AcceptedRecord, Counts, ReceivedRequest, RequestOutcome, TokenRequest};
+pub use ledger::{
+    AcceptedRecord, Counts, DEFAULT_SCOPES, ReceivedRequest, RequestOutcome,
+    SCOPE_BILLING_AGREEMENTS, SCOPE_METER_USAGE, SCOPE_ORGANIZATIONS, SCOPE_USERS, TokenRequest,
+};
 pub use limits::RateLimit;
 pub use validate::EmulatedMeterType;
+pub use webhook::{
+    DEFAULT_RETRY_DELAYS, TOKEN_LIFETIME_SECS, WebhookDelivery, WebhookSigner, base64url_decode,
+    base64url_encode,
+};
 
 use exchange::Shared;
-use ledger::{Config, State};
+use ledger::{Config, Fixture, State};
 use server::{Command, ServerHandle};
 
 /// A local Kinde on `127.0.0.1`: token endpoint, meter usage endpoint, a
@@ -421,6 +435,251 @@ impl Emulator {
         self.shared.lock().reset();
     }
 
+    // ----- billing objects -----
+
+    /// Adds a plan with its feature codes, or replaces the features of an existing
+    /// one (agreements made before keep the entitlements they had).
+    ///
+    /// # Errors
+    /// [`BillingError::Invalid`] for an empty code, a code with whitespace, or a
+    /// repeated feature.
+    pub fn add_plan<I, S>(&self, code: &str, features: I) -> Result<(), BillingError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let features = features.into_iter().map(Into::into).collect();
+        self.shared.lock().billing.add_plan(code, features)
+    }
+
+    /// Makes organization `code` (its name is the code) a billing customer on
+    /// `plan`: a new `customer_<32 hex>` and its first agreement. Sends
+    /// `customer.agreement_created` and `customer.plan_assigned` when a webhook URL
+    /// is set. The agreement is accepted by the meter usage endpoint even when
+    /// [`EmulatorBuilder::known_agreements`] restricts agreements.
+    ///
+    /// # Errors
+    /// [`BillingError::PlanNotFound`], [`BillingError::AlreadyExists`] for an
+    /// organization added before, [`BillingError::Invalid`] for a malformed code.
+    pub fn add_organization(
+        &self,
+        code: &str,
+        plan: &str,
+    ) -> Result<BillingCustomer, BillingError> {
+        self.shared.lock().add_organization(code, code, plan)
+    }
+
+    /// [`add_organization`](Self::add_organization) with a display name (the
+    /// organization endpoint's `name`).
+    ///
+    /// # Errors
+    /// As [`add_organization`](Self::add_organization).
+    pub fn add_named_organization(
+        &self,
+        code: &str,
+        name: &str,
+        plan: &str,
+    ) -> Result<BillingCustomer, BillingError> {
+        self.shared.lock().add_organization(code, name, plan)
+    }
+
+    /// Makes user `id` (`kp_…`) a billing customer on `plan`, as
+    /// [`add_organization`](Self::add_organization) does for an organization.
+    ///
+    /// # Errors
+    /// As [`add_organization`](Self::add_organization).
+    pub fn add_user(&self, id: &str, plan: &str) -> Result<BillingCustomer, BillingError> {
+        self.shared.lock().add_user(id, plan)
+    }
+
+    /// A billing customer that is neither an organization nor a user, on `plan`.
+    ///
+    /// # Errors
+    /// [`BillingError::PlanNotFound`].
+    pub fn add_customer(&self, plan: &str) -> Result<BillingCustomer, BillingError> {
+        self.shared.lock().add_customer(plan)
+    }
+
+    /// Moves a customer to `new_plan`, as `POST /api/v1/billing/agreements` does: a
+    /// new agreement on it (its id is returned), and every agreement of the customer
+    /// that was active is cancelled now. Webhooks: `customer.agreement_created`, one
+    /// `customer.agreement_cancelled` per cancelled agreement, then
+    /// `customer.plan_changed` (with `previous_agreement_id`); or, when the customer
+    /// had no active agreement, `customer.agreement_created` and
+    /// `customer.plan_assigned`.
+    ///
+    /// # Errors
+    /// [`BillingError::CustomerNotFound`], [`BillingError::PlanNotFound`].
+    pub fn change_plan(&self, customer_id: &str, new_plan: &str) -> Result<String, BillingError> {
+        self.shared.lock().change_plan(customer_id, new_plan)
+    }
+
+    /// Cancels one agreement now (`expires_on` set; webhook
+    /// `customer.agreement_cancelled`). Usage for it is then refused with
+    /// `AGREEMENT_CANCELLED` unless [`set_cancelled_agreements_accept_usage`](Self::set_cancelled_agreements_accept_usage).
+    ///
+    /// # Errors
+    /// [`BillingError::AgreementNotFound`], or [`BillingError::AgreementCancelled`]
+    /// when it already was.
+    pub fn cancel_agreement(&self, agreement_id: &str) -> Result<(), BillingError> {
+        self.shared.lock().cancel_agreement(agreement_id)
+    }
+
+    /// Moves the end of an active agreement's current cycle to `end` (after its
+    /// start). Once `end` passes, the next read rolls the cycle: the next one starts
+    /// at `end` and lasts the cycle length. Returns the agreement as it is now.
+    ///
+    /// # Errors
+    /// [`BillingError::AgreementNotFound`], [`BillingError::AgreementCancelled`], or
+    /// [`BillingError::Invalid`] when `end` is not after the current cycle's start.
+    pub fn set_period_end(
+        &self,
+        agreement_id: &str,
+        end: SystemTime,
+    ) -> Result<Agreement, BillingError> {
+        self.shared.lock().set_period_end(agreement_id, end)
+    }
+
+    /// One agreement, its current cycle rolled forward to now.
+    pub fn agreement(&self, agreement_id: &str) -> Option<Agreement> {
+        self.shared
+            .lock()
+            .billing
+            .agreement(agreement_id, SystemTime::now())
+    }
+
+    /// Every agreement of a customer, cancelled ones included, oldest first.
+    pub fn customer_agreements(&self, customer_id: &str) -> Vec<Agreement> {
+        self.shared
+            .lock()
+            .billing
+            .customer_agreements(customer_id, SystemTime::now())
+    }
+
+    /// The billing customer id of an organization.
+    pub fn organization_customer(&self, code: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .billing
+            .organization_customer(code)
+            .map(str::to_owned)
+    }
+
+    /// The billing customer id of a user.
+    pub fn user_customer(&self, id: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .billing
+            .user_customer(id)
+            .map(str::to_owned)
+    }
+
+    /// The cycle of `agreement_id` that contains `t` (see [`AcceptedRecord::cycle`]).
+    pub fn cycle_at(&self, agreement_id: &str, t: SystemTime) -> Option<Cycle> {
+        self.shared
+            .lock()
+            .billing
+            .cycle_at(agreement_id, t, SystemTime::now())
+    }
+
+    /// Sets the length of billing cycles: the first cycle of agreements made from now
+    /// on, and every cycle that starts from now on. Zero is refused (ignored).
+    pub fn set_cycle_length(&self, length: Duration) {
+        if !length.is_zero() {
+            let mut state = self.shared.lock();
+            // Cycles that ended under the old length roll with it.
+            state.billing.roll_all(SystemTime::now());
+            state.billing.cycle_length = length;
+        }
+    }
+
+    /// Whether usage for a cancelled agreement is accepted (default false: 400
+    /// `AGREEMENT_CANCELLED`).
+    pub fn set_cancelled_agreements_accept_usage(&self, accept: bool) {
+        self.shared.lock().billing.cancelled_accept_usage = accept;
+    }
+
+    // ----- scopes -----
+
+    /// Replaces the scopes granted to the application (default: [`DEFAULT_SCOPES`]).
+    /// Checked at each request, so tokens already issued are affected too; the
+    /// token response's `scope` lists them, space-separated. An endpoint whose scope
+    /// is missing answers 403 `FORBIDDEN`.
+    pub fn set_scopes<I, S>(&self, scopes: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.shared.lock().config.scopes = scopes.into_iter().map(Into::into).collect();
+    }
+
+    /// The scopes granted to the application.
+    pub fn scopes(&self) -> BTreeSet<String> {
+        self.shared.lock().config.scopes.clone()
+    }
+
+    // ----- webhooks -----
+
+    /// The key that signs webhooks and that `GET /.well-known/jwks` publishes,
+    /// generated on first use.
+    ///
+    /// # Errors
+    /// When the key cannot be generated.
+    pub fn webhook_signer(&self) -> io::Result<&WebhookSigner> {
+        self.shared.signer()
+    }
+
+    /// The URL of `GET /.well-known/jwks`.
+    pub fn jwks_url(&self) -> String {
+        format!("{}{}", self.base_url, server::JWKS_PATH)
+    }
+
+    /// Sets or removes the URL billing events are POSTed to. Events raised while
+    /// none is set are not sent, nor recorded.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a URL other than `http://host:port/path`.
+    pub fn set_webhook_url(&self, url: Option<&str>) -> io::Result<()> {
+        if let Some(url) = url {
+            webhook::check_url(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        }
+        self.shared.lock().config.webhook_url = url.map(str::to_owned);
+        Ok(())
+    }
+
+    /// Sets the waits between delivery attempts of events raised from now on: one
+    /// attempt, then one more after each wait (default [`DEFAULT_RETRY_DELAYS`]).
+    pub fn set_webhook_retry_delays(&self, delays: Vec<Duration>) {
+        self.shared.lock().config.webhook_retry_delays = delays;
+    }
+
+    /// Every webhook delivery since the start (or the last [`reset`](Self::reset)), in the
+    /// order the events were raised.
+    pub fn webhook_deliveries(&self) -> Vec<WebhookDelivery> {
+        self.shared.lock().webhook_deliveries().to_vec()
+    }
+
+    /// Blocks until every webhook delivery is finished (delivered, or out of
+    /// attempts), or `timeout` passes; returns whether they all finished.
+    pub fn wait_webhooks(&self, timeout: Duration) -> bool {
+        let deadline = ledger::later(Instant::now(), timeout);
+        loop {
+            if self
+                .shared
+                .lock()
+                .webhook_deliveries()
+                .iter()
+                .all(|d| d.finished)
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Whether the emulator accepts connections.
     pub fn is_up(&self) -> bool {
         self.shared.is_up()
@@ -589,24 +848,105 @@ impl EmulatorBuilder {
         self
     }
 
+    /// The scopes granted to the application (default [`DEFAULT_SCOPES`]); see
+    /// [`Emulator::set_scopes`].
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A plan with its feature codes, made at start (see [`Emulator::add_plan`]).
+    pub fn plan<I, S>(mut self, code: impl Into<String>, features: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let features = features.into_iter().map(Into::into).collect();
+        self.config
+            .fixtures
+            .push(Fixture::Plan(code.into(), features));
+        self
+    }
+
+    /// An organization on a plan, made at start without webhooks (see
+    /// [`Emulator::add_organization`]); read its ids with
+    /// [`Emulator::organization_customer`] and [`Emulator::customer_agreements`].
+    pub fn organization(mut self, code: impl Into<String>, plan: impl Into<String>) -> Self {
+        self.config
+            .fixtures
+            .push(Fixture::Organization(code.into(), plan.into()));
+        self
+    }
+
+    /// A user on a plan, made at start without webhooks (see [`Emulator::add_user`]).
+    pub fn user(mut self, id: impl Into<String>, plan: impl Into<String>) -> Self {
+        self.config
+            .fixtures
+            .push(Fixture::User(id.into(), plan.into()));
+        self
+    }
+
+    /// The length of billing cycles (default [`DEFAULT_CYCLE_LENGTH`], 30 days); zero
+    /// makes [`start`](Self::start) fail.
+    pub fn cycle_length(mut self, length: Duration) -> Self {
+        self.config.cycle_length = length;
+        self
+    }
+
+    /// Whether usage for a cancelled agreement is accepted (default false: 400
+    /// `AGREEMENT_CANCELLED`).
+    pub fn cancelled_agreements_accept_usage(mut self, accept: bool) -> Self {
+        self.config.cancelled_accept_usage = accept;
+        self
+    }
+
+    /// The URL billing events are POSTed to (default none); `http://host:port/path`
+    /// only, anything else makes [`start`](Self::start) fail.
+    pub fn webhook_url(mut self, url: impl Into<String>) -> Self {
+        self.config.webhook_url = Some(url.into());
+        self
+    }
+
+    /// The waits between webhook delivery attempts (default [`DEFAULT_RETRY_DELAYS`]).
+    pub fn webhook_retry_delays(mut self, delays: Vec<Duration>) -> Self {
+        self.config.webhook_retry_delays = delays;
+        self
+    }
+
     /// Starts the emulator and waits until it accepts connections.
     ///
     /// # Errors
     /// When the settings are invalid (an unauthorized status other than 401
-    /// or 403), or the thread, the runtime or the socket cannot be created
-    /// (for instance when the fixed port is taken).
+    /// or 403, a zero cycle length, a webhook URL that is not plain `http://`, a
+    /// billing object that cannot be made, e.g. an organization on an unknown plan),
+    /// or the thread, the runtime or the socket cannot be created (for instance when
+    /// the fixed port is taken).
     pub fn start(self) -> io::Result<Emulator> {
         let config = self.config;
+        let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
         if !matches!(config.unauthorized_status, 401 | 403) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the unauthorized status must be 401 or 403",
+            return Err(invalid(
+                "the unauthorized status must be 401 or 403".to_owned(),
             ));
+        }
+        if config.cycle_length.is_zero() {
+            return Err(invalid(
+                "the cycle length must be more than zero".to_owned(),
+            ));
+        }
+        if let Some(url) = &config.webhook_url {
+            webhook::check_url(url).map_err(invalid)?;
         }
         let client_id = config.client_id.clone();
         let client_secret = config.client_secret.clone();
         let static_token = config.static_token.clone();
-        let shared = Arc::new(Shared::new(State::new(config)));
+        let mut state = State::new(config);
+        state.apply_fixtures().map_err(|e| invalid(e.to_string()))?;
+        let shared = Arc::new(Shared::new(state));
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let server = server::spawn(shared.clone(), addr)?;
         Ok(Emulator {
