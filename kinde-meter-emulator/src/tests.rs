@@ -1093,3 +1093,4 @@ fn unavailable_for_and_reset() {
 }
 
 mod billing;
+mod webhooks;
