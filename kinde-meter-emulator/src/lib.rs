@@ -1,10 +1,16 @@
 //! A local, stateful Kinde for tests: what stripe-mock is for Stripe, with a ledger.
 //!
-//! [`Emulator`] serves the two endpoints a Kinde billing client talks to — the
+//! [`Emulator`] serves the endpoints a Kinde billing client talks to — the
 //! client-credentials token endpoint and the meter usage endpoint — on
 //! `127.0.0.1`, checks every request against Kinde's documented contract,
 //! keeps a ledger of the usage it accepted, and can misbehave on demand:
 //! throttling, injected faults, latency, going down and coming back.
+//!
+//! It also holds billing objects — plans, billing customers (organizations, users
+//! or neither) and their agreements with monthly-style cycles — answers the billing
+//! read endpoints a client uses to find a customer's agreement, and POSTs signed
+//! billing webhooks (RS256 JWTs, key published at `/.well-known/jwks`) when plans are
+//! assigned, changed or cancelled. See [billing objects](#billing-objects).
 //!
 //! It speaks HTTP and JSON only: it validates the raw JSON on the wire on its own
 //! and shares no code or types with any client (kinde-meter included), so it can
@@ -41,12 +47,94 @@
 //! | `POST` | `/_emulator/expire-tokens` | makes every issued token invalid ([`Emulator::expire_tokens`]) |
 //! | `POST` | `/_emulator/down` | `{"seconds": N}`: for N seconds the token and meter endpoints answer 503 with `Retry-After`, without applying; `0` ends it ([`Emulator::unavailable_for`]) |
 //! | `POST` | `/_emulator/up` | ends a `down` period early |
-//! | `POST` | `/_emulator/reset` | clears the ledger, the logs, the counts and the faults ([`Emulator::reset`]) |
+//! | `POST` | `/_emulator/reset` | clears the ledger, the logs, the counts, the faults and the webhook deliveries ([`Emulator::reset`]) |
+//! | `GET` | `/_emulator/billing` | `{"plans": [{"code", "features"}], "customers": [{"customer_id", "org_code", "user_id", "agreements": [...]}], "cycle_length_secs", "cancelled_agreements_accept_usage"}`; agreements as the agreements endpoint lists them, cancelled ones included |
+//! | `POST` | `/_emulator/plans` | `{"code", "features": [..]}` ([`Emulator::add_plan`]) |
+//! | `POST` | `/_emulator/organizations` | `{"code", "plan", "name"?}` → `{"customer_id", "agreement_id"}` ([`Emulator::add_organization`]) |
+//! | `POST` | `/_emulator/users` | `{"id", "plan"}` → `{"customer_id", "agreement_id"}` ([`Emulator::add_user`]) |
+//! | `POST` | `/_emulator/customers` | `{"plan"}` → `{"customer_id", "agreement_id"}` ([`Emulator::add_customer`]) |
+//! | `POST` | `/_emulator/change-plan` | `{"customer_id", "plan"}` → `{"agreement_id"}` ([`Emulator::change_plan`]) |
+//! | `POST` | `/_emulator/cancel-agreement` | `{"agreement_id"}` ([`Emulator::cancel_agreement`]) |
+//! | `POST` | `/_emulator/period-end` | `{"agreement_id", "period_end": "<RFC 3339>"}` or `{"agreement_id", "in_ms": N}` (from now, negative for the past) → the agreement plus `customer_id` and `current_period_index` ([`Emulator::set_period_end`]) |
+//! | `GET`, `PUT` or `POST` | `/_emulator/scopes` | `{"scopes": [..]}`, read or replaced ([`Emulator::set_scopes`]) |
+//! | `GET`, `PUT` or `POST` | `/_emulator/billing-settings` | `{"cycle_length_secs", "cancelled_agreements_accept_usage"}`; absent fields stay |
+//! | `GET`, `PUT` or `POST` | `/_emulator/webhook` | `{"url": "http://…" \| null, "retry_delays_ms": [..]}`; absent fields stay ([`Emulator::set_webhook_url`]) |
+//! | `GET` | `/_emulator/webhook-deliveries` | `[{"webhook_id", "event_id", "type", "customer_id", "data", "url", "attempts", "last_status", "last_error", "delivered", "finished"}]` ([`WebhookDelivery`]) |
+//!
+//! In `/_emulator/accepted` each record also has `cycle` and `arrival_cycle`:
+//! `{"index", "start", "end"}` (RFC 3339) or `null` ([`AcceptedRecord::cycle`]).
+//! Billing errors are 400 `{"error": "..."}` naming the problem.
 //!
 //! `down` keeps the port open so that the control API stays reachable: clients see a
 //! 503 (a failure that was certainly not applied), not a refused connection. To have
 //! connections refused, use [`Emulator::go_down`] or [`Emulator::down_for`] from the
 //! library.
+//!
+//! # Billing objects
+//!
+//! Plans map a code to feature codes. A billing customer (`customer_<32 hex>`) is an
+//! organization, a user (`kp_…`) or neither, and has agreements
+//! (`agreement_<32 hex>`) on plans; an agreement's entitlements are its plan's
+//! features, each with an `entitlement_<32 hex>` id. [`Emulator::change_plan`]
+//! makes a new agreement and cancels the customer's active ones, as Kinde does, so
+//! agreement ids change with plans. Every agreement made this way is accepted by the
+//! meter usage endpoint even when [`EmulatorBuilder::known_agreements`] restricts
+//! agreements; usage for a cancelled one is refused (400 `AGREEMENT_CANCELLED`)
+//! unless [`Emulator::set_cancelled_agreements_accept_usage`].
+//!
+//! Each agreement has a current cycle, 30 days from its creation by default
+//! ([`EmulatorBuilder::cycle_length`]). Cycles roll lazily: on any read once the
+//! current end has passed, the next cycle starts at the old end. [`Emulator::set_period_end`]
+//! moves the current end, which is how a test crosses a boundary. Each accepted
+//! record carries the cycle its usage falls in ([`AcceptedRecord::cycle`], by its
+//! `meter_usage_timestamp`) and the one current at its arrival
+//! ([`AcceptedRecord::arrival_cycle`], where Kinde records it).
+//!
+//! Read endpoints (bearer token as for meter usage, then the scope; JSON like Kinde's;
+//! every request is in [`Emulator::requests`] with its query):
+//!
+//! - `GET /api/v1/billing/agreements?customer_id=…[&feature_code=…][&page_size=N][&starting_after=<agreement id>]`
+//!   (`read:billing_agreements`): `{"code": "OK", "message": "Success", "has_more",
+//!   "agreements": [{"id", "plan_code", "expires_on", "billing_group_id",
+//!   "current_period_start", "current_period_end", "entitlements": [{"feature_code",
+//!   "entitlement_id"}]}]}`, the customer's active agreements oldest first.
+//!   `page_size` is 1..=500 (default 10). Times are RFC 3339 UTC to the second.
+//!   Unknown customer: 400 `CUSTOMER_NOT_FOUND`; no `customer_id`: 400
+//!   `MISSING_PARAMETER`; a bad `page_size`, an unknown `starting_after` or a repeated
+//!   parameter: 400 `INVALID_PARAMETER`.
+//! - `GET /api/v1/organization?code=…[&expand=billing]` (`read:organizations`):
+//!   `{"code", "name", "handle", "is_default", "external_id",
+//!   "is_auto_membership_enabled"}` and, with `expand` naming `billing`,
+//!   `"billing": {"billing_customer_id", "agreements": [{"plan_code", "agreement_id"}]}`
+//!   (active agreements). Unknown: 404 `ORGANIZATION_NOT_FOUND`.
+//! - `GET /api/v1/user?id=…[&expand=billing]` (`read:users`): `{"id", "provided_id",
+//!   "preferred_email", "username", "first_name", "last_name", "is_suspended"}` and
+//!   `"billing": {"customer_id"}`. Unknown: 404 `USER_NOT_FOUND`.
+//! - `GET /.well-known/jwks` (no token): the webhook signing key ([`WebhookSigner::jwks_json`]).
+//!
+//! A missing scope is a 403 `{"errors": [{"code": "FORBIDDEN", "message": "the
+//! application lacks the scope read:users"}]}`; meter usage needs
+//! `create:meter_usage`. By default all four are granted ([`DEFAULT_SCOPES`]).
+//!
+//! # Webhooks
+//!
+//! With a webhook URL set ([`EmulatorBuilder::webhook_url`]), each billing event is
+//! POSTed with `Content-Type: application/jwt` and a `webhook-id` header that stays
+//! the same on every retry. The body is a compact JWS signed RS256 with the key of
+//! [`Emulator::webhook_signer`], header `{"alg": "RS256", "typ": "JWT", "kid"}`,
+//! claims `{"type", "event_id", "event_timestamp", "timestamp", "source": "api",
+//! "iat", "exp" (iat + 300), "data": {"customer_id", "agreement_id",
+//! "previous_agreement_id" (plan changes), "plan_code", "org_code" (organizations),
+//! "user_id" (users)}}`; `timestamp`, `iat` and `exp` are those of each attempt.
+//! Events: a first plan raises `customer.agreement_created` then
+//! `customer.plan_assigned`; a plan change `customer.agreement_created`,
+//! `customer.agreement_cancelled` (per cancelled agreement) then
+//! `customer.plan_changed`; a cancellation `customer.agreement_cancelled`. Billing
+//! objects made by the builder raise none. Delivery is asynchronous, in order per
+//! customer; any answer other than 200 (or none within 5 s) is retried after
+//! each of [`DEFAULT_RETRY_DELAYS`] (configurable; Kinde's own schedule runs from
+//! 5 s to 36 h). [`Emulator::webhook_deliveries`] and [`Emulator::wait_webhooks`]
+//! let a test wait for them.
 
 mod amount;
 mod billing;
@@ -106,6 +194,10 @@ use server::{Command, ServerHandle};
 ///   `client_id`, `client_secret` and `audience` (= [`audience`](Self::audience));
 /// - `POST /api/v1/billing/meter_usage` — bearer token, JSON body checked field
 ///   by field; errors use the emulator's own [`codes`];
+/// - `GET /api/v1/billing/agreements`, `GET /api/v1/organization`, `GET /api/v1/user`
+///   and `GET /.well-known/jwks` (see [billing objects](crate#billing-objects)); these
+///   answer 503 while [`unavailable_for`](Self::unavailable_for) but are never
+///   throttled or faulted;
 /// - the control API under `/_emulator/` (see the [crate documentation](crate)).
 ///
 /// Request handling on the meter endpoint, in order: unavailability (503, see
@@ -426,11 +518,11 @@ impl Emulator {
         self.shared.lock().unavailable_for(duration);
     }
 
-    /// Forgets what happened: the ledger, the accepted records, the request logs and
-    /// the counts; removes the faults, any [`throttle_for`](Self::throttle_for) or
+    /// Forgets what happened: the ledger, the accepted records, the request logs, the
+    /// counts and the webhook deliveries; removes the faults, any [`throttle_for`](Self::throttle_for) or
     /// [`unavailable_for`](Self::unavailable_for) period, and restarts the fault
-    /// generator from its seed. Other settings stay, and so do the tokens issued.
-    /// This is what `POST /_emulator/reset` does.
+    /// generator from its seed. Other settings stay, and so do the tokens issued and
+    /// the billing objects. This is what `POST /_emulator/reset` does.
     pub fn reset(&self) {
         self.shared.lock().reset();
     }
