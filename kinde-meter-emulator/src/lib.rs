@@ -172,8 +172,8 @@ pub use ledger::{
 pub use limits::RateLimit;
 pub use validate::EmulatedMeterType;
 pub use webhook::{
-    DEFAULT_RETRY_DELAYS, TOKEN_LIFETIME_SECS, WebhookDelivery, WebhookSigner, base64url_decode,
-    base64url_encode,
+    DEFAULT_RETRY_DELAYS, WEBHOOK_TOKEN_LIFETIME_SECS, WebhookDelivery, WebhookSigner,
+    base64url_decode, base64url_encode,
 };
 
 use exchange::Shared;
@@ -727,13 +727,17 @@ impl Emulator {
     }
 
     /// Sets or removes the URL billing events are POSTed to. Events raised while
-    /// none is set are not sent, nor recorded.
+    /// none is set are not sent, nor recorded. Makes the signing key if there is
+    /// none yet.
     ///
     /// # Errors
-    /// `InvalidInput` for a URL other than `http://host:port/path`.
+    /// `InvalidInput` for a URL other than `http://host:port/path`; or when the
+    /// signing key cannot be generated.
     pub fn set_webhook_url(&self, url: Option<&str>) -> io::Result<()> {
         if let Some(url) = url {
             webhook::check_url(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            // Made here rather than on the server thread at the first event.
+            self.shared.signer()?;
         }
         self.shared.lock().config.webhook_url = url.map(str::to_owned);
         Ok(())
@@ -1038,7 +1042,12 @@ impl EmulatorBuilder {
         let static_token = config.static_token.clone();
         let mut state = State::new(config);
         state.apply_fixtures().map_err(|e| invalid(e.to_string()))?;
+        let webhooks = state.config.webhook_url.is_some();
         let shared = Arc::new(Shared::new(state));
+        if webhooks {
+            // Made before the first event, not on the server thread.
+            shared.signer()?;
+        }
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let server = server::spawn(shared.clone(), addr)?;
         Ok(Emulator {

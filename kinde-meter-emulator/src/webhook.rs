@@ -22,7 +22,7 @@ use crate::clock::{format_rfc3339, unix_secs};
 use crate::exchange::Shared;
 
 /// How long a webhook token stays valid: `exp` is `iat` plus this.
-pub const TOKEN_LIFETIME_SECS: u64 = 300;
+pub const WEBHOOK_TOKEN_LIFETIME_SECS: u64 = 300;
 /// The default waits between delivery attempts: 100 ms, 500 ms, then 2 s (four
 /// attempts in all). Kinde's real schedule is much longer: at once, then 5 s, 30 s,
 /// 2 min, 10 min, 1 h, 4 h, then every 12 h for up to 36 h.
@@ -345,7 +345,7 @@ async fn deliver(shared: &Shared, out: Outgoing) {
         let mut claims = out.claims.clone();
         claims["timestamp"] = json!(format_rfc3339(now));
         claims["iat"] = json!(iat);
-        claims["exp"] = json!(iat + TOKEN_LIFETIME_SECS);
+        claims["exp"] = json!(iat + WEBHOOK_TOKEN_LIFETIME_SECS);
         let body = signer.sign(&claims);
         let result = post(&out.url, &out.webhook_id, body).await;
         let delivered = result == Ok(200);

@@ -266,6 +266,11 @@ fn help_prints_the_flags_and_exits_0() {
         "--client-secret",
         "--fault-drop-after-apply",
         "--seed",
+        "--plan",
+        "--organization",
+        "--scopes",
+        "--webhook-url",
+        "--cancelled-agreements-accept-usage",
     ] {
         assert!(out.contains(flag), "{flag} missing from:\n{out}");
     }

@@ -260,7 +260,10 @@ fn billing_events_are_signed_and_delivered_in_order() {
         assert!(claims["event_id"].as_str().unwrap().starts_with("event_"));
         assert_eq!(claims["source"], "api");
         let iat = claims["iat"].as_u64().unwrap();
-        assert_eq!(claims["exp"].as_u64().unwrap(), iat + TOKEN_LIFETIME_SECS);
+        assert_eq!(
+            claims["exp"].as_u64().unwrap(),
+            iat + WEBHOOK_TOKEN_LIFETIME_SECS
+        );
         let now = crate::clock::unix_secs(SystemTime::now());
         assert!(iat <= now && now - iat < 30, "{iat} vs {now}");
         for field in ["event_timestamp", "timestamp"] {
