@@ -27,5 +27,21 @@ pub const TOO_MANY_REQUESTS: &str = "TOO_MANY_REQUESTS";
 pub const INTERNAL_ERROR: &str = "INTERNAL_ERROR";
 /// 503: an injected unavailability.
 pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
-/// 404: no such route (any path or method other than the two endpoints).
+/// 404: no such route (any path or method other than the emulator's endpoints).
 pub const ROUTE_NOT_FOUND: &str = "ROUTE_NOT_FOUND";
+/// 400: usage for an agreement that was cancelled (a plan change or
+/// `Emulator::cancel_agreement`), unless cancelled agreements accept usage.
+pub const AGREEMENT_CANCELLED: &str = "AGREEMENT_CANCELLED";
+/// 403: the token is valid but the application was not granted the endpoint's scope.
+pub const FORBIDDEN: &str = "FORBIDDEN";
+/// 400: `GET /api/v1/billing/agreements` for a `customer_id` the emulator does not know.
+pub const CUSTOMER_NOT_FOUND: &str = "CUSTOMER_NOT_FOUND";
+/// 404: `GET /api/v1/organization` for a `code` the emulator does not know.
+pub const ORGANIZATION_NOT_FOUND: &str = "ORGANIZATION_NOT_FOUND";
+/// 404: `GET /api/v1/user` for an `id` the emulator does not know.
+pub const USER_NOT_FOUND: &str = "USER_NOT_FOUND";
+/// 400: a read endpoint's required query parameter is absent or empty.
+pub const MISSING_PARAMETER: &str = "MISSING_PARAMETER";
+/// 400: a query parameter is repeated or malformed (`page_size` outside 1..=500,
+/// `starting_after` not one of the listed agreements).
+pub const INVALID_PARAMETER: &str = "INVALID_PARAMETER";

@@ -5,12 +5,13 @@
 //! JSON in and out. Requests to it are not logged and never throttled, faulted or
 //! marked down. Routes are listed in the crate documentation.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde_json::{Map, Value, json};
 
+use crate::billing::{agreement_json, cycle_json};
 use crate::exchange::{HttpResponse, Shared, read_body, to_response};
 use crate::faults::Faults;
 use crate::ledger::{
@@ -63,11 +64,38 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> HttpRespo
             shared.lock().reset();
             Ok(json!({"ok": true}))
         }
-        "/ledger" | "/accepted" | "/requests" | "/token-requests" | "/counts" | "/status" => {
+        "/billing" if get => Ok(shared.lock().billing.dump(SystemTime::now())),
+        "/plans" if post => add_plan(shared, &body),
+        "/organizations" if post => add_organization(shared, &body),
+        "/users" if post => add_user(shared, &body),
+        "/customers" if post => add_customer(shared, &body),
+        "/change-plan" if post => change_plan(shared, &body),
+        "/cancel-agreement" if post => cancel_agreement(shared, &body),
+        "/period-end" if post => period_end(shared, &body),
+        "/scopes" if get => Ok(scopes_json(shared)),
+        "/scopes" if post || method == Method::PUT => set_scopes(shared, &body),
+        "/billing-settings" if get => Ok(billing_settings_json(shared)),
+        "/billing-settings" if post || method == Method::PUT => set_billing_settings(shared, &body),
+        "/webhook" if get => Ok(webhook_json(shared)),
+        "/webhook" if post || method == Method::PUT => set_webhook(shared, &body),
+        "/webhook-deliveries" if get => Ok(webhook_deliveries(shared)),
+        "/ledger"
+        | "/accepted"
+        | "/requests"
+        | "/token-requests"
+        | "/counts"
+        | "/status"
+        | "/billing"
+        | "/webhook-deliveries" => {
             return method_not_allowed("GET");
         }
-        "/faults" => return method_not_allowed("GET, PUT, POST"),
-        "/expire-tokens" | "/down" | "/up" | "/reset" => return method_not_allowed("POST"),
+        "/faults" | "/scopes" | "/billing-settings" | "/webhook" => {
+            return method_not_allowed("GET, PUT, POST");
+        }
+        "/expire-tokens" | "/down" | "/up" | "/reset" | "/plans" | "/organizations" | "/users"
+        | "/customers" | "/change-plan" | "/cancel-agreement" | "/period-end" => {
+            return method_not_allowed("POST");
+        }
         _ => return error(404, &format!("no control route {path}")),
     };
     match reply {
@@ -135,6 +163,8 @@ fn accepted_json(a: &AcceptedRecord, start: Instant) -> Value {
         "ambiguous": a.ambiguous,
         "arrived_ms": millis(start, a.arrived_at),
         "applied_ms": millis(start, a.applied_at),
+        "cycle": a.cycle.as_ref().map(cycle_json),
+        "arrival_cycle": a.arrival_cycle.as_ref().map(cycle_json),
     })
 }
 
@@ -174,6 +204,8 @@ fn request_json(index: usize, r: &ReceivedRequest, start: Instant) -> Value {
         RequestOutcome::Replayed => ("replayed", None, None),
         RequestOutcome::Rejected => ("rejected", None, None),
         RequestOutcome::Unauthorized => ("unauthorized", None, None),
+        RequestOutcome::Forbidden => ("forbidden", None, None),
+        RequestOutcome::Read => ("read", None, None),
         RequestOutcome::Throttled => ("throttled", None, None),
         RequestOutcome::NotFound => ("not_found", None, None),
         RequestOutcome::Unavailable => ("unavailable", None, None),
@@ -230,6 +262,8 @@ fn counts_json(c: &Counts) -> Value {
         "replayed": c.replayed,
         "rejected": c.rejected,
         "unauthorized": c.unauthorized,
+        "forbidden": c.forbidden,
+        "reads": c.reads,
         "throttled": c.throttled,
         "not_found": c.not_found,
         "unavailable": c.unavailable,
@@ -332,4 +366,280 @@ fn down(shared: &Shared, body: &[u8]) -> Result<Value, String> {
     let d = duration_field(seconds, "seconds", 1.0)?;
     shared.lock().unavailable_for(d);
     Ok(json!({ "down": !d.is_zero(), "seconds": d.as_secs_f64() }))
+}
+
+// ----- billing objects -----
+
+/// The body's object, refusing fields other than `allowed`.
+fn fields(body: &[u8], allowed: &[&str]) -> Result<Map<String, Value>, String> {
+    let map = body_object(body)?;
+    if let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown field `{key}` (expected: {})",
+            allowed.join(", ")
+        ));
+    }
+    Ok(map)
+}
+
+/// A required string field.
+fn string_field<'a>(map: &'a Map<String, Value>, name: &str) -> Result<&'a str, String> {
+    match map.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(format!("`{name}` must be a string")),
+        None => Err(format!("`{name}` is required")),
+    }
+}
+
+/// A list of strings.
+fn string_list(value: &Value, name: &str) -> Result<Vec<String>, String> {
+    value
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| format!("`{name}` must be a list of strings"))
+}
+
+fn customer_json(made: &crate::BillingCustomer) -> Value {
+    json!({"customer_id": made.customer_id, "agreement_id": made.agreement_id})
+}
+
+fn add_plan(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(body, &["code", "features"])?;
+    let code = string_field(&map, "code")?;
+    let features = match map.get("features") {
+        Some(v) => string_list(v, "features")?,
+        None => return Err("`features` is required (a list of feature codes)".to_owned()),
+    };
+    shared
+        .lock()
+        .billing
+        .add_plan(code, features.clone())
+        .map_err(|e| e.to_string())?;
+    Ok(json!({"code": code, "features": features}))
+}
+
+fn add_organization(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(body, &["code", "plan", "name"])?;
+    let code = string_field(&map, "code")?;
+    let plan = string_field(&map, "plan")?;
+    let name = match map.get("name") {
+        None => code,
+        Some(_) => string_field(&map, "name")?,
+    };
+    let made = shared
+        .lock()
+        .add_organization(code, name, plan)
+        .map_err(|e| e.to_string())?;
+    Ok(customer_json(&made))
+}
+
+fn add_user(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(body, &["id", "plan"])?;
+    let made = shared
+        .lock()
+        .add_user(string_field(&map, "id")?, string_field(&map, "plan")?)
+        .map_err(|e| e.to_string())?;
+    Ok(customer_json(&made))
+}
+
+fn add_customer(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(body, &["plan"])?;
+    let made = shared
+        .lock()
+        .add_customer(string_field(&map, "plan")?)
+        .map_err(|e| e.to_string())?;
+    Ok(customer_json(&made))
+}
+
+fn change_plan(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(body, &["customer_id", "plan"])?;
+    let id = shared
+        .lock()
+        .change_plan(
+            string_field(&map, "customer_id")?,
+            string_field(&map, "plan")?,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(json!({ "agreement_id": id }))
+}
+
+fn cancel_agreement(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(body, &["agreement_id"])?;
+    shared
+        .lock()
+        .cancel_agreement(string_field(&map, "agreement_id")?)
+        .map_err(|e| e.to_string())?;
+    Ok(json!({"ok": true}))
+}
+
+/// `{"agreement_id", "period_end": "<RFC 3339>"}` or `{"agreement_id", "in_ms": N}`
+/// (N milliseconds from now, negative for the past).
+fn period_end(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(body, &["agreement_id", "period_end", "in_ms"])?;
+    let id = string_field(&map, "agreement_id")?;
+    let now = SystemTime::now();
+    let end = match (map.get("period_end"), map.get("in_ms")) {
+        (Some(_), None) => {
+            let text = string_field(&map, "period_end")?;
+            crate::clock::parse_rfc3339(text).ok_or_else(|| {
+                format!("`period_end` must be an RFC 3339 date-time like 2026-12-01T00:00:00Z, got `{text}`")
+            })?
+        }
+        (None, Some(ms)) => {
+            let ms = ms
+                .as_f64()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| "`in_ms` must be a number of milliseconds".to_owned())?;
+            let d = Duration::try_from_secs_f64(ms.abs() / 1000.0)
+                .map_err(|_| "`in_ms` is out of range".to_owned())?;
+            let end = if ms >= 0.0 {
+                now.checked_add(d)
+            } else {
+                now.checked_sub(d)
+            };
+            end.ok_or_else(|| "`in_ms` is out of range".to_owned())?
+        }
+        _ => return Err("give exactly one of `period_end` (RFC 3339) and `in_ms`".to_owned()),
+    };
+    let agreement = shared
+        .lock()
+        .set_period_end(id, end)
+        .map_err(|e| e.to_string())?;
+    let mut value = agreement_json(&agreement);
+    value["customer_id"] = json!(agreement.customer_id);
+    value["current_period_index"] = json!(agreement.current_period.index);
+    Ok(value)
+}
+
+fn scopes_json(shared: &Shared) -> Value {
+    json!({ "scopes": shared.lock().config.scopes })
+}
+
+fn set_scopes(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(body, &["scopes"])?;
+    let scopes = match map.get("scopes") {
+        Some(v) => string_list(v, "scopes")?,
+        None => return Err("`scopes` is required (a list of scope names)".to_owned()),
+    };
+    shared.lock().config.scopes = scopes.into_iter().collect();
+    Ok(scopes_json(shared))
+}
+
+fn billing_settings_json(shared: &Shared) -> Value {
+    let state = shared.lock();
+    json!({
+        "cycle_length_secs": state.billing.cycle_length.as_secs_f64(),
+        "cancelled_agreements_accept_usage": state.billing.cancelled_accept_usage,
+    })
+}
+
+/// Absent fields stay as they are.
+fn set_billing_settings(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(
+        body,
+        &["cycle_length_secs", "cancelled_agreements_accept_usage"],
+    )?;
+    let length = match map.get("cycle_length_secs") {
+        Some(v) => {
+            let d = duration_field(v, "cycle_length_secs", 1.0)?;
+            if d.is_zero() {
+                return Err("`cycle_length_secs` must be more than zero".to_owned());
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    let accept = match map.get("cancelled_agreements_accept_usage") {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err("`cancelled_agreements_accept_usage` must be true or false".to_owned());
+        }
+        None => None,
+    };
+    {
+        let mut state = shared.lock();
+        if let Some(length) = length {
+            state.billing.roll_all(SystemTime::now());
+            state.billing.cycle_length = length;
+        }
+        if let Some(accept) = accept {
+            state.billing.cancelled_accept_usage = accept;
+        }
+    }
+    Ok(billing_settings_json(shared))
+}
+
+fn webhook_json(shared: &Shared) -> Value {
+    let state = shared.lock();
+    let delays: Vec<Value> = state
+        .config
+        .webhook_retry_delays
+        .iter()
+        .map(|d| duration_millis(*d))
+        .collect();
+    json!({ "url": state.config.webhook_url, "retry_delays_ms": delays })
+}
+
+/// `{"url": "http://…" | null, "retry_delays_ms": [..]}`; absent fields stay as they are.
+fn set_webhook(shared: &Shared, body: &[u8]) -> Result<Value, String> {
+    let map = fields(body, &["url", "retry_delays_ms"])?;
+    let url = match map.get("url") {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(Value::String(url)) => {
+            crate::webhook::check_url(url)?;
+            Some(Some(url.clone()))
+        }
+        Some(_) => return Err("`url` must be a string or null".to_owned()),
+    };
+    let delays = match map.get("retry_delays_ms") {
+        None => None,
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .map(|v| duration_field(v, "retry_delays_ms", 1e-3))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err("`retry_delays_ms` must be a list of milliseconds".to_owned()),
+    };
+    {
+        let mut state = shared.lock();
+        if let Some(url) = url {
+            state.config.webhook_url = url;
+        }
+        if let Some(delays) = delays {
+            state.config.webhook_retry_delays = delays;
+        }
+    }
+    Ok(webhook_json(shared))
+}
+
+fn webhook_deliveries(shared: &Shared) -> Value {
+    let state = shared.lock();
+    Value::Array(
+        state
+            .webhook_deliveries()
+            .iter()
+            .map(|d| {
+                json!({
+                    "webhook_id": d.webhook_id,
+                    "event_id": d.event_id,
+                    "type": d.event_type,
+                    "customer_id": d.customer_id,
+                    "data": d.data,
+                    "url": d.url,
+                    "attempts": d.attempts,
+                    "last_status": d.last_status,
+                    "last_error": d.last_error,
+                    "delivered": d.delivered,
+                    "finished": d.finished,
+                })
+            })
+            .collect(),
+    )
 }

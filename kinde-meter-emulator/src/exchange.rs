@@ -2,8 +2,9 @@
 //! request body, writing a reply. Both the Kinde endpoints (`server`) and the control API
 //! (`control`) use it.
 
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -12,6 +13,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::ledger::{Reply, State};
+use crate::webhook::{Outgoing, WebhookSigner};
 
 /// Largest request body accepted (413 beyond).
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -20,14 +22,40 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub(crate) up: AtomicBool,
+    /// The webhook signing key, made on first use (an RSA key takes a while).
+    signer: OnceLock<WebhookSigner>,
+    /// The receiving end of the webhook outbox, taken by the server thread.
+    outbox: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Outgoing>>>,
 }
 
 impl Shared {
-    pub(crate) fn new(state: State) -> Self {
+    pub(crate) fn new(mut state: State) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        state.outbox = Some(tx);
         Shared {
             state: Mutex::new(state),
             up: AtomicBool::new(false),
+            signer: OnceLock::new(),
+            outbox: Mutex::new(Some(rx)),
         }
+    }
+
+    /// The webhook signing key, generated on the first call.
+    pub(crate) fn signer(&self) -> io::Result<&WebhookSigner> {
+        if let Some(signer) = self.signer.get() {
+            return Ok(signer);
+        }
+        let fresh = WebhookSigner::generate()?;
+        // Two first calls at once: one key wins, both callers get it.
+        let _ = self.signer.set(fresh);
+        self.signer
+            .get()
+            .ok_or_else(|| io::Error::other("the webhook signing key is missing"))
+    }
+
+    /// Takes the outbox's receiving end (once).
+    pub(crate) fn take_outbox(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Outgoing>> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Locks the state, recovering from poisoning (a panicking test thread

@@ -4,15 +4,19 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::amount::Amount;
+use crate::billing::{
+    Agreement, Billing, BillingCustomer, BillingError, BillingEvent, Cycle, Query, QueryError,
+};
 use crate::codes;
 use crate::faults::{Draw, FaultKind, Faults};
 use crate::limits::{RateLimit, TokenBucket, ceil_secs};
 use crate::validate::{self, ApiError, EmulatedMeterType, Known};
+use crate::webhook::{self, Outgoing, WebhookDelivery};
 
 /// A usage record the emulator applied to its ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +47,17 @@ pub struct AcceptedRecord {
     /// was ready. The latter is best effort: a client that gives up at the very
     /// moment the answer is produced may go unnoticed.
     pub ambiguous: bool,
+    /// The cycle of the agreement that the usage belongs to: the one containing
+    /// `meter_usage_timestamp`, or the arrival time when the record has none.
+    /// `None` when the agreement is not one of the emulator's billing agreements
+    /// ([`Emulator::add_organization`](crate::Emulator::add_organization) and the
+    /// like), or the time is before its first cycle or after its current one.
+    pub cycle: Option<Cycle>,
+    /// The cycle that was current when the request arrived, which is where Kinde
+    /// records usage ("usage that arrives after a cycle ended is recorded in the next
+    /// one"). Differs from [`cycle`](Self::cycle) for usage sent late. `None` when the
+    /// agreement is not one of the emulator's billing agreements.
+    pub arrival_cycle: Option<Cycle>,
 }
 
 /// What became of a request to the emulator (other than a token request).
@@ -60,6 +75,10 @@ pub enum RequestOutcome {
     Rejected,
     /// Missing, unknown or expired bearer token: 403 (or 401).
     Unauthorized,
+    /// A valid token, but the application lacks the endpoint's scope: 403.
+    Forbidden,
+    /// Answered 200 by a read endpoint (billing agreements, organization, user, JWKS).
+    Read,
     /// Answered 429.
     Throttled,
     /// Unknown path or method: 404.
@@ -241,6 +260,10 @@ pub struct Counts {
     pub rejected: usize,
     /// Requests refused for their credentials (403 or 401).
     pub unauthorized: usize,
+    /// Requests refused for a scope the application lacks (403).
+    pub forbidden: usize,
+    /// Read requests answered 200 (billing agreements, organization, user, JWKS).
+    pub reads: usize,
     /// 429s.
     pub throttled: usize,
     /// 404s.
@@ -323,7 +346,39 @@ pub(crate) struct Config {
     pub(crate) honor_idempotency_key: bool,
     pub(crate) faults: Faults,
     pub(crate) seed: u64,
+    /// The scopes granted to the application (checked at each request).
+    pub(crate) scopes: BTreeSet<String>,
+    pub(crate) webhook_url: Option<String>,
+    pub(crate) webhook_retry_delays: Vec<Duration>,
+    pub(crate) cycle_length: Duration,
+    pub(crate) cancelled_accept_usage: bool,
+    /// Billing objects to make at start.
+    pub(crate) fixtures: Vec<Fixture>,
 }
+
+/// A billing object made when the emulator starts (no webhook is sent for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fixture {
+    Plan(String, Vec<String>),
+    Organization(String, String),
+    User(String, String),
+}
+
+/// The scope of `POST /api/v1/billing/meter_usage`.
+pub const SCOPE_METER_USAGE: &str = "create:meter_usage";
+/// The scope of `GET /api/v1/billing/agreements`.
+pub const SCOPE_BILLING_AGREEMENTS: &str = "read:billing_agreements";
+/// The scope of `GET /api/v1/organization`.
+pub const SCOPE_ORGANIZATIONS: &str = "read:organizations";
+/// The scope of `GET /api/v1/user`.
+pub const SCOPE_USERS: &str = "read:users";
+/// The scopes granted by default: all four the emulator knows.
+pub const DEFAULT_SCOPES: [&str; 4] = [
+    SCOPE_METER_USAGE,
+    SCOPE_BILLING_AGREEMENTS,
+    SCOPE_ORGANIZATIONS,
+    SCOPE_USERS,
+];
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -345,6 +400,12 @@ impl fmt::Debug for Config {
             .field("honor_idempotency_key", &self.honor_idempotency_key)
             .field("faults", &self.faults)
             .field("seed", &self.seed)
+            .field("scopes", &self.scopes)
+            .field("webhook_url", &self.webhook_url)
+            .field("webhook_retry_delays", &self.webhook_retry_delays)
+            .field("cycle_length", &self.cycle_length)
+            .field("cancelled_accept_usage", &self.cancelled_accept_usage)
+            .field("fixtures", &self.fixtures)
             .finish()
     }
 }
@@ -366,6 +427,12 @@ impl Default for Config {
             honor_idempotency_key: false,
             faults: Faults::default(),
             seed: 0,
+            scopes: DEFAULT_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+            webhook_url: None,
+            webhook_retry_delays: webhook::DEFAULT_RETRY_DELAYS.to_vec(),
+            cycle_length: crate::billing::DEFAULT_CYCLE_LENGTH,
+            cancelled_accept_usage: false,
+            fixtures: Vec::new(),
         }
     }
 }
@@ -394,6 +461,15 @@ pub(crate) struct State {
     pub(crate) max_in_flight: usize,
     /// Bumped by every reset (see [`State::epoch`]).
     epoch: u64,
+    /// The wall-clock time at `started_at`.
+    started_wall: SystemTime,
+    pub(crate) billing: Billing,
+    webhooks: Vec<WebhookDelivery>,
+    /// Bumped when the deliveries are cleared, so a sending task writes no stale record.
+    webhook_epoch: u64,
+    webhook_rng: fastrand::Rng,
+    /// Where webhook deliveries go to be sent (set by `Shared::new`).
+    pub(crate) outbox: Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
 }
 
 impl fmt::Debug for State {
@@ -411,12 +487,13 @@ impl fmt::Debug for State {
     }
 }
 
-/// The scope issued tokens carry.
-const SCOPE: &str = "create:meter_usage";
-
 impl State {
     pub(crate) fn new(config: Config) -> Self {
         let now = Instant::now();
+        let seed = config.seed;
+        let mut billing = Billing::new(seed);
+        billing.cycle_length = config.cycle_length;
+        billing.cancelled_accept_usage = config.cancelled_accept_usage;
         State {
             rng: fastrand::Rng::with_seed(config.seed),
             // Separate stream, so the fault sequence does not depend on token traffic.
@@ -437,6 +514,12 @@ impl State {
             in_flight: 0,
             max_in_flight: 0,
             epoch: 0,
+            started_wall: SystemTime::now(),
+            billing,
+            webhooks: Vec::new(),
+            webhook_epoch: 0,
+            webhook_rng: fastrand::Rng::with_seed(seed ^ 0x5eb0_0c5e_ed00_0001),
+            outbox: None,
         }
     }
 
@@ -471,6 +554,8 @@ impl State {
                 RequestOutcome::Replayed => c.replayed += 1,
                 RequestOutcome::Rejected => c.rejected += 1,
                 RequestOutcome::Unauthorized => c.unauthorized += 1,
+                RequestOutcome::Forbidden => c.forbidden += 1,
+                RequestOutcome::Read => c.reads += 1,
                 RequestOutcome::Throttled => c.throttled += 1,
                 RequestOutcome::NotFound => c.not_found += 1,
                 RequestOutcome::Unavailable => c.unavailable += 1,
@@ -527,7 +612,7 @@ impl State {
     }
 
     /// Forgets what happened: ledger, accepted records, request logs, counts,
-    /// applied idempotency keys; removes the faults, the throttling window and the
+    /// applied idempotency keys, webhook deliveries; removes the faults, the throttling window and the
     /// unavailability, and restarts the fault generator from the seed. Settings
     /// and issued tokens stay.
     pub(crate) fn reset(&mut self) {
@@ -547,6 +632,7 @@ impl State {
             .rate_limit
             .map(|l| TokenBucket::new(l, Instant::now()));
         self.max_in_flight = self.in_flight;
+        self.clear_webhook_deliveries();
     }
 
     // ----- tokens -----
@@ -651,7 +737,7 @@ impl State {
             "access_token": token,
             "expires_in": self.config.token_lifetime.as_secs(),
             "token_type": "bearer",
-            "scope": SCOPE,
+            "scope": self.scope_string(),
         });
         if self.config.omit_expires_in
             && let Some(map) = body.as_object_mut()
@@ -784,6 +870,9 @@ impl State {
                 now,
             ));
         }
+        if let Some(answer) = self.lacks_scope(idx, SCOPE_METER_USAGE, now) {
+            return Err(answer);
+        }
         if let Some(reset) = self.throttled(now) {
             let mut reply = Reply::error(429, codes::TOO_MANY_REQUESTS, "Too many requests");
             reply.headers.push(("ratelimit-reset", reset.to_string()));
@@ -856,6 +945,15 @@ impl State {
             }
         };
 
+        if self.billing.is_cancelled(&usage.agreement) && !self.billing.cancelled_accept_usage {
+            let reply = Reply::error(
+                400,
+                codes::AGREEMENT_CANCELLED,
+                format!("the customer agreement {} was cancelled", usage.agreement),
+            );
+            return self.finish(idx, RequestOutcome::Rejected, Answer::Respond(reply), now);
+        }
+
         let replay = self.config.honor_idempotency_key
             && idempotency_key
                 .as_ref()
@@ -871,6 +969,8 @@ impl State {
                 self.applied_keys.insert(k.clone());
             }
             let arrived_at = self.requests.get(idx).map_or(now, |r| r.arrived_at);
+            let (cycle, arrival_cycle) =
+                self.cycles_of(&usage.agreement, usage.timestamp.as_deref(), arrived_at);
             self.accepted.push(AcceptedRecord {
                 agreement: usage.agreement,
                 feature: usage.feature,
@@ -883,6 +983,8 @@ impl State {
                 applied_at: now,
                 request_index: idx,
                 ambiguous: fault.is_some_and(FaultKind::applies),
+                cycle,
+                arrival_cycle,
             });
         }
 
@@ -952,6 +1054,330 @@ impl State {
         {
             a.ambiguous = true;
         }
+    }
+}
+
+/// A read endpoint of the emulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadRoute {
+    /// `GET /api/v1/billing/agreements`.
+    Agreements,
+    /// `GET /api/v1/organization`.
+    Organization,
+    /// `GET /api/v1/user`.
+    User,
+}
+
+impl ReadRoute {
+    fn scope(self) -> &'static str {
+        match self {
+            ReadRoute::Agreements => SCOPE_BILLING_AGREEMENTS,
+            ReadRoute::Organization => SCOPE_ORGANIZATIONS,
+            ReadRoute::User => SCOPE_USERS,
+        }
+    }
+}
+
+impl State {
+    // ----- scopes -----
+
+    /// The granted scopes, space-separated (the token response's `scope`).
+    pub(crate) fn scope_string(&self) -> String {
+        self.config
+            .scopes
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// A 403 when the application lacks `scope`.
+    fn lacks_scope(&mut self, idx: usize, scope: &str, now: Instant) -> Option<Answer> {
+        if self.config.scopes.contains(scope) {
+            return None;
+        }
+        let reply = Reply::error(
+            403,
+            codes::FORBIDDEN,
+            format!("the application lacks the scope {scope}"),
+        );
+        Some(self.finish(idx, RequestOutcome::Forbidden, Answer::Respond(reply), now))
+    }
+
+    // ----- read endpoints -----
+
+    /// Answers a read request: unavailability, the token, the scope, then the query.
+    pub(crate) fn read(
+        &mut self,
+        idx: usize,
+        route: ReadRoute,
+        authorization: Option<&str>,
+        query: Option<&str>,
+        now: Instant,
+    ) -> Answer {
+        if let Some(answer) = self.unavailable(idx, now) {
+            return answer;
+        }
+        if !self.authorized(authorization, now) {
+            let reply = Reply::error(
+                self.config.unauthorized_status,
+                codes::UNAUTHORIZED,
+                "Invalid credentials",
+            );
+            return self.finish(
+                idx,
+                RequestOutcome::Unauthorized,
+                Answer::Respond(reply),
+                now,
+            );
+        }
+        if let Some(answer) = self.lacks_scope(idx, route.scope(), now) {
+            return answer;
+        }
+        let wall = SystemTime::now();
+        let result = Query::parse(query).and_then(|q| match route {
+            ReadRoute::Agreements => self.billing.list_agreements(&q, wall),
+            ReadRoute::Organization => self.billing.get_organization(&q, wall),
+            ReadRoute::User => self.billing.get_user(&q),
+        });
+        self.read_reply(idx, result, now)
+    }
+
+    /// Records and returns the answer of a read request.
+    pub(crate) fn read_reply(
+        &mut self,
+        idx: usize,
+        result: Result<Value, QueryError>,
+        now: Instant,
+    ) -> Answer {
+        let (outcome, reply) = match result {
+            Ok(body) => (RequestOutcome::Read, Reply::json(200, &body)),
+            Err((status, code, message)) => (
+                if status == 404 {
+                    RequestOutcome::NotFound
+                } else {
+                    RequestOutcome::Rejected
+                },
+                Reply::error(status, code, message),
+            ),
+        };
+        self.finish(idx, outcome, Answer::Respond(reply), now)
+    }
+
+    // ----- billing objects -----
+
+    /// The wall-clock time of an `Instant` of this emulator.
+    fn wall_time(&self, t: Instant) -> SystemTime {
+        let since = t.saturating_duration_since(self.started_at);
+        self.started_wall
+            .checked_add(since)
+            .unwrap_or(self.started_wall)
+    }
+
+    /// The cycles of a record: by its timestamp (or arrival), and at its arrival.
+    fn cycles_of(
+        &mut self,
+        agreement: &str,
+        timestamp: Option<&str>,
+        arrived_at: Instant,
+    ) -> (Option<Cycle>, Option<Cycle>) {
+        let arrived = self.wall_time(arrived_at);
+        let now = SystemTime::now();
+        let at = timestamp
+            .and_then(crate::clock::parse_rfc3339)
+            .unwrap_or(arrived);
+        (
+            self.billing.cycle_at(agreement, at, now),
+            self.billing.cycle_at(agreement, arrived, now),
+        )
+    }
+
+    /// Makes the builder's billing objects (without webhooks).
+    pub(crate) fn apply_fixtures(&mut self) -> Result<(), BillingError> {
+        let now = SystemTime::now();
+        let mut ignored = Vec::new();
+        for fixture in std::mem::take(&mut self.config.fixtures) {
+            match fixture {
+                Fixture::Plan(code, features) => self.billing.add_plan(&code, features)?,
+                Fixture::Organization(code, plan) => {
+                    let made =
+                        self.billing
+                            .add_organization(&code, &code, &plan, now, &mut ignored)?;
+                    self.know(&made.agreement_id);
+                }
+                Fixture::User(id, plan) => {
+                    let made = self.billing.add_user(&id, &plan, now, &mut ignored)?;
+                    self.know(&made.agreement_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a new agreement to the known agreements, when those are restricted.
+    fn know(&mut self, agreement: &str) {
+        if let Some(known) = &mut self.config.known_agreements {
+            known.insert(agreement.to_owned());
+        }
+    }
+
+    pub(crate) fn add_organization(
+        &mut self,
+        code: &str,
+        name: &str,
+        plan: &str,
+    ) -> Result<BillingCustomer, BillingError> {
+        let mut events = Vec::new();
+        let made =
+            self.billing
+                .add_organization(code, name, plan, SystemTime::now(), &mut events)?;
+        self.know(&made.agreement_id);
+        self.emit(events);
+        Ok(made)
+    }
+
+    pub(crate) fn add_user(
+        &mut self,
+        id: &str,
+        plan: &str,
+    ) -> Result<BillingCustomer, BillingError> {
+        let mut events = Vec::new();
+        let made = self
+            .billing
+            .add_user(id, plan, SystemTime::now(), &mut events)?;
+        self.know(&made.agreement_id);
+        self.emit(events);
+        Ok(made)
+    }
+
+    pub(crate) fn add_customer(&mut self, plan: &str) -> Result<BillingCustomer, BillingError> {
+        let mut events = Vec::new();
+        let made = self
+            .billing
+            .add_customer(plan, SystemTime::now(), &mut events)?;
+        self.know(&made.agreement_id);
+        self.emit(events);
+        Ok(made)
+    }
+
+    pub(crate) fn change_plan(
+        &mut self,
+        customer_id: &str,
+        plan: &str,
+    ) -> Result<String, BillingError> {
+        let mut events = Vec::new();
+        let id = self
+            .billing
+            .change_plan(customer_id, plan, SystemTime::now(), &mut events)?;
+        self.know(&id);
+        self.emit(events);
+        Ok(id)
+    }
+
+    pub(crate) fn cancel_agreement(&mut self, agreement_id: &str) -> Result<(), BillingError> {
+        let mut events = Vec::new();
+        self.billing
+            .cancel_agreement(agreement_id, SystemTime::now(), &mut events)?;
+        self.emit(events);
+        Ok(())
+    }
+
+    pub(crate) fn set_period_end(
+        &mut self,
+        agreement_id: &str,
+        end: SystemTime,
+    ) -> Result<Agreement, BillingError> {
+        self.billing
+            .set_period_end(agreement_id, end, SystemTime::now())
+    }
+
+    // ----- webhooks -----
+
+    /// Queues the events for delivery, when a webhook URL is set.
+    fn emit(&mut self, events: Vec<BillingEvent>) {
+        let Some(url) = self.config.webhook_url.clone() else {
+            return;
+        };
+        for event in events {
+            let rng = &mut self.webhook_rng;
+            let event_id = format!("event_{:016x}{:016x}", rng.u64(..), rng.u64(..));
+            let webhook_id = format!("msg_{:016x}{:016x}", rng.u64(..), rng.u64(..));
+            let claims = json!({
+                "type": event.event_type,
+                "event_id": event_id,
+                "event_timestamp": crate::clock::format_rfc3339(event.at),
+                "source": "api",
+                "data": event.data,
+            });
+            self.webhooks.push(WebhookDelivery {
+                webhook_id: webhook_id.clone(),
+                event_id,
+                event_type: event.event_type.to_owned(),
+                customer_id: event.customer_id.clone(),
+                data: event.data,
+                url: url.clone(),
+                attempts: 0,
+                last_status: None,
+                last_error: None,
+                delivered: false,
+                finished: false,
+            });
+            let outgoing = Outgoing {
+                index: self.webhooks.len() - 1,
+                epoch: self.webhook_epoch,
+                customer_id: event.customer_id,
+                webhook_id,
+                url: url.clone(),
+                claims,
+                retry_delays: self.config.webhook_retry_delays.clone(),
+            };
+            let sent = self
+                .outbox
+                .as_ref()
+                .is_some_and(|tx| tx.send(outgoing).is_ok());
+            if !sent && let Some(d) = self.webhooks.last_mut() {
+                d.last_error = Some("the emulator is not running".to_owned());
+                d.finished = true;
+            }
+        }
+    }
+
+    /// Records one delivery attempt.
+    pub(crate) fn webhook_attempted(
+        &mut self,
+        index: usize,
+        epoch: u64,
+        result: Result<u16, String>,
+        finished: bool,
+    ) {
+        if epoch != self.webhook_epoch {
+            return;
+        }
+        if let Some(d) = self.webhooks.get_mut(index) {
+            d.attempts += 1;
+            match result {
+                Ok(status) => {
+                    d.last_status = Some(status);
+                    d.last_error = None;
+                    d.delivered = status == 200;
+                }
+                Err(e) => {
+                    d.last_status = None;
+                    d.last_error = Some(e);
+                }
+            }
+            d.finished = finished;
+        }
+    }
+
+    pub(crate) fn webhook_deliveries(&self) -> &[WebhookDelivery] {
+        &self.webhooks
+    }
+
+    /// Forgets the deliveries recorded (those still being sent go on, unrecorded).
+    pub(crate) fn clear_webhook_deliveries(&mut self) {
+        self.webhooks.clear();
+        self.webhook_epoch += 1;
     }
 }
 

@@ -1,10 +1,16 @@
 //! A local, stateful Kinde for tests: what stripe-mock is for Stripe, with a ledger.
 //!
-//! [`Emulator`] serves the two endpoints a Kinde billing client talks to — the
+//! [`Emulator`] serves the endpoints a Kinde billing client talks to — the
 //! client-credentials token endpoint and the meter usage endpoint — on
 //! `127.0.0.1`, checks every request against Kinde's documented contract,
 //! keeps a ledger of the usage it accepted, and can misbehave on demand:
 //! throttling, injected faults, latency, going down and coming back.
+//!
+//! It also holds billing objects — plans, billing customers (organizations, users
+//! or neither) and their agreements with monthly-style cycles — answers the billing
+//! read endpoints a client uses to find a customer's agreement, and POSTs signed
+//! billing webhooks (RS256 JWTs, key published at `/.well-known/jwks`) when plans are
+//! assigned, changed or cancelled. See [billing objects](#billing-objects).
 //!
 //! It speaks HTTP and JSON only: it validates the raw JSON on the wire on its own
 //! and shares no code or types with any client (kinde-meter included), so it can
@@ -41,14 +47,98 @@
 //! | `POST` | `/_emulator/expire-tokens` | makes every issued token invalid ([`Emulator::expire_tokens`]) |
 //! | `POST` | `/_emulator/down` | `{"seconds": N}`: for N seconds the token and meter endpoints answer 503 with `Retry-After`, without applying; `0` ends it ([`Emulator::unavailable_for`]) |
 //! | `POST` | `/_emulator/up` | ends a `down` period early |
-//! | `POST` | `/_emulator/reset` | clears the ledger, the logs, the counts and the faults ([`Emulator::reset`]) |
+//! | `POST` | `/_emulator/reset` | clears the ledger, the logs, the counts, the faults and the webhook deliveries ([`Emulator::reset`]) |
+//! | `GET` | `/_emulator/billing` | `{"plans": [{"code", "features"}], "customers": [{"customer_id", "org_code", "user_id", "agreements": [...]}], "cycle_length_secs", "cancelled_agreements_accept_usage"}`; agreements as the agreements endpoint lists them, cancelled ones included |
+//! | `POST` | `/_emulator/plans` | `{"code", "features": [..]}` ([`Emulator::add_plan`]) |
+//! | `POST` | `/_emulator/organizations` | `{"code", "plan", "name"?}` → `{"customer_id", "agreement_id"}` ([`Emulator::add_organization`]) |
+//! | `POST` | `/_emulator/users` | `{"id", "plan"}` → `{"customer_id", "agreement_id"}` ([`Emulator::add_user`]) |
+//! | `POST` | `/_emulator/customers` | `{"plan"}` → `{"customer_id", "agreement_id"}` ([`Emulator::add_customer`]) |
+//! | `POST` | `/_emulator/change-plan` | `{"customer_id", "plan"}` → `{"agreement_id"}` ([`Emulator::change_plan`]) |
+//! | `POST` | `/_emulator/cancel-agreement` | `{"agreement_id"}` ([`Emulator::cancel_agreement`]) |
+//! | `POST` | `/_emulator/period-end` | `{"agreement_id", "period_end": "<RFC 3339>"}` or `{"agreement_id", "in_ms": N}` (from now, negative for the past) → the agreement plus `customer_id` and `current_period_index` ([`Emulator::set_period_end`]) |
+//! | `GET`, `PUT` or `POST` | `/_emulator/scopes` | `{"scopes": [..]}`, read or replaced ([`Emulator::set_scopes`]) |
+//! | `GET`, `PUT` or `POST` | `/_emulator/billing-settings` | `{"cycle_length_secs", "cancelled_agreements_accept_usage"}`; absent fields stay |
+//! | `GET`, `PUT` or `POST` | `/_emulator/webhook` | `{"url": "http://…" \| null, "retry_delays_ms": [..]}`; absent fields stay ([`Emulator::set_webhook_url`]) |
+//! | `GET` | `/_emulator/webhook-deliveries` | `[{"webhook_id", "event_id", "type", "customer_id", "data", "url", "attempts", "last_status", "last_error", "delivered", "finished"}]` ([`WebhookDelivery`]) |
+//!
+//! In `/_emulator/accepted` each record also has `cycle` and `arrival_cycle`:
+//! `{"index", "start", "end"}` (RFC 3339) or `null` ([`AcceptedRecord::cycle`]).
+//! Billing errors are 400 `{"error": "..."}` naming the problem.
 //!
 //! `down` keeps the port open so that the control API stays reachable: clients see a
 //! 503 (a failure that was certainly not applied), not a refused connection. To have
 //! connections refused, use [`Emulator::go_down`] or [`Emulator::down_for`] from the
 //! library.
+//!
+//! # Billing objects
+//!
+//! Plans map a code to feature codes. A billing customer (`customer_<32 hex>`) is an
+//! organization, a user (`kp_…`) or neither, and has agreements
+//! (`agreement_<32 hex>`) on plans; an agreement's entitlements are its plan's
+//! features, each with an `entitlement_<32 hex>` id. [`Emulator::change_plan`]
+//! makes a new agreement and cancels the customer's active ones, as Kinde does, so
+//! agreement ids change with plans. Every agreement made this way is accepted by the
+//! meter usage endpoint even when [`EmulatorBuilder::known_agreements`] restricts
+//! agreements; usage for a cancelled one is refused (400 `AGREEMENT_CANCELLED`)
+//! unless [`Emulator::set_cancelled_agreements_accept_usage`].
+//!
+//! Each agreement has a current cycle, 30 days from its creation by default
+//! ([`EmulatorBuilder::cycle_length`]). Cycles roll lazily: on any read once the
+//! current end has passed, the next cycle starts at the old end. [`Emulator::set_period_end`]
+//! moves the current end, which is how a test crosses a boundary. Each accepted
+//! record carries the cycle its usage falls in ([`AcceptedRecord::cycle`], by its
+//! `meter_usage_timestamp`) and the one current at its arrival
+//! ([`AcceptedRecord::arrival_cycle`], where Kinde records it).
+//!
+//! Read endpoints (bearer token as for meter usage, then the scope; JSON like Kinde's;
+//! every request is in [`Emulator::requests`] with its query):
+//!
+//! - `GET /api/v1/billing/agreements?customer_id=…[&feature_code=…][&page_size=N][&starting_after=<agreement id>]`
+//!   (`read:billing_agreements`): `{"code": "OK", "message": "Success", "has_more",
+//!   "agreements": [{"id", "plan_code", "expires_on", "billing_group_id",
+//!   "current_period_start", "current_period_end", "entitlements": [{"feature_code",
+//!   "entitlement_id"}]}]}`, the customer's active agreements oldest first.
+//!   `page_size` is 1..=500 (default 10). Times are RFC 3339 UTC to the second.
+//!   Unknown customer: 400 `CUSTOMER_NOT_FOUND`; no `customer_id`: 400
+//!   `MISSING_PARAMETER`; a bad `page_size`, an unknown `starting_after` or a repeated
+//!   parameter: 400 `INVALID_PARAMETER`.
+//! - `GET /api/v1/organization?code=…[&expand=billing]` (`read:organizations`):
+//!   `{"code", "name", "handle", "is_default", "external_id",
+//!   "is_auto_membership_enabled"}` and, with `expand` naming `billing`,
+//!   `"billing": {"billing_customer_id", "agreements": [{"plan_code", "agreement_id"}]}`
+//!   (active agreements). Unknown: 404 `ORGANIZATION_NOT_FOUND`.
+//! - `GET /api/v1/user?id=…[&expand=billing]` (`read:users`): `{"id", "provided_id",
+//!   "preferred_email", "username", "first_name", "last_name", "is_suspended"}` and
+//!   `"billing": {"customer_id"}`. Unknown: 404 `USER_NOT_FOUND`.
+//! - `GET /.well-known/jwks` (no token): the webhook signing key ([`WebhookSigner::jwks_json`]).
+//!
+//! A missing scope is a 403 `{"errors": [{"code": "FORBIDDEN", "message": "the
+//! application lacks the scope read:users"}]}`; meter usage needs
+//! `create:meter_usage`. By default all four are granted ([`DEFAULT_SCOPES`]).
+//!
+//! # Webhooks
+//!
+//! With a webhook URL set ([`EmulatorBuilder::webhook_url`]), each billing event is
+//! POSTed with `Content-Type: application/jwt` and a `webhook-id` header that stays
+//! the same on every retry. The body is a compact JWS signed RS256 with the key of
+//! [`Emulator::webhook_signer`], header `{"alg": "RS256", "typ": "JWT", "kid"}`,
+//! claims `{"type", "event_id", "event_timestamp", "timestamp", "source": "api",
+//! "iat", "exp" (iat + 300), "data": {"customer_id", "agreement_id",
+//! "previous_agreement_id" (plan changes), "plan_code", "org_code" (organizations),
+//! "user_id" (users)}}`; `timestamp`, `iat` and `exp` are those of each attempt.
+//! Events: a first plan raises `customer.agreement_created` then
+//! `customer.plan_assigned`; a plan change `customer.agreement_created`,
+//! `customer.agreement_cancelled` (per cancelled agreement) then
+//! `customer.plan_changed`; a cancellation `customer.agreement_cancelled`. Billing
+//! objects made by the builder raise none. Delivery is asynchronous, in order per
+//! customer; any answer other than 200 (or none within 5 s) is retried after
+//! each of [`DEFAULT_RETRY_DELAYS`] (configurable; Kinde's own schedule runs from
+//! 5 s to 36 h). [`Emulator::webhook_deliveries`] and [`Emulator::wait_webhooks`]
+//! let a test wait for them.
 
 mod amount;
+mod billing;
+mod clock;
 pub mod codes;
 mod control;
 mod exchange;
@@ -57,6 +147,7 @@ mod ledger;
 mod limits;
 mod server;
 mod validate;
+mod webhook;
 
 #[cfg(test)]
 mod tests;
@@ -66,16 +157,27 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use amount::{Amount, ParseAmountError};
+pub use billing::{
+    Agreement, BILLING_GROUP_ID, BillingCustomer, BillingError, Cycle, DEFAULT_CYCLE_LENGTH,
+    Entitlement,
+};
 pub use faults::{FaultKind, Faults};
-pub use ledger::{AcceptedRecord, Counts, ReceivedRequest, RequestOutcome, TokenRequest};
+pub use ledger::{
+    AcceptedRecord, Counts, DEFAULT_SCOPES, ReceivedRequest, RequestOutcome,
+    SCOPE_BILLING_AGREEMENTS, SCOPE_METER_USAGE, SCOPE_ORGANIZATIONS, SCOPE_USERS, TokenRequest,
+};
 pub use limits::RateLimit;
 pub use validate::EmulatedMeterType;
+pub use webhook::{
+    DEFAULT_RETRY_DELAYS, WEBHOOK_TOKEN_LIFETIME_SECS, WebhookDelivery, WebhookSigner,
+    base64url_decode, base64url_encode,
+};
 
 use exchange::Shared;
-use ledger::{Config, State};
+use ledger::{Config, Fixture, State};
 use server::{Command, ServerHandle};
 
 /// A local Kinde on `127.0.0.1`: token endpoint, meter usage endpoint, a
@@ -92,6 +194,10 @@ use server::{Command, ServerHandle};
 ///   `client_id`, `client_secret` and `audience` (= [`audience`](Self::audience));
 /// - `POST /api/v1/billing/meter_usage` — bearer token, JSON body checked field
 ///   by field; errors use the emulator's own [`codes`];
+/// - `GET /api/v1/billing/agreements`, `GET /api/v1/organization`, `GET /api/v1/user`
+///   and `GET /.well-known/jwks` (see [billing objects](crate#billing-objects)); these
+///   answer 503 while [`unavailable_for`](Self::unavailable_for) but are never
+///   throttled or faulted;
 /// - the control API under `/_emulator/` (see the [crate documentation](crate)).
 ///
 /// Request handling on the meter endpoint, in order: unavailability (503, see
@@ -412,13 +518,262 @@ impl Emulator {
         self.shared.lock().unavailable_for(duration);
     }
 
-    /// Forgets what happened: the ledger, the accepted records, the request logs and
-    /// the counts; removes the faults, any [`throttle_for`](Self::throttle_for) or
+    /// Forgets what happened: the ledger, the accepted records, the request logs, the
+    /// counts and the webhook deliveries; removes the faults, any [`throttle_for`](Self::throttle_for) or
     /// [`unavailable_for`](Self::unavailable_for) period, and restarts the fault
-    /// generator from its seed. Other settings stay, and so do the tokens issued.
-    /// This is what `POST /_emulator/reset` does.
+    /// generator from its seed. Other settings stay, and so do the tokens issued and
+    /// the billing objects. This is what `POST /_emulator/reset` does.
     pub fn reset(&self) {
         self.shared.lock().reset();
+    }
+
+    // ----- billing objects -----
+
+    /// Adds a plan with its feature codes, or replaces the features of an existing
+    /// one (agreements made before keep the entitlements they had).
+    ///
+    /// # Errors
+    /// [`BillingError::Invalid`] for an empty code, a code with whitespace, or a
+    /// repeated feature.
+    pub fn add_plan<I, S>(&self, code: &str, features: I) -> Result<(), BillingError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let features = features.into_iter().map(Into::into).collect();
+        self.shared.lock().billing.add_plan(code, features)
+    }
+
+    /// Makes organization `code` (its name is the code) a billing customer on
+    /// `plan`: a new `customer_<32 hex>` and its first agreement. Sends
+    /// `customer.agreement_created` and `customer.plan_assigned` when a webhook URL
+    /// is set. The agreement is accepted by the meter usage endpoint even when
+    /// [`EmulatorBuilder::known_agreements`] restricts agreements.
+    ///
+    /// # Errors
+    /// [`BillingError::PlanNotFound`], [`BillingError::AlreadyExists`] for an
+    /// organization added before, [`BillingError::Invalid`] for a malformed code.
+    pub fn add_organization(
+        &self,
+        code: &str,
+        plan: &str,
+    ) -> Result<BillingCustomer, BillingError> {
+        self.shared.lock().add_organization(code, code, plan)
+    }
+
+    /// [`add_organization`](Self::add_organization) with a display name (the
+    /// organization endpoint's `name`).
+    ///
+    /// # Errors
+    /// As [`add_organization`](Self::add_organization).
+    pub fn add_named_organization(
+        &self,
+        code: &str,
+        name: &str,
+        plan: &str,
+    ) -> Result<BillingCustomer, BillingError> {
+        self.shared.lock().add_organization(code, name, plan)
+    }
+
+    /// Makes user `id` (`kp_…`) a billing customer on `plan`, as
+    /// [`add_organization`](Self::add_organization) does for an organization.
+    ///
+    /// # Errors
+    /// As [`add_organization`](Self::add_organization).
+    pub fn add_user(&self, id: &str, plan: &str) -> Result<BillingCustomer, BillingError> {
+        self.shared.lock().add_user(id, plan)
+    }
+
+    /// A billing customer that is neither an organization nor a user, on `plan`.
+    ///
+    /// # Errors
+    /// [`BillingError::PlanNotFound`].
+    pub fn add_customer(&self, plan: &str) -> Result<BillingCustomer, BillingError> {
+        self.shared.lock().add_customer(plan)
+    }
+
+    /// Moves a customer to `new_plan`, as `POST /api/v1/billing/agreements` does: a
+    /// new agreement on it (its id is returned), and every agreement of the customer
+    /// that was active is cancelled now. Webhooks: `customer.agreement_created`, one
+    /// `customer.agreement_cancelled` per cancelled agreement, then
+    /// `customer.plan_changed` (with `previous_agreement_id`); or, when the customer
+    /// had no active agreement, `customer.agreement_created` and
+    /// `customer.plan_assigned`.
+    ///
+    /// # Errors
+    /// [`BillingError::CustomerNotFound`], [`BillingError::PlanNotFound`].
+    pub fn change_plan(&self, customer_id: &str, new_plan: &str) -> Result<String, BillingError> {
+        self.shared.lock().change_plan(customer_id, new_plan)
+    }
+
+    /// Cancels one agreement now (`expires_on` set; webhook
+    /// `customer.agreement_cancelled`). Usage for it is then refused with
+    /// `AGREEMENT_CANCELLED` unless [`set_cancelled_agreements_accept_usage`](Self::set_cancelled_agreements_accept_usage).
+    ///
+    /// # Errors
+    /// [`BillingError::AgreementNotFound`], or [`BillingError::AgreementCancelled`]
+    /// when it already was.
+    pub fn cancel_agreement(&self, agreement_id: &str) -> Result<(), BillingError> {
+        self.shared.lock().cancel_agreement(agreement_id)
+    }
+
+    /// Moves the end of an active agreement's current cycle to `end` (after its
+    /// start). Once `end` passes, the next read rolls the cycle: the next one starts
+    /// at `end` and lasts the cycle length. Returns the agreement as it is now.
+    ///
+    /// # Errors
+    /// [`BillingError::AgreementNotFound`], [`BillingError::AgreementCancelled`], or
+    /// [`BillingError::Invalid`] when `end` is not after the current cycle's start.
+    pub fn set_period_end(
+        &self,
+        agreement_id: &str,
+        end: SystemTime,
+    ) -> Result<Agreement, BillingError> {
+        self.shared.lock().set_period_end(agreement_id, end)
+    }
+
+    /// One agreement, its current cycle rolled forward to now.
+    pub fn agreement(&self, agreement_id: &str) -> Option<Agreement> {
+        self.shared
+            .lock()
+            .billing
+            .agreement(agreement_id, SystemTime::now())
+    }
+
+    /// Every agreement of a customer, cancelled ones included, oldest first.
+    pub fn customer_agreements(&self, customer_id: &str) -> Vec<Agreement> {
+        self.shared
+            .lock()
+            .billing
+            .customer_agreements(customer_id, SystemTime::now())
+    }
+
+    /// The billing customer id of an organization.
+    pub fn organization_customer(&self, code: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .billing
+            .organization_customer(code)
+            .map(str::to_owned)
+    }
+
+    /// The billing customer id of a user.
+    pub fn user_customer(&self, id: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .billing
+            .user_customer(id)
+            .map(str::to_owned)
+    }
+
+    /// The cycle of `agreement_id` that contains `t` (see [`AcceptedRecord::cycle`]).
+    pub fn cycle_at(&self, agreement_id: &str, t: SystemTime) -> Option<Cycle> {
+        self.shared
+            .lock()
+            .billing
+            .cycle_at(agreement_id, t, SystemTime::now())
+    }
+
+    /// Sets the length of billing cycles: the first cycle of agreements made from now
+    /// on, and every cycle that starts from now on. Zero is refused (ignored).
+    pub fn set_cycle_length(&self, length: Duration) {
+        if !length.is_zero() {
+            let mut state = self.shared.lock();
+            // Cycles that ended under the old length roll with it.
+            state.billing.roll_all(SystemTime::now());
+            state.billing.cycle_length = length;
+        }
+    }
+
+    /// Whether usage for a cancelled agreement is accepted (default false: 400
+    /// `AGREEMENT_CANCELLED`).
+    pub fn set_cancelled_agreements_accept_usage(&self, accept: bool) {
+        self.shared.lock().billing.cancelled_accept_usage = accept;
+    }
+
+    // ----- scopes -----
+
+    /// Replaces the scopes granted to the application (default: [`DEFAULT_SCOPES`]).
+    /// Checked at each request, so tokens already issued are affected too; the
+    /// token response's `scope` lists them, space-separated. An endpoint whose scope
+    /// is missing answers 403 `FORBIDDEN`.
+    pub fn set_scopes<I, S>(&self, scopes: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.shared.lock().config.scopes = scopes.into_iter().map(Into::into).collect();
+    }
+
+    /// The scopes granted to the application.
+    pub fn scopes(&self) -> BTreeSet<String> {
+        self.shared.lock().config.scopes.clone()
+    }
+
+    // ----- webhooks -----
+
+    /// The key that signs webhooks and that `GET /.well-known/jwks` publishes,
+    /// generated on first use.
+    ///
+    /// # Errors
+    /// When the key cannot be generated.
+    pub fn webhook_signer(&self) -> io::Result<&WebhookSigner> {
+        self.shared.signer()
+    }
+
+    /// The URL of `GET /.well-known/jwks`.
+    pub fn jwks_url(&self) -> String {
+        format!("{}{}", self.base_url, server::JWKS_PATH)
+    }
+
+    /// Sets or removes the URL billing events are POSTed to. Events raised while
+    /// none is set are not sent, nor recorded. Makes the signing key if there is
+    /// none yet.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a URL other than `http://host:port/path`; or when the
+    /// signing key cannot be generated.
+    pub fn set_webhook_url(&self, url: Option<&str>) -> io::Result<()> {
+        if let Some(url) = url {
+            webhook::check_url(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            // Made here rather than on the server thread at the first event.
+            self.shared.signer()?;
+        }
+        self.shared.lock().config.webhook_url = url.map(str::to_owned);
+        Ok(())
+    }
+
+    /// Sets the waits between delivery attempts of events raised from now on: one
+    /// attempt, then one more after each wait (default [`DEFAULT_RETRY_DELAYS`]).
+    pub fn set_webhook_retry_delays(&self, delays: Vec<Duration>) {
+        self.shared.lock().config.webhook_retry_delays = delays;
+    }
+
+    /// Every webhook delivery since the start (or the last [`reset`](Self::reset)), in the
+    /// order the events were raised.
+    pub fn webhook_deliveries(&self) -> Vec<WebhookDelivery> {
+        self.shared.lock().webhook_deliveries().to_vec()
+    }
+
+    /// Blocks until every webhook delivery is finished (delivered, or out of
+    /// attempts), or `timeout` passes; returns whether they all finished.
+    pub fn wait_webhooks(&self, timeout: Duration) -> bool {
+        let deadline = ledger::later(Instant::now(), timeout);
+        loop {
+            if self
+                .shared
+                .lock()
+                .webhook_deliveries()
+                .iter()
+                .all(|d| d.finished)
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Whether the emulator accepts connections.
@@ -589,24 +944,110 @@ impl EmulatorBuilder {
         self
     }
 
+    /// The scopes granted to the application (default [`DEFAULT_SCOPES`]); see
+    /// [`Emulator::set_scopes`].
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.scopes = scopes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A plan with its feature codes, made at start (see [`Emulator::add_plan`]).
+    pub fn plan<I, S>(mut self, code: impl Into<String>, features: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let features = features.into_iter().map(Into::into).collect();
+        self.config
+            .fixtures
+            .push(Fixture::Plan(code.into(), features));
+        self
+    }
+
+    /// An organization on a plan, made at start without webhooks (see
+    /// [`Emulator::add_organization`]); read its ids with
+    /// [`Emulator::organization_customer`] and [`Emulator::customer_agreements`].
+    pub fn organization(mut self, code: impl Into<String>, plan: impl Into<String>) -> Self {
+        self.config
+            .fixtures
+            .push(Fixture::Organization(code.into(), plan.into()));
+        self
+    }
+
+    /// A user on a plan, made at start without webhooks (see [`Emulator::add_user`]).
+    pub fn user(mut self, id: impl Into<String>, plan: impl Into<String>) -> Self {
+        self.config
+            .fixtures
+            .push(Fixture::User(id.into(), plan.into()));
+        self
+    }
+
+    /// The length of billing cycles (default [`DEFAULT_CYCLE_LENGTH`], 30 days); zero
+    /// makes [`start`](Self::start) fail.
+    pub fn cycle_length(mut self, length: Duration) -> Self {
+        self.config.cycle_length = length;
+        self
+    }
+
+    /// Whether usage for a cancelled agreement is accepted (default false: 400
+    /// `AGREEMENT_CANCELLED`).
+    pub fn cancelled_agreements_accept_usage(mut self, accept: bool) -> Self {
+        self.config.cancelled_accept_usage = accept;
+        self
+    }
+
+    /// The URL billing events are POSTed to (default none); `http://host:port/path`
+    /// only, anything else makes [`start`](Self::start) fail.
+    pub fn webhook_url(mut self, url: impl Into<String>) -> Self {
+        self.config.webhook_url = Some(url.into());
+        self
+    }
+
+    /// The waits between webhook delivery attempts (default [`DEFAULT_RETRY_DELAYS`]).
+    pub fn webhook_retry_delays(mut self, delays: Vec<Duration>) -> Self {
+        self.config.webhook_retry_delays = delays;
+        self
+    }
+
     /// Starts the emulator and waits until it accepts connections.
     ///
     /// # Errors
     /// When the settings are invalid (an unauthorized status other than 401
-    /// or 403), or the thread, the runtime or the socket cannot be created
-    /// (for instance when the fixed port is taken).
+    /// or 403, a zero cycle length, a webhook URL that is not plain `http://`, a
+    /// billing object that cannot be made, e.g. an organization on an unknown plan),
+    /// or the thread, the runtime or the socket cannot be created (for instance when
+    /// the fixed port is taken).
     pub fn start(self) -> io::Result<Emulator> {
         let config = self.config;
+        let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
         if !matches!(config.unauthorized_status, 401 | 403) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the unauthorized status must be 401 or 403",
+            return Err(invalid(
+                "the unauthorized status must be 401 or 403".to_owned(),
             ));
+        }
+        if config.cycle_length.is_zero() {
+            return Err(invalid(
+                "the cycle length must be more than zero".to_owned(),
+            ));
+        }
+        if let Some(url) = &config.webhook_url {
+            webhook::check_url(url).map_err(invalid)?;
         }
         let client_id = config.client_id.clone();
         let client_secret = config.client_secret.clone();
         let static_token = config.static_token.clone();
-        let shared = Arc::new(Shared::new(State::new(config)));
+        let mut state = State::new(config);
+        state.apply_fixtures().map_err(|e| invalid(e.to_string()))?;
+        let webhooks = state.config.webhook_url.is_some();
+        let shared = Arc::new(Shared::new(state));
+        if webhooks {
+            // Made before the first event, not on the server thread.
+            shared.signer()?;
+        }
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let server = server::spawn(shared.clone(), addr)?;
         Ok(Emulator {

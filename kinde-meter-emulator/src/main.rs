@@ -13,7 +13,8 @@ use std::time::Duration;
 use kinde_meter_emulator::{Emulator, EmulatorBuilder, Faults, RateLimit};
 
 const USAGE: &str = "\
-kinde-emulator: a local, stateful Kinde (token and meter usage endpoints) on 127.0.0.1
+kinde-emulator: a local, stateful Kinde (token, meter usage and billing read endpoints,
+signed billing webhooks) on 127.0.0.1
 
 Usage: kinde-emulator [FLAGS]
 
@@ -45,6 +46,21 @@ Flags (`--flag value` or `--flag=value`):
   --latency-ms MS             delay before handling each meter request
   --latency-jitter-ms MS      extra delay drawn from 0..=MS
   --seed N                    seed of the fault draws [0]
+  --scopes A,B                the scopes granted to the application (repeatable; empty
+                                for none) [create:meter_usage,read:billing_agreements,
+                                read:organizations,read:users]
+  --plan CODE=F1,F2           a plan and its feature codes (repeatable)
+  --organization CODE=PLAN    an organization that is a billing customer on PLAN
+  --user ID=PLAN              a user (kp_...) that is a billing customer on PLAN
+                                (both repeatable; read their ids from GET /_emulator/billing)
+  --cycle-length SECS         length of billing cycles, in seconds [2592000, 30 days]
+  --cancelled-agreements-accept-usage
+                              accept usage for cancelled agreements (default: 400
+                                AGREEMENT_CANCELLED)
+  --webhook-url URL           POST signed billing events to URL (http://host:port/path)
+  --webhook-retry-delays-ms A,B
+                              waits between delivery attempts, in ms [100,500,2000];
+                                empty for no retries
   -h, --help                  print this and exit
   -V, --version               print the version and exit
 ";
@@ -169,6 +185,7 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Action, String> {
     let mut features: Option<Vec<String>> = None;
     let mut client_id: Option<String> = None;
     let mut client_secret: Option<String> = None;
+    let mut scopes: Option<Vec<String>> = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -181,7 +198,10 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Action, String> {
         let switch = match flag.as_str() {
             "-h" | "--help" => return Ok(Action::Help),
             "-V" | "--version" => return Ok(Action::Version),
-            "--omit-expires-in" | "--retry-after-header" | "--honor-idempotency-key" => true,
+            "--omit-expires-in"
+            | "--retry-after-header"
+            | "--honor-idempotency-key"
+            | "--cancelled-agreements-accept-usage" => true,
             _ => false,
         };
         if switch {
@@ -191,6 +211,9 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Action, String> {
             builder = match flag.as_str() {
                 "--omit-expires-in" => builder.omit_expires_in(true),
                 "--retry-after-header" => builder.retry_after_header(true),
+                "--cancelled-agreements-accept-usage" => {
+                    builder.cancelled_agreements_accept_usage(true)
+                }
                 _ => builder.honor_idempotency_key(true),
             };
             continue;
@@ -294,6 +317,66 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Action, String> {
                         .map_err(|_| bad("expected a whole number 0..=2^64-1"))?,
                 )
             }
+            "--scopes" => {
+                let granted = scopes.get_or_insert_with(Vec::new);
+                if !value.is_empty() {
+                    granted.extend(
+                        list(&value)
+                            .ok_or_else(|| bad("expected a comma-separated list of scopes"))?,
+                    );
+                }
+            }
+            "--plan" => {
+                let (code, features) = value
+                    .split_once('=')
+                    .filter(|(code, _)| !code.is_empty())
+                    .ok_or_else(|| bad("expected CODE=FEATURE,FEATURE"))?;
+                let features = if features.is_empty() {
+                    Vec::new()
+                } else {
+                    list(features).ok_or_else(|| bad("expected CODE=FEATURE,FEATURE"))?
+                };
+                builder = builder.plan(code, features)
+            }
+            "--organization" | "--user" => {
+                let (id, plan) = value
+                    .split_once('=')
+                    .filter(|(id, plan)| !id.is_empty() && !plan.is_empty())
+                    .ok_or_else(|| bad("expected ID=PLAN"))?;
+                builder = if flag == "--user" {
+                    builder.user(id, plan)
+                } else {
+                    builder.organization(id, plan)
+                }
+            }
+            "--cycle-length" => {
+                builder = builder.cycle_length(
+                    seconds(&value, 1.0)
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| bad("expected a positive number of seconds"))?,
+                )
+            }
+            "--webhook-url" => {
+                if !value.starts_with("http://") {
+                    return Err(bad("expected an http://host:port/path URL"));
+                }
+                builder = builder.webhook_url(value.clone())
+            }
+            "--webhook-retry-delays-ms" => {
+                let delays = if value.is_empty() {
+                    Vec::new()
+                } else {
+                    list(&value)
+                        .and_then(|items| {
+                            items
+                                .iter()
+                                .map(|ms| seconds(ms, 1e-3))
+                                .collect::<Option<Vec<_>>>()
+                        })
+                        .ok_or_else(|| bad("expected a comma-separated list of milliseconds"))?
+                };
+                builder = builder.webhook_retry_delays(delays)
+            }
             _ => {
                 // Only the --fault-* flags are left (is_known above).
                 let name = flag.trim_start_matches("--fault-").replace('-', "_");
@@ -327,6 +410,9 @@ fn parse(args: impl IntoIterator<Item = String>) -> Result<Action, String> {
     if let Some(features) = features {
         builder = builder.known_features(features);
     }
+    if let Some(scopes) = scopes {
+        builder = builder.scopes(scopes);
+    }
     Ok(Action::Run(Box::new(builder.faults(faults))))
 }
 
@@ -352,6 +438,13 @@ const FLAGS: &[&str] = &[
     "--fault-status-500-after-apply",
     "--fault-drop-after-apply",
     "--fault-malformed-200",
+    "--scopes",
+    "--plan",
+    "--organization",
+    "--user",
+    "--cycle-length",
+    "--webhook-url",
+    "--webhook-retry-delays-ms",
 ];
 
 fn is_known(flag: &str) -> bool {
@@ -446,6 +539,23 @@ mod tests {
             "2",
             "--seed",
             "9",
+            "--scopes",
+            "create:meter_usage,read:users",
+            "--scopes=",
+            "--plan",
+            "pro=calls,rows",
+            "--plan=free=",
+            "--organization",
+            "org_1=pro",
+            "--user=kp_1=free",
+            "--cycle-length",
+            "60",
+            "--cancelled-agreements-accept-usage",
+            "--webhook-url",
+            "http://127.0.0.1:9/hooks",
+            "--webhook-retry-delays-ms",
+            "10,20",
+            "--webhook-retry-delays-ms=",
         ])
         .unwrap();
         assert!(matches!(action, Action::Run(_)));
@@ -472,6 +582,21 @@ mod tests {
             (&["--token-lifetime", "NaN"][..], "--token-lifetime"),
             (&["--concurrency-limit", "0"][..], "--concurrency-limit"),
             (&["stray"][..], "stray"),
+            (&["--plan", "=calls"][..], "--plan"),
+            (&["--plan", "pro"][..], "--plan"),
+            (&["--organization", "org_1"][..], "--organization"),
+            (&["--user", "kp_1="][..], "--user"),
+            (&["--cycle-length", "0"][..], "--cycle-length"),
+            (&["--webhook-url", "https://x:1/"][..], "--webhook-url"),
+            (
+                &["--webhook-retry-delays-ms", "1,x"][..],
+                "--webhook-retry-delays-ms",
+            ),
+            (&["--scopes", "a,,b"][..], "--scopes"),
+            (
+                &["--cancelled-agreements-accept-usage=1"][..],
+                "--cancelled-agreements-accept-usage",
+            ),
         ] {
             let err = parse_args(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -17,10 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::exchange::{CloseConnection, HttpResponse, MAX_BODY, Shared, read_body, to_response};
-use crate::ledger::{Answer, ReceivedRequest, RequestOutcome};
+use crate::ledger::{Answer, ReadRoute, ReceivedRequest, RequestOutcome};
 
 pub(crate) const TOKEN_PATH: &str = "/oauth2/token";
 pub(crate) const METER_PATH: &str = "/api/v1/billing/meter_usage";
+pub(crate) const AGREEMENTS_PATH: &str = "/api/v1/billing/agreements";
+pub(crate) const ORGANIZATION_PATH: &str = "/api/v1/organization";
+pub(crate) const USER_PATH: &str = "/api/v1/user";
+pub(crate) const JWKS_PATH: &str = "/.well-known/jwks";
 /// How long a caller waits for the server thread to act on a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -151,6 +155,9 @@ async fn run(
     };
     shared.lock().audience = format!("http://{addr}/api");
     shared.up.store(true, Ordering::SeqCst);
+    if let Some(outbox) = shared.take_outbox() {
+        tokio::spawn(crate::webhook::run(shared.clone(), outbox));
+    }
     let mut listener = Some(listener);
     let _ = ready.send(Ok(addr));
 
@@ -249,6 +256,7 @@ async fn handle(
 ) -> Result<HttpResponse, CloseConnection> {
     let arrived_at = Instant::now();
     let post = req.method() == Method::POST;
+    let get = req.method() == Method::GET;
     let path = req.uri().path();
     if crate::control::is_control_path(path) {
         return Ok(crate::control::handle(&shared, req).await);
@@ -256,6 +264,10 @@ async fn handle(
     match path {
         TOKEN_PATH if post => token(&shared, req, arrived_at).await,
         METER_PATH if post => meter(shared, req, arrived_at).await,
+        AGREEMENTS_PATH if get => read(&shared, req, arrived_at, ReadRoute::Agreements).await,
+        ORGANIZATION_PATH if get => read(&shared, req, arrived_at, ReadRoute::Organization).await,
+        USER_PATH if get => read(&shared, req, arrived_at, ReadRoute::User).await,
+        JWKS_PATH if get => jwks(&shared, req, arrived_at).await,
         _ => not_found(&shared, req, arrived_at).await,
     }
 }
@@ -347,6 +359,42 @@ async fn not_found(
     let mut state = shared.lock();
     let idx = state.log_request(log_entry(&parts, &body, arrived_at));
     to_result(state.not_found(idx, Instant::now()))
+}
+
+async fn read(
+    shared: &Shared,
+    req: Request<Incoming>,
+    arrived_at: Instant,
+    route: ReadRoute,
+) -> Result<HttpResponse, CloseConnection> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body).await?.unwrap_or_default();
+    let authorization = header_str(&parts.headers, "authorization");
+    let mut state = shared.lock();
+    let idx = state.log_request(log_entry(&parts, &body, arrived_at));
+    to_result(state.read(
+        idx,
+        route,
+        authorization.as_deref(),
+        parts.uri.query(),
+        Instant::now(),
+    ))
+}
+
+/// `GET /.well-known/jwks`: the webhook signing key, without authentication.
+async fn jwks(
+    shared: &Shared,
+    req: Request<Incoming>,
+    arrived_at: Instant,
+) -> Result<HttpResponse, CloseConnection> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body).await?.unwrap_or_default();
+    // Made outside the state's lock: generating the key takes a moment.
+    let result = shared.signer().map(crate::WebhookSigner::jwks_json);
+    let mut state = shared.lock();
+    let idx = state.log_request(log_entry(&parts, &body, arrived_at));
+    let result = result.map_err(|e| (500, crate::codes::INTERNAL_ERROR, e.to_string()));
+    to_result(state.read_reply(idx, result, Instant::now()))
 }
 
 /// Counts a meter request as in flight for as long as it lives.

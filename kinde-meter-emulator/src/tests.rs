@@ -214,7 +214,10 @@ fn token_endpoint_issues_tokens_for_the_right_credentials() {
     let body = r.json();
     assert_eq!(body["token_type"], "bearer");
     assert_eq!(body["expires_in"], 3600);
-    assert_eq!(body["scope"], "create:meter_usage");
+    assert_eq!(
+        body["scope"],
+        "create:meter_usage read:billing_agreements read:organizations read:users"
+    );
     let token = body["access_token"].as_str().unwrap();
     assert_eq!(delta(&emu, token, "1").unwrap().status, 200);
 
@@ -1088,3 +1091,6 @@ fn unavailable_for_and_reset() {
     assert_eq!(delta(&emu, &token, "4").unwrap().status, 200);
     assert_eq!(emu.total("agr", "feat"), 4);
 }
+
+mod billing;
+mod webhooks;

@@ -341,3 +341,356 @@ fn a_client_secret_sent_to_a_wrong_path_is_not_shown_in_the_request_log() {
     );
     assert!(log.contains("client_secret=<hidden>"), "{log}");
 }
+
+// ----- billing objects, scopes and webhooks -----
+
+/// `GET path` with a bearer token.
+fn get_auth(base: &str, token: &str, path: &str) -> common::Resp {
+    let auth = format!("Bearer {token}");
+    send(base, "GET", path, &[("Authorization", auth.as_str())], "")
+}
+
+#[test]
+fn billing_objects_are_made_and_changed_over_http() {
+    let (emulator, base) = started();
+    let token = fetch_token(&base);
+    let r = post_json(
+        &base,
+        "/_emulator/plans",
+        r#"{"code":"pro","features":["calls","rows"]}"#,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json(),
+        json!({"code": "pro", "features": ["calls", "rows"]})
+    );
+    assert_eq!(
+        post_json(
+            &base,
+            "/_emulator/plans",
+            r#"{"code":"basic","features":["calls"]}"#
+        )
+        .status,
+        200
+    );
+
+    let org = post_json(
+        &base,
+        "/_emulator/organizations",
+        r#"{"code":"org_c1","plan":"basic","name":"Control"}"#,
+    )
+    .json();
+    let customer = org["customer_id"].as_str().unwrap().to_owned();
+    let first = org["agreement_id"].as_str().unwrap().to_owned();
+    assert!(customer.starts_with("customer_") && first.starts_with("agreement_"));
+    let user = post_json(&base, "/_emulator/users", r#"{"id":"kp_c1","plan":"pro"}"#).json();
+    assert!(
+        user["customer_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("customer_")
+    );
+    let plain = post_json(&base, "/_emulator/customers", r#"{"plan":"pro"}"#).json();
+    assert!(
+        plain["agreement_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("agreement_")
+    );
+    assert_eq!(
+        emulator.organization_customer("org_c1").as_deref(),
+        Some(customer.as_str())
+    );
+
+    let org_view = get_auth(
+        &base,
+        &token,
+        "/api/v1/organization?code=org_c1&expand=billing",
+    )
+    .json();
+    assert_eq!(org_view["name"], "Control");
+    assert_eq!(
+        org_view["billing"]["agreements"][0]["agreement_id"],
+        first.as_str()
+    );
+
+    let changed = post_json(
+        &base,
+        "/_emulator/change-plan",
+        &json!({"customer_id": customer, "plan": "pro"}).to_string(),
+    );
+    assert_eq!(changed.status, 200, "{changed:?}");
+    let second = changed.json()["agreement_id"].as_str().unwrap().to_owned();
+    assert_ne!(second, first);
+    let r = meter(&base, &token, &first, "calls", "1");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["errors"][0]["code"], "AGREEMENT_CANCELLED");
+
+    // Settings: accept usage for cancelled agreements, and the cycle length.
+    let settings = send(
+        &base,
+        "PUT",
+        "/_emulator/billing-settings",
+        &[("Content-Type", "application/json")],
+        r#"{"cancelled_agreements_accept_usage":true,"cycle_length_secs":120}"#,
+    );
+    assert_eq!(
+        settings.json(),
+        json!({"cycle_length_secs": 120.0, "cancelled_agreements_accept_usage": true})
+    );
+    assert_eq!(meter(&base, &token, &first, "calls", "1").status, 200);
+    assert_eq!(
+        get(&base, "/_emulator/billing-settings").json()["cycle_length_secs"],
+        120.0
+    );
+
+    // The period end, relative and absolute.
+    let moved = post_json(
+        &base,
+        "/_emulator/period-end",
+        &json!({"agreement_id": second, "in_ms": 1100}).to_string(),
+    );
+    assert_eq!(moved.status, 200, "{moved:?}");
+    let moved = moved.json();
+    assert_eq!(moved["current_period_index"], 0, "{moved}");
+    assert_eq!(moved["id"], second.as_str());
+    assert_eq!(moved["customer_id"], customer.as_str());
+    let old_end = moved["current_period_end"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(1200));
+    // The call rolls the passed cycle first, then moves the new one's end.
+    let absolute = post_json(
+        &base,
+        "/_emulator/period-end",
+        &json!({"agreement_id": second, "period_end": "2999-01-01T00:00:00Z"}).to_string(),
+    )
+    .json();
+    assert_eq!(absolute["current_period_index"], 1, "{absolute}");
+    assert_eq!(absolute["current_period_end"], "2999-01-01T00:00:00Z");
+    assert_eq!(absolute["current_period_start"], old_end.as_str());
+    let start = old_end;
+    let r = meter(&base, &token, &second, "rows", "2");
+    assert_eq!(r.status, 200);
+    let accepted = get(&base, "/_emulator/accepted").json();
+    let last = accepted.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["cycle"]["index"], 1);
+    assert_eq!(last["cycle"]["start"], start.as_str());
+    assert_eq!(last["cycle"]["end"], "2999-01-01T00:00:00Z");
+    assert_eq!(last["arrival_cycle"]["index"], 1);
+
+    let cancel = post_json(
+        &base,
+        "/_emulator/cancel-agreement",
+        &json!({"agreement_id": second}).to_string(),
+    );
+    assert_eq!(cancel.json(), json!({"ok": true}));
+
+    let dump = get(&base, "/_emulator/billing").json();
+    assert_eq!(
+        dump["plans"][1],
+        json!({"code": "pro", "features": ["calls", "rows"]})
+    );
+    let entry = dump["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["customer_id"] == customer.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["org_code"], "org_c1");
+    assert_eq!(entry["user_id"], serde_json::Value::Null);
+    assert_eq!(entry["agreements"].as_array().unwrap().len(), 2);
+    assert!(entry["agreements"][1]["expires_on"].is_string());
+
+    // Errors name the problem.
+    for (path, body, needle) in [
+        ("/_emulator/plans", r#"{"code":"x"}"#, "features"),
+        (
+            "/_emulator/plans",
+            r#"{"code":"x","features":[1]}"#,
+            "features",
+        ),
+        (
+            "/_emulator/organizations",
+            r#"{"code":"org_c2","plan":"gold"}"#,
+            "gold",
+        ),
+        (
+            "/_emulator/organizations",
+            r#"{"code":"org_c1","plan":"pro"}"#,
+            "already exists",
+        ),
+        ("/_emulator/users", r#"{"id":"kp_c2"}"#, "plan"),
+        (
+            "/_emulator/customers",
+            r#"{"plan":"pro","extra":1}"#,
+            "extra",
+        ),
+        (
+            "/_emulator/change-plan",
+            r#"{"customer_id":"customer_x","plan":"pro"}"#,
+            "customer_x",
+        ),
+        (
+            "/_emulator/cancel-agreement",
+            r#"{"agreement_id":"agreement_x"}"#,
+            "agreement_x",
+        ),
+        (
+            "/_emulator/period-end",
+            r#"{"agreement_id":"agreement_x","in_ms":5}"#,
+            "agreement_x",
+        ),
+        (
+            "/_emulator/period-end",
+            &format!(r#"{{"agreement_id":"{second}"}}"#),
+            "exactly one",
+        ),
+        (
+            "/_emulator/period-end",
+            &format!(r#"{{"agreement_id":"{first}","period_end":"tomorrow"}}"#),
+            "RFC 3339",
+        ),
+        (
+            "/_emulator/billing-settings",
+            r#"{"cycle_length_secs":0}"#,
+            "more than zero",
+        ),
+        (
+            "/_emulator/billing-settings",
+            r#"{"cancelled_agreements_accept_usage":1}"#,
+            "true or false",
+        ),
+    ] {
+        let r = post_json(&base, path, body);
+        assert_eq!(r.status, 400, "{path} {body}: {r:?}");
+        let message = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(message.contains(needle), "{path} {body}: {message}");
+    }
+    for path in [
+        "/_emulator/plans",
+        "/_emulator/change-plan",
+        "/_emulator/period-end",
+    ] {
+        let r = get(&base, path);
+        assert_eq!((r.status, r.header("allow")), (405, Some("POST")), "{path}");
+    }
+    assert_eq!(
+        send(&base, "DELETE", "/_emulator/billing", &[], "").status,
+        405
+    );
+}
+
+#[test]
+fn scopes_are_read_and_replaced_over_http() {
+    let (_emulator, base) = started();
+    let token = fetch_token(&base);
+    let scopes = get(&base, "/_emulator/scopes").json();
+    assert_eq!(
+        scopes,
+        json!({"scopes": ["create:meter_usage", "read:billing_agreements", "read:organizations", "read:users"]})
+    );
+    let r = post_json(&base, "/_emulator/scopes", r#"{"scopes":["read:users"]}"#);
+    assert_eq!(r.json(), json!({"scopes": ["read:users"]}));
+    let r = meter(&base, &token, "agr", "calls", "1");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["errors"][0]["code"], "FORBIDDEN");
+    assert_eq!(
+        r.json()["errors"][0]["message"],
+        "the application lacks the scope create:meter_usage"
+    );
+    let r = get_auth(&base, &token, "/api/v1/organization?code=org_x");
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["errors"][0]["message"],
+        "the application lacks the scope read:organizations"
+    );
+    // With the scope, the same request gets as far as the lookup.
+    let r = get_auth(&base, &token, "/api/v1/user?id=kp_x");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["errors"][0]["code"], "USER_NOT_FOUND");
+    let counts = get(&base, "/_emulator/counts").json();
+    assert_eq!(counts["forbidden"], 2);
+    let requests = get(&base, "/_emulator/requests").json();
+    assert_eq!(requests[1]["outcome"], "forbidden");
+    assert_eq!(requests[1]["path"], "/api/v1/organization");
+    assert_eq!(requests[1]["query"], "code=org_x");
+    assert_eq!(
+        post_json(&base, "/_emulator/scopes", r#"{"scopes":"all"}"#).status,
+        400
+    );
+    assert_eq!(post_json(&base, "/_emulator/scopes", "{}").status, 400);
+}
+
+#[test]
+fn the_webhook_is_configured_and_its_deliveries_read_over_http() {
+    let (_emulator, base) = started();
+    assert_eq!(
+        get(&base, "/_emulator/webhook").json(),
+        json!({"url": null, "retry_delays_ms": [100.0, 500.0, 2000.0]})
+    );
+    // Nobody listens on this port: every attempt fails, and says why.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", closed.local_addr().unwrap());
+    drop(closed);
+    let set = post_json(
+        &base,
+        "/_emulator/webhook",
+        &json!({"url": url, "retry_delays_ms": [1, 1]}).to_string(),
+    );
+    assert_eq!(
+        set.json(),
+        json!({"url": url, "retry_delays_ms": [1.0, 1.0]})
+    );
+    post_json(
+        &base,
+        "/_emulator/plans",
+        r#"{"code":"p","features":["f"]}"#,
+    );
+    let made = post_json(&base, "/_emulator/customers", r#"{"plan":"p"}"#).json();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let deliveries = loop {
+        let d = get(&base, "/_emulator/webhook-deliveries").json();
+        if d.as_array().unwrap().iter().all(|d| d["finished"] == true) {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "deliveries never finished: {d}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let list = deliveries.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["type"], "customer.agreement_created");
+    assert_eq!(list[1]["type"], "customer.plan_assigned");
+    for d in list {
+        assert_eq!(d["customer_id"], made["customer_id"]);
+        assert_eq!(d["data"]["agreement_id"], made["agreement_id"]);
+        assert_eq!(d["url"], url.as_str());
+        assert_eq!(d["attempts"], 3);
+        assert_eq!(d["delivered"], false);
+        assert_eq!(d["last_status"], serde_json::Value::Null);
+        assert!(d["last_error"].as_str().unwrap().contains("cannot connect"));
+        assert!(d["webhook_id"].as_str().unwrap().starts_with("msg_"));
+        assert!(d["event_id"].as_str().unwrap().starts_with("event_"));
+    }
+
+    let off = post_json(&base, "/_emulator/webhook", r#"{"url":null}"#).json();
+    assert_eq!(off["url"], serde_json::Value::Null);
+    assert_eq!(
+        off["retry_delays_ms"],
+        json!([1.0, 1.0]),
+        "absent fields stay"
+    );
+    let r = post_json(
+        &base,
+        "/_emulator/webhook",
+        r#"{"url":"https://example.com/x"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("http://"));
+    // A reset forgets the deliveries.
+    post_json(&base, "/_emulator/reset", "");
+    assert_eq!(
+        get(&base, "/_emulator/webhook-deliveries").json(),
+        json!([])
+    );
+}

@@ -110,6 +110,106 @@ fn faults_from_flags_apply() {
     assert_eq!(running.terminate().code(), Some(0));
 }
 
+#[test]
+fn billing_flags_make_plans_customers_scopes_and_the_webhook() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!("http://{}/hooks", closed.local_addr().unwrap());
+    drop(closed);
+    let running = Running::start(&[
+        "--plan",
+        "pro=calls,rows",
+        "--organization=org_p=pro",
+        "--user",
+        "kp_p=pro",
+        "--scopes",
+        "create:meter_usage,read:organizations",
+        "--cycle-length",
+        "60",
+        "--webhook-url",
+        &hook,
+        "--webhook-retry-delays-ms=",
+    ]);
+    let base = running.base_url.clone();
+    let billing = get(&base, "/_emulator/billing").json();
+    assert_eq!(billing["cycle_length_secs"], 60.0);
+    let customers = billing["customers"].as_array().unwrap();
+    assert_eq!(customers.len(), 2);
+    let org = customers.iter().find(|c| c["org_code"] == "org_p").unwrap();
+    let agreement = org["agreements"][0]["id"].as_str().unwrap().to_owned();
+
+    let token = fetch_token_with(&base, "emulator-client-id", "emulator-client-secret");
+    let auth = format!("Bearer {token}");
+    let r = common::send(
+        &base,
+        "GET",
+        "/api/v1/organization?code=org_p&expand=billing",
+        &[("Authorization", auth.as_str())],
+        "",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.json()["billing"]["agreements"][0]["agreement_id"],
+        agreement.as_str()
+    );
+    // read:billing_agreements was not granted.
+    let path = format!(
+        "/api/v1/billing/agreements?customer_id={}",
+        org["customer_id"].as_str().unwrap()
+    );
+    let r = common::send(&base, "GET", &path, &[("Authorization", auth.as_str())], "");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["errors"][0]["code"], "FORBIDDEN");
+    assert_eq!(meter(&base, &token, &agreement, "calls", "2").status, 200);
+
+    assert_eq!(
+        get(&base, "/_emulator/webhook").json(),
+        serde_json::json!({"url": hook, "retry_delays_ms": []})
+    );
+    let r = common::post_json(
+        &base,
+        "/_emulator/cancel-agreement",
+        &serde_json::json!({"agreement_id": agreement}).to_string(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(meter(&base, &token, &agreement, "calls", "2").status, 400);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = get(&base, "/_emulator/webhook-deliveries").json();
+        if d[0]["finished"] == true {
+            assert_eq!(d[0]["type"], "customer.agreement_cancelled");
+            assert_eq!(d[0]["attempts"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{d}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(running.terminate().code(), Some(0));
+}
+
+#[test]
+fn cancelled_agreements_accept_usage_from_the_flag() {
+    let running = Running::start(&[
+        "--plan=p=f",
+        "--organization=org_q=p",
+        "--cancelled-agreements-accept-usage",
+    ]);
+    let base = running.base_url.clone();
+    let billing = get(&base, "/_emulator/billing").json();
+    assert_eq!(billing["cancelled_agreements_accept_usage"], true);
+    let agreement = billing["customers"][0]["agreements"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = serde_json::json!({"agreement_id": agreement}).to_string();
+    assert_eq!(
+        common::post_json(&base, "/_emulator/cancel-agreement", &body).status,
+        200
+    );
+    let token = fetch_token_with(&base, "emulator-client-id", "emulator-client-secret");
+    assert_eq!(meter(&base, &token, &agreement, "f", "1").status, 200);
+    assert_eq!(running.terminate().code(), Some(0));
+}
+
 /// Starts `kinde-emulator` with `args`, its stdout and stderr piped to the test.
 fn spawn(args: &[&str]) -> Child {
     Command::new(BIN)
@@ -146,6 +246,8 @@ fn a_bad_flag_exits_2_and_names_the_flag() {
         (&["--port", "banana"][..], "--port"),
         (&["--fault-status-503=7"][..], "--fault-status-503"),
         (&["--seed"][..], "--seed"),
+        (&["--plan", "pro"][..], "--plan"),
+        (&["--webhook-url", "https://x:1/"][..], "--webhook-url"),
     ] {
         let (code, out, err) = run_to_end(args);
         assert_eq!(code, Some(2), "{args:?}: {err}");
@@ -164,6 +266,11 @@ fn help_prints_the_flags_and_exits_0() {
         "--client-secret",
         "--fault-drop-after-apply",
         "--seed",
+        "--plan",
+        "--organization",
+        "--scopes",
+        "--webhook-url",
+        "--cancelled-agreements-accept-usage",
     ] {
         assert!(out.contains(flag), "{flag} missing from:\n{out}");
     }
