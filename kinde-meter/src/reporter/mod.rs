@@ -30,7 +30,9 @@ pub use self::events::{FlushReport, ShutdownReport, Stats};
 use self::shared::{CallProblem, Shared};
 pub use self::sink::{KindeSink, SendResult, Sink};
 use self::worker::{Command, Reply, Settings, Worker};
-use crate::api::{AgreementId, FeatureCode, MeterType, deadline_after};
+use crate::api::{
+    AgreementId, CustomerId, FeatureCode, MeterType, OrgCode, UserId, deadline_after,
+};
 use crate::config::{Config, ConfigError, defaults};
 use crate::context::with_current;
 // Named here for `__private` and `testing::capture`, which take it from the reporter.
@@ -152,6 +154,20 @@ pub fn record_for(agreement: &AgreementId, feature: &FeatureCode, usage: impl In
 /// The global reporter's counters.
 pub fn stats() -> Stats {
     GLOBAL.stats()
+}
+
+/// A verified billing webhook said that whom a customer is billed to, or on what terms,
+/// changed (an agreement created or cancelled, a plan assigned or changed): what is
+/// cached about it is stale, and its pending usage should go out before Kinde forgives
+/// it. Any of the three may be unknown.
+#[cfg_attr(not(feature = "webhooks"), allow(dead_code))]
+pub(crate) fn billing_changed(
+    customer: Option<&CustomerId>,
+    org: Option<&OrgCode>,
+    user: Option<&UserId>,
+) {
+    // wired by the resolver
+    let _ = (customer, org, user);
 }
 
 /// The path of `record` and `#[meter]` without an explicit agreement.
