@@ -15,6 +15,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use kinde_meter::api::Domain;
 use kinde_meter::webhooks::{EventKind, Jwks, WebhookEvent, WebhookHandler, WebhookVerifier};
+use kinde_meter_workspace::logs;
 use serde_json::{Value, json};
 
 // --- signing -------------------------------------------------------------------------
@@ -567,4 +568,29 @@ async fn keys_that_cannot_be_fetched_are_503_so_kinde_retries() {
     let domain = Domain::parse(&format!("http://127.0.0.1:{port}")).expect("domain");
     let app = App::start(WebhookVerifier::new(domain).expect("verifier")).await;
     assert_eq!(app.deliver("m", k1().token(&plan_changed("c1"))).await, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_warn_and_redeliveries_do_not() {
+    logs::recorded();
+    let (_kinde, app) = setup(Duration::from_secs(30)).await;
+    let token = k1().token(&plan_changed("c_logs"));
+    for _ in 0..3 {
+        assert_eq!(app.deliver("log_redelivered", token.clone()).await, 200);
+    }
+    let forged = k2().sign(
+        &json!({"alg": "RS256", "kid": "k1"}),
+        plan_changed("c_logs").to_string().as_bytes(),
+    );
+    assert_eq!(app.deliver("log_forged", forged).await, 401);
+    assert_eq!(logs::count(&["WARN", "log_redelivered"]), 0);
+    let redeliveries = logs::count(&["DEBUG kinde_meter", "log_redelivered", "already handled"]);
+    assert_eq!(redeliveries, 2);
+    let refusal = [
+        "WARN kinde_meter",
+        "log_forged",
+        "refused a Kinde webhook",
+        "signature does not verify with key \"k1\"",
+    ];
+    assert_eq!(logs::count(&refusal), 1, "{:?}", logs::recorded());
 }

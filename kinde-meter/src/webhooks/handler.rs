@@ -40,6 +40,8 @@ type Callback = Arc<dyn Fn(&WebhookEvent) + Send + Sync + 'static>;
 /// it first tells the reporter (which refreshes what it knows of the customer), then calls
 /// the [`on_event`](Self::on_event) callback, if any, for every verified event.
 ///
+/// The `content-type` is not checked: the signature is what proves a webhook.
+///
 /// Cheap to clone; a clone shares the verifier (keys and replay set) and the callback.
 ///
 /// ```

@@ -337,6 +337,9 @@ impl Jwks {
         if due {
             fetches.last_started = Some(Instant::now());
             fetches.count += 1;
+            // Stays if this call is dropped mid-fetch (its client hung up): the keys are
+            // then unknown, not known to lack the `kid`.
+            fetches.last_error = Some("a fetch was interrupted before it finished".to_owned());
             match source.fetch().await {
                 Ok(keys) => {
                     tracing::debug!(target: "kinde_meter", url = %source.url, keys = keys.keys.len(), "fetched the webhook signing keys");
