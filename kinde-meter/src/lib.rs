@@ -40,6 +40,8 @@
 //! - [`testing`] (feature `testing`): [`testing::capture`] for unit tests. A local Kinde
 //!   to test delivery against is the separate crate `kinde-meter-emulator`.
 //! - [`tower`] (feature `tower`): a layer that sets each request's agreement.
+//! - [`webhooks`] (feature `webhooks`): Kinde's billing webhooks, verified and
+//!   deduplicated, as a tower service.
 //!
 //! The README covers the concepts (agreement scope, aggregation window, delivery
 //! guarantees against Kinde's missing idempotency), every configuration option and
@@ -60,6 +62,9 @@ pub mod testing;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
 mod usage;
+#[cfg(feature = "webhooks")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhooks")))]
+pub mod webhooks;
 
 #[doc(hidden)]
 pub mod __private;

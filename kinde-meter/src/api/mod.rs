@@ -18,10 +18,14 @@ mod request;
 mod sent;
 mod token;
 
+#[cfg(feature = "webhooks")]
+pub(crate) use billing::parse_date_time;
 pub use billing::{
     Agreement, AgreementEntitlement, AgreementsPage, Customer, CustomerId, OrgCode, Organization,
     OrganizationAgreement, OrganizationBilling, User, UserBilling, UserId,
 };
+#[cfg(feature = "webhooks")]
+pub(crate) use body::{MAX_BODY, read_capped};
 pub(crate) use client::deadline_after;
 pub use client::{
     ApiResponse, Client, ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,

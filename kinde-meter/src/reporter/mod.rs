@@ -32,9 +32,10 @@ pub use self::sink::{KindeSink, SendResult, Sink};
 use self::dispatch::Resolution;
 use self::shared::BillingChange;
 use self::worker::{Command, Reply, Settings, Worker};
-use crate::api::{Customer, CustomerId, OrgCode, UserId};
+use crate::api::{
+    AgreementId, Customer, CustomerId, FeatureCode, MeterType, OrgCode, UserId, deadline_after,
+};
 use crate::resolve::{CacheSettings, Cached};
-use crate::api::{AgreementId, FeatureCode, MeterType, deadline_after};
 use crate::config::{Config, ConfigError, defaults};
 use crate::context::with_current;
 // Named here for `__private` and `testing::capture`, which take it from the reporter.
@@ -158,8 +159,6 @@ pub fn stats() -> Stats {
     GLOBAL.stats()
 }
 
-/// The path of `record` and `#[meter]` without an explicit agreement.
-#[inline(always)]
 /// Tells the global reporter that a customer's billing changed (a plan changed, an
 /// agreement was created or cancelled): its pending usage is sent at once, to the
 /// agreement it was recorded under, and its cached agreements are forgotten, so usage
@@ -195,6 +194,8 @@ fn billing_change(
     }
 }
 
+/// The path of `record` and `#[meter]` without an explicit agreement.
+#[inline(always)]
 pub(crate) fn record_current(feature: &FeatureCode, meter_type: MeterType, value: u64) {
     if let Some(recorder) = local::current() {
         return with_current(|found| {
