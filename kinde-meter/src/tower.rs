@@ -25,6 +25,7 @@
 //! ```
 
 use std::future::{Future, Ready, ready};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -34,7 +35,7 @@ use pin_project_lite::pin_project;
 pub use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::api::AgreementId;
+use crate::api::{AgreementId, Customer};
 use crate::context::{WithAgreement, in_poll};
 
 /// What to do with a request whose agreement cannot be resolved.
@@ -87,6 +88,43 @@ where
     }
 }
 
+/// A resolver that reads the customer from claims an authentication layer already
+/// verified and put in the request's extensions (as a value of type `C`). Built by
+/// [`AgreementLayer::customer_from_claims`].
+pub struct ClaimsResolver<C, F> {
+    read: F,
+    _claims: PhantomData<fn() -> C>,
+}
+
+impl<C, F: Clone> Clone for ClaimsResolver<C, F> {
+    fn clone(&self) -> Self {
+        Self {
+            read: self.read.clone(),
+            _claims: PhantomData,
+        }
+    }
+}
+
+impl<C, F> std::fmt::Debug for ClaimsResolver<C, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimsResolver")
+            .field("claims", &std::any::type_name::<C>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, F> ResolveAgreement for ClaimsResolver<C, F>
+where
+    C: Send + Sync + 'static,
+    F: Fn(&C) -> Option<Customer> + Clone + Send + Sync + 'static,
+{
+    type Future = Ready<Option<AgreementId>>;
+    fn resolve(&self, head: &Parts) -> Self::Future {
+        let customer = head.extensions.get::<C>().and_then(|claims| (self.read)(claims));
+        ready(customer.map(|c| AgreementId::for_customer(&c)))
+    }
+}
+
 /// Sets the current agreement for each request. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct AgreementLayer<R> {
@@ -130,6 +168,51 @@ where
     pub fn from_async(resolver: F) -> Self {
         Self {
             resolver: AsyncResolver(resolver),
+            missing: MissingAgreement::default(),
+        }
+    }
+}
+
+impl<C, F> AgreementLayer<ClaimsResolver<C, F>>
+where
+    C: Send + Sync + 'static,
+    F: Fn(&C) -> Option<Customer> + Clone + Send + Sync + 'static,
+{
+    /// A layer that runs each request in its customer's scope, the customer read from
+    /// the verified token claims (a value of type `C`) that your authentication layer
+    /// put in the request's extensions: `org_code` for a B2B service, `sub` for a B2C
+    /// one ([`Customer::from_claims`]). The layer verifies nothing itself. Usage is
+    /// resolved to the customer's agreement off the request path.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use kinde_meter::{meter, tower::AgreementLayer, Customer};
+    ///
+    /// /// What the service's JWT layer inserts once it has verified the token.
+    /// #[derive(Clone)]
+    /// struct Claims {
+    ///     sub: String,
+    ///     org_code: Option<String>,
+    /// }
+    ///
+    /// #[meter(feature = "reports")]
+    /// async fn report() -> &'static str {
+    ///     "report"
+    /// }
+    ///
+    /// let app: Router = Router::new().route("/report", get(report)).layer(
+    ///     AgreementLayer::customer_from_claims(|claims: &Claims| {
+    ///         Customer::from_claims(claims.org_code.as_deref(), Some(&claims.sub))
+    ///     }),
+    /// );
+    /// # let _ = app;
+    /// ```
+    pub fn customer_from_claims(read: F) -> Self {
+        Self {
+            resolver: ClaimsResolver {
+                read,
+                _claims: PhantomData,
+            },
             missing: MissingAgreement::default(),
         }
     }

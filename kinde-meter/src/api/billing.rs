@@ -424,6 +424,23 @@ impl Customer {
         CustomerId::new(id).map(Self::Id)
     }
 
+    /// The customer a verified Kinde token names: its organization when it has an
+    /// `org_code` (B2B), else its user by `sub` (B2C). `None` when neither is a valid id.
+    ///
+    /// ```
+    /// use kinde_meter::Customer;
+    ///
+    /// assert_eq!(Customer::from_claims(Some("org_1"), Some("kp_1")), Customer::org("org_1").ok());
+    /// assert_eq!(Customer::from_claims(None, Some("kp_1")), Customer::user("kp_1").ok());
+    /// assert_eq!(Customer::from_claims(None, None), None);
+    /// ```
+    pub fn from_claims(org_code: Option<&str>, sub: Option<&str>) -> Option<Self> {
+        match org_code.filter(|c| !c.is_empty()) {
+            Some(code) => Self::org(code).ok(),
+            None => Self::user(sub?).ok(),
+        }
+    }
+
     /// The form carried through the hot path in place of an agreement id:
     /// `org:<code>`, `user:<id>` or `customer:<id>`. The `:` is outside the alphabet of
     /// agreement ids, so no agreement can be taken for a customer or the other way round.

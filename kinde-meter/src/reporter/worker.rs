@@ -78,6 +78,8 @@ pub(crate) struct Worker<S> {
     /// The end of the last window closed: a billing cycle that ended after it and
     /// before the next close stamps the next window.
     last_close: Timestamp,
+    /// Resolver lookups already added to the counters.
+    lookups_counted: u64,
 }
 
 impl<S: Sink> Worker<S> {
@@ -105,6 +107,7 @@ impl<S: Sink> Worker<S> {
             recovered,
             billing,
             last_close: Timestamp::now(),
+            lookups_counted: 0,
         }
     }
 
@@ -274,10 +277,12 @@ impl<S: Sink> Worker<S> {
     }
 
     fn finished(&mut self, finished: Finished) {
-        self.shared
-            .counters
-            .resolver_lookups
-            .store(self.dispatch.resolver_lookups(), std::sync::atomic::Ordering::Relaxed);
+        let lookups = self.dispatch.resolver_lookups();
+        super::shared::saturating_add(
+            &self.shared.counters.resolver_lookups,
+            lookups.saturating_sub(self.lookups_counted),
+        );
+        self.lookups_counted = lookups;
         if let Some(event) = finished {
             self.accounts.account(event);
             self.dispatch.write_changes();
