@@ -323,17 +323,29 @@ async fn a_customer_without_an_agreement_for_the_feature_is_refused_with_its_rea
 async fn a_hundred_concurrent_requests_of_one_new_customer_send_one_lookup() {
     let _turn = one_at_a_time();
     let emulator = emulator();
-    emulator.add_plan("team", ["api_calls"]).expect("plan");
+    // Twenty features: twenty records of one customer, looked up at once.
+    let features: Vec<&'static str> = (0..20)
+        .map(|i| &*Box::leak(format!("feature_{i}").into_boxed_str()))
+        .collect();
+    emulator
+        .add_plan("team", features.iter().copied().chain(["api_calls"]))
+        .expect("plan");
     let created = emulator.add_organization("org_many", "team").expect("org");
     let lookups_before = kinde_meter::stats().resolver_lookups;
     let guard = init(
-        fast_config(&emulator).resolver_cache(Duration::from_secs(1), Duration::from_secs(1)),
+        fast_config(&emulator)
+            .resolver_cache(Duration::from_secs(1), Duration::from_secs(1))
+            .max_in_flight(16),
     );
     let many = Customer::org("org_many").expect("code");
     let tasks: Vec<_> = (0..100)
-        .map(|_| {
+        .map(|i| {
             let many = many.clone();
-            tokio::spawn(async move { calls(&many, 1).await })
+            let feature = features[i % features.len()];
+            tokio::spawn(with_customer(many.clone(), async move {
+                api_call();
+                kinde_meter::record(feature, 1);
+            }))
         })
         .collect();
     for task in tasks {
@@ -341,6 +353,7 @@ async fn a_hundred_concurrent_requests_of_one_new_customer_send_one_lookup() {
     }
     flushed(&guard).await;
     assert_eq!(total(&emulator, &created.agreement_id), 100);
+    assert_eq!(emulator.ledger_sum(), 200u64);
     let lookups = |path: &str| {
         emulator
             .requests()
