@@ -5,7 +5,7 @@
 //! global reporter (one test at a time: they share it).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -19,12 +19,8 @@ use kinde_meter_emulator::{Emulator, RequestOutcome};
 use kinde_meter_workspace::EmulatorExt;
 use kinde_meter_workspace::reporter::{fast_config, wait_until};
 
-static GLOBAL: Mutex<()> = Mutex::new(());
-
 /// The global reporter is one per process: tests take turns.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    GLOBAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+static GLOBAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[meter(feature = "api_calls")]
 fn api_call() {}
@@ -44,20 +40,20 @@ impl Seen {
         let unsent = Arc::clone(&self.unsent);
         let errors = Arc::clone(&self.errors);
         config
-            .on_unsent(move |records| unsent.lock().unwrap().extend_from_slice(records))
+            .on_unsent(move |records| unsent.lock().expect("lock").extend_from_slice(records))
             .on_error(move |e| {
                 if let MeterError::Unresolved(u) = e {
-                    errors.lock().unwrap().push(u.to_string());
+                    errors.lock().expect("lock").push(u.to_string());
                 }
             })
     }
 
     fn unsent(&self) -> Vec<UnsentRecord> {
-        self.unsent.lock().unwrap().clone()
+        self.unsent.lock().expect("lock").clone()
     }
 
     fn errors(&self) -> Vec<String> {
-        self.errors.lock().unwrap().clone()
+        self.errors.lock().expect("lock").clone()
     }
 }
 
@@ -126,7 +122,7 @@ fn init(config: Config) -> Guard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_knows_only_org_code_bills_the_right_agreement_through_a_plan_change() {
-    let _turn = one_at_a_time();
+    let _turn = GLOBAL.lock().await;
     let emulator = emulator();
     let url = serve_webhooks(&emulator).await;
     emulator.set_webhook_url(Some(&url)).expect("webhook url");
@@ -170,16 +166,26 @@ async fn a_service_that_knows_only_org_code_bills_the_right_agreement_through_a_
 
     let deliveries = emulator.webhook_deliveries();
     assert!(deliveries.len() >= 2, "{deliveries:?}");
-    assert!(deliveries.iter().all(|d| d.last_status == Some(200)), "{deliveries:?}");
+    assert!(
+        deliveries.iter().all(|d| d.last_status == Some(200)),
+        "{deliveries:?}"
+    );
     let during = u128::from(during.load(Ordering::Relaxed));
     let (old_total, new_total) = (total(&emulator, &old), total(&emulator, &new));
     // Nothing lost, nothing forgiven silently, nothing invented.
-    assert_eq!(old_total + new_total, 10 + during + 10, "old {old_total}, new {new_total}");
+    assert_eq!(
+        old_total + new_total,
+        10 + during + 10,
+        "old {old_total}, new {new_total}"
+    );
     assert!(seen.unsent().is_empty(), "{:?}", seen.unsent());
     assert_eq!(report.stats.unresolved, unresolved_before);
     // Before the change, the old agreement; after it, the new one (usage recorded while
     // the change was in flight went to whichever agreement took it, never to both).
-    assert!(old_total >= 10 && new_total >= 10, "old {old_total}, new {new_total}");
+    assert!(
+        old_total >= 10 && new_total >= 10,
+        "old {old_total}, new {new_total}"
+    );
     // The cancelled agreement took nothing after its cancellation.
     let cancelled_rejections = emulator
         .requests()
@@ -223,10 +229,15 @@ async fn usage_after_an_unannounced_plan_change(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agreement_kinde_says_ended_is_re_resolved_by_default() {
-    let _turn = one_at_a_time();
+    let _turn = GLOBAL.lock().await;
     let (emulator, seen, old, new, unresolved) =
         usage_after_an_unannounced_plan_change(AgreementEnded::Reresolve).await;
-    assert!(seen.unsent().is_empty(), "{:?} {:?}", seen.unsent(), seen.errors());
+    assert!(
+        seen.unsent().is_empty(),
+        "{:?} {:?}",
+        seen.unsent(),
+        seen.errors()
+    );
     assert_eq!(total(&emulator, &old), 3);
     assert_eq!(total(&emulator, &new), 5);
     assert_eq!(unresolved, 0);
@@ -240,7 +251,7 @@ async fn an_agreement_kinde_says_ended_is_re_resolved_by_default() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agreement_kinde_says_ended_is_handed_back_when_asked() {
-    let _turn = one_at_a_time();
+    let _turn = GLOBAL.lock().await;
     let (emulator, seen, old, new, unresolved) =
         usage_after_an_unannounced_plan_change(AgreementEnded::HandBack).await;
     assert_eq!(total(&emulator, &old), 3);
@@ -249,7 +260,11 @@ async fn an_agreement_kinde_says_ended_is_handed_back_when_asked() {
     assert_eq!(unsent.len(), 1, "{unsent:?}");
     assert_eq!(unsent[0].reason, UnsentReason::AgreementEnded);
     assert_eq!(unsent[0].record.value, 5);
-    assert_eq!(unsent[0].record.agreement.as_str(), old, "names the agreement it went to");
+    assert_eq!(
+        unsent[0].record.agreement.as_str(),
+        old,
+        "names the agreement it went to"
+    );
     assert_eq!(unsent[0].record.customer, Some(acme()));
     assert_eq!(unresolved, 5);
 }
@@ -257,7 +272,7 @@ async fn an_agreement_kinde_says_ended_is_handed_back_when_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_billing_webhook_sends_the_customers_pending_usage_at_once_to_the_agreement_it_was_recorded_under()
  {
-    let _turn = one_at_a_time();
+    let _turn = GLOBAL.lock().await;
     let emulator = emulator();
     emulator.set_cancelled_agreements_accept_usage(true);
     let url = serve_webhooks(&emulator).await;
@@ -283,8 +298,9 @@ async fn a_billing_webhook_sends_the_customers_pending_usage_at_once_to_the_agre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_customer_without_an_agreement_for_the_feature_is_refused_with_its_reason_never_guessed() {
-    let _turn = one_at_a_time();
+async fn a_customer_without_an_agreement_for_the_feature_is_refused_with_its_reason_never_guessed()
+{
+    let _turn = GLOBAL.lock().await;
     let emulator = emulator();
     let seen = Seen::default();
     let unresolved_before = kinde_meter::stats().unresolved;
@@ -298,30 +314,35 @@ async fn a_customer_without_an_agreement_for_the_feature_is_refused_with_its_rea
     calls(&Customer::org("org_nobody").expect("code"), 2).await;
     let report = guard.shutdown(Duration::from_secs(10)).await;
     assert!(report.is_complete(), "{report}");
-    assert_eq!(emulator.ledger_sum(), 0u64, "nothing is sent to a guessed agreement");
+    assert_eq!(
+        emulator.ledger_sum(),
+        0u64,
+        "nothing is sent to a guessed agreement"
+    );
     let mut unsent = seen.unsent();
     unsent.sort_by_key(|u| u.record.value);
     assert_eq!(unsent.len(), 2, "{unsent:?}");
     assert!(unsent.iter().all(|u| u.reason == UnsentReason::NoAgreement));
-    assert_eq!(
-        (unsent[0].record.value, unsent[1].record.value),
-        (2, 4)
-    );
+    assert_eq!((unsent[0].record.value, unsent[1].record.value), (2, 4));
     assert_eq!(report.stats.unresolved - unresolved_before, 6);
     let errors = seen.errors();
     assert!(
-        errors.iter().any(|e| e.contains("none of its agreements has the feature `exports`")),
+        errors
+            .iter()
+            .any(|e| e.contains("none of its agreements has the feature `exports`")),
         "{errors:?}"
     );
     assert!(
-        errors.iter().any(|e| e.contains("org_nobody") && e.contains("no such organization")),
+        errors
+            .iter()
+            .any(|e| e.contains("org_nobody") && e.contains("no such organization")),
         "{errors:?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_requests_of_one_new_customer_send_one_lookup() {
-    let _turn = one_at_a_time();
+    let _turn = GLOBAL.lock().await;
     let emulator = emulator();
     // Twenty features: twenty records of one customer, looked up at once.
     let features: Vec<&'static str> = (0..20)
@@ -368,14 +389,16 @@ async fn a_hundred_concurrent_requests_of_one_new_customer_send_one_lookup() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     calls(&many, 1).await;
     flushed(&guard).await;
-    assert!(wait_until(Duration::from_secs(5), || lookups("/api/v1/organization") == 2));
+    assert!(wait_until(Duration::from_secs(5), || lookups(
+        "/api/v1/organization"
+    ) == 2));
     assert_eq!(total(&emulator, &created.agreement_id), 101);
     guard.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_scope_is_named() {
-    let _turn = one_at_a_time();
+    let _turn = GLOBAL.lock().await;
     let emulator = emulator();
     emulator.set_scopes(["create:meter_usage", "read:billing_agreements"]);
     let seen = Seen::default();
@@ -383,12 +406,15 @@ async fn a_missing_scope_is_named() {
     calls(&acme(), 1).await;
     guard.shutdown(Duration::from_secs(5)).await;
     let errors = seen.errors();
-    assert!(errors.iter().any(|e| e.contains("`read:organizations`")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("`read:organizations`")),
+        "{errors:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_that_would_straddle_a_cycle_end_closes_there() {
-    let _turn = one_at_a_time();
+    let _turn = GLOBAL.lock().await;
     let emulator = emulator();
     let (_, before) = agreements_of(&emulator, "org_acme");
     let agreement = before[0].clone();
@@ -398,7 +424,9 @@ async fn a_window_that_would_straddle_a_cycle_end_closes_there() {
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("clock");
     let end = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs() + 3);
-    emulator.set_period_end(&agreement, end).expect("period end");
+    emulator
+        .set_period_end(&agreement, end)
+        .expect("period end");
     // Windows of a minute: only the cycle's end closes the one in between.
     let guard = init(fast_config(&emulator).flush_interval(Duration::from_secs(60)));
     calls(&acme(), 1).await;
@@ -417,7 +445,12 @@ async fn a_window_that_would_straddle_a_cycle_end_closes_there() {
             .index;
         *by_cycle.entry(cycle).or_default() += record.value.whole().expect("whole");
     }
-    assert_eq!(by_cycle, [(0, 4), (1, 4)].into_iter().collect(), "{:?}", emulator.accepted());
+    assert_eq!(
+        by_cycle,
+        [(0, 4), (1, 4)].into_iter().collect(),
+        "{:?}",
+        emulator.accepted()
+    );
 }
 
 #[derive(Clone)]
@@ -430,7 +463,7 @@ struct Claims {
 async fn the_tower_layer_reads_org_code_or_sub_from_verified_claims() {
     use axum::routing::get;
 
-    let _turn = one_at_a_time();
+    let _turn = GLOBAL.lock().await;
     let emulator = emulator();
     emulator.add_user("kp_solo", "basic").expect("user");
     let (_, acme_agreements) = agreements_of(&emulator, "org_acme");
@@ -478,7 +511,11 @@ async fn the_tower_layer_reads_org_code_or_sub_from_verified_claims() {
             .expect("request");
         assert!(r.status().is_success());
     }
-    let r = http.get(format!("http://{addr}/")).send().await.expect("request");
+    let r = http
+        .get(format!("http://{addr}/"))
+        .send()
+        .await
+        .expect("request");
     assert!(r.status().is_success());
     let report = guard.shutdown(Duration::from_secs(5)).await;
     assert!(report.is_complete(), "{report}");

@@ -82,5 +82,5 @@ pub use reporter::{
     Stats, Usage, billing_changed, init, record, record_for, stats,
 };
 pub use usage::{
-    JournalFailure, JournalIssue, MeterError, UnsentReason, UnsentRecord, Unresolved, UsageRecord,
+    JournalFailure, JournalIssue, MeterError, Unresolved, UnsentReason, UnsentRecord, UsageRecord,
 };

@@ -120,7 +120,10 @@ where
 {
     type Future = Ready<Option<AgreementId>>;
     fn resolve(&self, head: &Parts) -> Self::Future {
-        let customer = head.extensions.get::<C>().and_then(|claims| (self.read)(claims));
+        let customer = head
+            .extensions
+            .get::<C>()
+            .and_then(|claims| (self.read)(claims));
         ready(customer.map(|c| AgreementId::for_customer(&c)))
     }
 }

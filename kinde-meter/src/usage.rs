@@ -11,8 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub use crate::resolve::Unresolved;
 
 use crate::api::{
-    AgreementId, ApiError, CreateMeterUsageRecordRequest, Customer, FeatureCode, MAX_ID_LEN, MeterType,
-    Timestamp,
+    AgreementId, ApiError, CreateMeterUsageRecordRequest, Customer, FeatureCode, MAX_ID_LEN,
+    MeterType, Timestamp,
 };
 
 /// A value given to `#[meter(value = ...)]` that cannot be billed: negative, or larger

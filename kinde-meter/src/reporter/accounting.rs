@@ -109,10 +109,9 @@ impl Accounts {
                 let message = unresolved.to_string();
                 self.shared.set_last_error(message.clone());
                 let first = self.unresolved_logged.len() < 1000
-                    && self.unresolved_logged.insert((
-                        unresolved.customer.clone(),
-                        unresolved.feature.clone(),
-                    ));
+                    && self
+                        .unresolved_logged
+                        .insert((unresolved.customer.clone(), unresolved.feature.clone()));
                 if first {
                     tracing::warn!(
                         target: "kinde_meter",

@@ -20,9 +20,9 @@ use super::outbox::{Change, Event, Outbox, Policy, Record, Wait};
 use super::sink::{SendResult, Sink};
 use crate::api::{AgreementId, ApiError, Customer, CustomerId, StatusCode, Timestamp};
 use crate::config::{AgreementEnded, Delivery};
-use crate::resolve::{Cached, Lookup, ResolveError, Unresolved};
 use crate::journal::format::Stored;
 use crate::journal::{Journal, Recovered};
+use crate::resolve::{Cached, Lookup, ResolveError, Unresolved};
 use crate::usage::{
     JournalFailure, JournalIssue, RecordId, UnsentReason, UnsentRecord, UsageRecord,
 };
@@ -72,8 +72,12 @@ fn agreement_gone(error: &ApiError) -> bool {
     };
     (*status == StatusCode::BAD_REQUEST || *status == StatusCode::NOT_FOUND)
         && errors.iter().any(|e| {
-            e.code.as_deref().is_some_and(|c| c.to_ascii_uppercase().contains("AGREEMENT"))
-                || e.message.as_deref().is_some_and(|m| m.to_ascii_lowercase().contains("agreement"))
+            e.code
+                .as_deref()
+                .is_some_and(|c| c.to_ascii_uppercase().contains("AGREEMENT"))
+                || e.message
+                    .as_deref()
+                    .is_some_and(|m| m.to_ascii_lowercase().contains("agreement"))
         })
 }
 
@@ -464,7 +468,11 @@ impl<S: Sink> Dispatch<S> {
                 feature: record.usage.feature.clone(),
                 reason: format!(
                     "the agreement {} ended ({error})",
-                    record.attempts.bound.as_ref().map_or("", AgreementId::as_str)
+                    record
+                        .attempts
+                        .bound
+                        .as_ref()
+                        .map_or("", AgreementId::as_str)
                 ),
             };
             return Some(Event::Unresolved {
@@ -600,8 +608,9 @@ impl<S: Sink> Dispatch<S> {
                     if let Some(mut record) = self.resolving.remove(&e.id()) {
                         // Never sent: handed back as not applied.
                         self.outbox.abandon_in_flight(&record);
-                        record.attempts.last_error =
-                            Some("its customer was being looked up at the shutdown deadline".to_owned());
+                        record.attempts.last_error = Some(
+                            "its customer was being looked up at the shutdown deadline".to_owned(),
+                        );
                         left.push((record.id, record.unsent(UnsentReason::DeadlineExceeded)));
                     } else if let Some(mut record) = self.sending.remove(&e.id()) {
                         self.outbox.abandon_in_flight(&record);

@@ -26,18 +26,18 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) use self::cells::AgreementRef;
+use self::dispatch::Resolution;
 pub use self::events::{FlushReport, ShutdownReport, Stats};
+use self::shared::BillingChange;
 use self::shared::{CallProblem, Shared};
 pub use self::sink::{KindeSink, SendResult, Sink};
-use self::dispatch::Resolution;
-use self::shared::BillingChange;
 use self::worker::{Command, Reply, Settings, Worker};
 use crate::api::{
     AgreementId, Customer, CustomerId, FeatureCode, MeterType, OrgCode, UserId, deadline_after,
 };
-use crate::resolve::{CacheSettings, Cached};
 use crate::config::{Config, ConfigError, defaults};
 use crate::context::with_current;
+use crate::resolve::{CacheSettings, Cached};
 // Named here for `__private` and `testing::capture`, which take it from the reporter.
 pub use crate::usage::InvalidValue;
 

@@ -116,7 +116,10 @@ impl Shared {
     }
 
     /// Where [`Shared::billing_changed`] sends, while a worker runs.
-    pub(crate) fn set_billing(&self, to: Option<tokio::sync::mpsc::UnboundedSender<BillingChange>>) {
+    pub(crate) fn set_billing(
+        &self,
+        to: Option<tokio::sync::mpsc::UnboundedSender<BillingChange>>,
+    ) {
         *self.billing.lock().unwrap_or_else(|e| e.into_inner()) = to;
     }
 

@@ -16,9 +16,9 @@ use tokio::time::Instant;
 use super::accounting::{Accounts, delta_of};
 use super::cells::Drained;
 use super::dispatch::{Dispatch, Finished, Left, Resolution};
-use super::shared::BillingChange;
 use super::events::{FlushReport, ShutdownReport};
 use super::outbox::{Policy, Wait};
+use super::shared::BillingChange;
 use super::shared::Shared;
 use super::sink::Sink;
 use crate::api::{Timestamp, deadline_after};
@@ -202,7 +202,10 @@ impl<S: Sink> Worker<S> {
     fn next_period_end(&self) -> Option<Instant> {
         let end = self.dispatch.next_period_end(self.last_close)?;
         let wall = std::time::SystemTime::now();
-        let left = end.to_system_time().duration_since(wall).unwrap_or(Duration::ZERO);
+        let left = end
+            .to_system_time()
+            .duration_since(wall)
+            .unwrap_or(Duration::ZERO);
         Some(Instant::now() + left)
     }
 

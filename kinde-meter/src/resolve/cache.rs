@@ -336,7 +336,9 @@ mod tests {
     }
 
     fn agreement_of(answer: &Answer) -> String {
-        answer.as_ref().expect("an answer").agreements[0].id.to_string()
+        answer.as_ref().expect("an answer").agreements[0]
+            .id
+            .to_string()
     }
 
     #[tokio::test(start_paused = true)]

@@ -56,7 +56,10 @@ impl KindeResolver {
                     .await
                     .map_err(|e| not_found_as_unknown(e, customer))?;
                 user.billing.and_then(|b| b.customer_id).ok_or_else(|| {
-                    unknown("the user is not a billing customer; assign them a plan in Kinde".to_owned())
+                    unknown(
+                        "the user is not a billing customer; assign them a plan in Kinde"
+                            .to_owned(),
+                    )
                 })
             }
         }

@@ -74,7 +74,9 @@ impl CustomerAgreements {
     /// The one agreement that has `feature` and had not expired at `at`.
     pub fn pick(&self, feature: &FeatureCode, at: Timestamp) -> Result<&AgreementId, NoAgreement> {
         let mut found = self.agreements.iter().filter(|a| {
-            a.has_feature(feature) && a.expires_on.is_none_or(|end| end.unix_seconds() > at.unix_seconds())
+            a.has_feature(feature)
+                && a.expires_on
+                    .is_none_or(|end| end.unix_seconds() > at.unix_seconds())
         });
         match (found.next(), found.next()) {
             (Some(one), None) => Ok(&one.id),
@@ -141,7 +143,9 @@ impl fmt::Display for ResolveError {
             ResolveError::UnknownCustomer { customer, reason } => {
                 write!(f, "{customer} has no billing in Kinde: {reason}")
             }
-            ResolveError::Lookup(e) => write!(f, "looking up the customer's agreements failed: {e}"),
+            ResolveError::Lookup(e) => {
+                write!(f, "looking up the customer's agreements failed: {e}")
+            }
         }
     }
 }
@@ -177,7 +181,11 @@ impl fmt::Display for Unresolved {
 }
 
 impl Unresolved {
-    pub(crate) fn no_agreement(customer: &Customer, feature: &FeatureCode, why: &NoAgreement) -> Self {
+    pub(crate) fn no_agreement(
+        customer: &Customer,
+        feature: &FeatureCode,
+        why: &NoAgreement,
+    ) -> Self {
         let reason = match why {
             NoAgreement::None => format!(
                 "none of its agreements has the feature `{feature}`; add the feature to its plan in Kinde, \
@@ -186,7 +194,10 @@ impl Unresolved {
             NoAgreement::Several(ids) => format!(
                 "several of its agreements have the feature `{feature}` ({}); record against one of them \
                  with `with_agreement`",
-                ids.iter().map(AgreementId::as_str).collect::<Vec<_>>().join(", ")
+                ids.iter()
+                    .map(AgreementId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         Self {

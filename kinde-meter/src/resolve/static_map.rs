@@ -50,13 +50,19 @@ impl StaticResolver {
 
     /// Gives `customer` these agreements, replacing what it had.
     pub fn set_agreements(&self, customer: Customer, agreements: CustomerAgreements) {
-        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.insert(customer, agreements);
     }
 
     /// Forgets `customer`.
     pub fn remove(&self, customer: &Customer) {
-        let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.remove(customer);
     }
 }
@@ -64,7 +70,10 @@ impl StaticResolver {
 impl AgreementResolver for StaticResolver {
     fn agreements<'a>(&'a self, customer: &'a Customer) -> ResolveFuture<'a> {
         let found = {
-            let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let map = self
+                .map
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             map.get(customer).cloned()
         };
         Box::pin(async move {

@@ -3,7 +3,9 @@
 
 use http::Method;
 
-use crate::api::billing::{Agreement, AgreementsPage, CustomerId, OrgCode, Organization, User, UserId};
+use crate::api::billing::{
+    Agreement, AgreementsPage, CustomerId, OrgCode, Organization, User, UserId,
+};
 use crate::api::client::{Client, RequestOptions};
 use crate::api::error::ApiError;
 use crate::api::model::FeatureCode;
