@@ -34,7 +34,7 @@ pub(crate) fn expand(args: &MeterArgs, func: &MeterFn) -> TokenStream {
     };
     let agreement = match (&args.agreement, &args.customer) {
         (Some(expr), _) => expr.to_token_stream(),
-        (None, Some(expr)) => quote!(#private::ForCustomer(#expr)),
+        (None, Some(expr)) => quote!(#private::for_customer(#expr)),
         (None, None) => quote!(#private::CurrentAgreement),
     };
     let value = match &args.value {

@@ -132,6 +132,13 @@ impl AgreementArg for &String {
 #[derive(Clone, Copy, Debug)]
 pub struct ForCustomer<C>(pub C);
 
+/// Wraps `customer = <expr>`; a function so that a wrong type is an error on the
+/// expression itself.
+#[inline]
+pub fn for_customer<C: CustomerArg>(customer: C) -> ForCustomer<C> {
+    ForCustomer(customer)
+}
+
 /// What `customer = <expr>` may evaluate to.
 #[diagnostic::on_unimplemented(
     message = "`#[meter(customer = ...)]` must be a customer; `{Self}` is not",

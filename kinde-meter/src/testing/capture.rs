@@ -146,6 +146,13 @@ impl Capture {
         self.sink.data().usage.get(&key).copied().unwrap_or(0)
     }
 
+    /// Delta usage captured for `customer` (in a customer scope, or with
+    /// `#[meter(customer = ...)]`) and `feature`: billed to whichever agreement the
+    /// customer resolves to when the reporter sends it.
+    pub fn customer_total(&self, customer: &crate::Customer, feature: &str) -> u64 {
+        self.total(&customer.placeholder(), feature)
+    }
+
     /// The last absolute value of `feature` recorded for `agreement`.
     pub fn absolute(&self, agreement: &str, feature: &str) -> Option<u64> {
         let key = (
