@@ -455,6 +455,34 @@ pub(crate) mod tests {
         assert_eq!((entries(pieces), end), (written, End::Clean));
     }
 
+    /// A customer's record, before and after it was bound to an agreement: the stand-in
+    /// and the agreement both come back, and a record of an agreement is written as the
+    /// format always wrote it (no trailing field).
+    #[test]
+    fn customer_records_round_trip_with_the_agreement_they_are_bound_to() {
+        let customer = crate::api::Customer::org("org_acme").expect("code");
+        let mut unbound = stored(3, 9);
+        unbound.usage.agreement = AgreementId::for_customer(&customer);
+        unbound.usage.customer = Some(customer);
+        let mut bound = unbound.clone();
+        bound.id.seq = 4;
+        bound.attempts.bound = Some(AgreementId::new("agreement_acme").expect("id"));
+        let written = vec![Entry::Put(unbound), Entry::Put(bound)];
+        let mut bytes = header().to_vec();
+        for e in &written {
+            encode(e, &mut bytes);
+        }
+        let (pieces, end) = decode_all(&bytes);
+        assert_eq!((entries(pieces), end), (written, End::Clean));
+
+        let (mut plain, mut plain_bound) = (Vec::new(), Vec::new());
+        encode(&Entry::Put(stored(5, 1)), &mut plain);
+        let mut with = stored(5, 1);
+        with.attempts.bound = Some(AgreementId::new("agreement_x").expect("id"));
+        encode(&Entry::Put(with), &mut plain_bound);
+        assert_eq!(plain_bound.len(), plain.len() + 1 + 4 + "agreement_x".len());
+    }
+
     #[test]
     fn a_cut_is_a_torn_tail_and_damage_costs_only_the_entry_it_hits() {
         let mut bytes = header().to_vec();
