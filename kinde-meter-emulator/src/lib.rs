@@ -148,6 +148,7 @@ mod limits;
 mod server;
 mod validate;
 mod webhook;
+mod webhook_delivery;
 
 #[cfg(test)]
 mod tests;

@@ -156,7 +156,7 @@ async fn run(
     shared.lock().audience = format!("http://{addr}/api");
     shared.up.store(true, Ordering::SeqCst);
     if let Some(outbox) = shared.take_outbox() {
-        tokio::spawn(crate::webhook::run(shared.clone(), outbox));
+        tokio::spawn(crate::webhook_delivery::run(shared.clone(), outbox));
     }
     let mut listener = Some(listener);
     let _ = ready.send(Ok(addr));

@@ -2,11 +2,10 @@
 //! delivery of events to the configured URL (asynchronous, in order per customer,
 //! retried on any answer other than 200).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
@@ -16,10 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
-use crate::clock::{format_rfc3339, unix_secs};
-use crate::exchange::Shared;
 
 /// How long a webhook token stays valid: `exp` is `iat` plus this.
 pub const WEBHOOK_TOKEN_LIFETIME_SECS: u64 = 300;
@@ -305,62 +301,8 @@ fn split_url(url: &str) -> Result<(&str, &str), String> {
     Ok((authority, path))
 }
 
-/// Takes deliveries in order and sends them, one customer's after the other's
-/// but customers side by side.
-pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    let mut queues: HashMap<String, mpsc::UnboundedSender<Outgoing>> = HashMap::new();
-    while let Some(out) = rx.recv().await {
-        let tx = queues.entry(out.customer_id.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(customer_queue(shared.clone(), rx));
-            tx
-        });
-        let _ = tx.send(out);
-    }
-}
-
-async fn customer_queue(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-    while let Some(out) = rx.recv().await {
-        deliver(&shared, out).await;
-    }
-}
-
-async fn deliver(shared: &Shared, out: Outgoing) {
-    let signer = match shared.signer() {
-        Ok(signer) => signer,
-        Err(e) => {
-            shared
-                .lock()
-                .webhook_attempted(out.index, out.epoch, Err(e.to_string()), true);
-            return;
-        }
-    };
-    let attempts = out.retry_delays.len() + 1;
-    for attempt in 0..attempts {
-        if let Some(wait) = attempt.checked_sub(1).and_then(|i| out.retry_delays.get(i)) {
-            tokio::time::sleep(*wait).await;
-        }
-        let now = SystemTime::now();
-        let iat = unix_secs(now);
-        let mut claims = out.claims.clone();
-        claims["timestamp"] = json!(format_rfc3339(now));
-        claims["iat"] = json!(iat);
-        claims["exp"] = json!(iat + WEBHOOK_TOKEN_LIFETIME_SECS);
-        let body = signer.sign(&claims);
-        let result = post(&out.url, &out.webhook_id, body).await;
-        let delivered = result == Ok(200);
-        let last = attempt + 1 == attempts;
-        shared
-            .lock()
-            .webhook_attempted(out.index, out.epoch, result, delivered || last);
-        if delivered {
-            return;
-        }
-    }
-}
-
 /// One POST; the status of the answer.
-async fn post(url: &str, webhook_id: &str, body: String) -> Result<u16, String> {
+pub(crate) async fn post(url: &str, webhook_id: &str, body: String) -> Result<u16, String> {
     let (authority, path) = split_url(url)?;
     let attempt = async {
         let stream = TcpStream::connect(authority)
