@@ -16,7 +16,6 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
-
 /// How long a webhook token stays valid: `exp` is `iat` plus this.
 pub const WEBHOOK_TOKEN_LIFETIME_SECS: u64 = 300;
 /// The default waits between delivery attempts: 100 ms, 500 ms, then 2 s (four

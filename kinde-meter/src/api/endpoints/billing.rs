@@ -38,17 +38,8 @@ impl Client {
         if let Some(after) = starting_after {
             query.push(("starting_after", after));
         }
-        let answer = self
-            .execute::<(), AgreementsPage>(Call {
-                method: Method::GET,
-                path: AGREEMENTS,
-                query: &query,
-                scope: "read:billing_agreements",
-                body: None,
-                options: &RequestOptions::default(),
-            })
-            .await?;
-        Ok(answer.data)
+        self.read(AGREEMENTS, &query, "read:billing_agreements")
+            .await
     }
 
     /// Every agreement of a customer, following `has_more` (at most 2,000).
@@ -80,28 +71,30 @@ impl Client {
     /// An organization with its billing (`GET /api/v1/organization?code=…&expand=billing`,
     /// scope `read:organizations`).
     pub async fn organization_billing(&self, code: &OrgCode) -> Result<Organization, ApiError> {
-        let answer = self
-            .execute::<(), Organization>(Call {
-                method: Method::GET,
-                path: ORGANIZATION,
-                query: &[("code", code.as_str()), ("expand", "billing")],
-                scope: "read:organizations",
-                body: None,
-                options: &RequestOptions::default(),
-            })
-            .await?;
-        Ok(answer.data)
+        let query = [("code", code.as_str()), ("expand", "billing")];
+        self.read(ORGANIZATION, &query, "read:organizations").await
     }
 
     /// A user with their billing (`GET /api/v1/user?id=…&expand=billing`, scope
     /// `read:users`).
     pub async fn user_billing(&self, id: &UserId) -> Result<User, ApiError> {
+        let query = [("id", id.as_str()), ("expand", "billing")];
+        self.read(USER, &query, "read:users").await
+    }
+
+    /// A `GET` of `path` with `query`, decoded as `T`.
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &'static str,
+        query: &[(&str, &str)],
+        scope: &'static str,
+    ) -> Result<T, ApiError> {
         let answer = self
-            .execute::<(), User>(Call {
+            .execute::<(), T>(Call {
                 method: Method::GET,
-                path: USER,
-                query: &[("id", id.as_str()), ("expand", "billing")],
-                scope: "read:users",
+                path,
+                query,
+                scope,
                 body: None,
                 options: &RequestOptions::default(),
             })
