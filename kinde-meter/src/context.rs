@@ -476,10 +476,10 @@ impl<F> std::fmt::Debug for WithAgreement<F> {
 /// # Ok(()) }
 /// ```
 pub trait AgreementFutureExt: Future + Sized {
-    /// Runs this future in the agreement that is current *now* (where this method is
-    /// called), or with no scope if there is none.
+    /// Runs this future in the agreement (or customer) scope that is current *now*
+    /// (where this method is called), or with no scope if there is none.
     fn in_current_agreement(self) -> WithAgreement<Self> {
-        WithAgreement::new(current_agreement(), self)
+        WithAgreement::new(current(), self)
     }
 
     /// Runs this future with `agreement` as the current agreement.
@@ -502,6 +502,18 @@ mod tests {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime")
+    }
+
+    #[test]
+    fn a_customer_scope_is_carried_into_spawned_tasks_and_is_no_agreement() {
+        let acme = Customer::org("org_acme").expect("code");
+        let seen = runtime().block_on(with_customer(acme.clone(), async {
+            let spawned = tokio::spawn(
+                async { (current_customer(), current_agreement()) }.in_current_agreement(),
+            );
+            spawned.await.expect("task")
+        }));
+        assert_eq!(seen, (Some(acme), None));
     }
 
     #[test]
