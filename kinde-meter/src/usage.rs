@@ -78,9 +78,11 @@ impl std::error::Error for InvalidValue {}
 #[non_exhaustive]
 pub struct UsageRecord {
     /// The agreement billed. For usage recorded for a [`customer`](Self::customer): the
-    /// agreement it was resolved to, or, before it was (an `on_unsent` with
-    /// [`UnsentReason::NoAgreement`]), a stand-in naming the customer (`org:org_acme`)
-    /// that is never sent.
+    /// agreement it was resolved to, or, if it never was (handed back with
+    /// [`UnsentReason::NoAgreement`], or at a deadline before its lookup answered), a
+    /// stand-in naming the customer (`org:org_acme`) that is never sent. Deserializing
+    /// takes both.
+    #[serde(deserialize_with = "agreement_or_stand_in")]
     pub agreement: AgreementId,
     /// The customer the usage was recorded for, when it was recorded in a customer
     /// scope ([`with_customer`](crate::with_customer)) rather than for an agreement.
@@ -97,6 +99,20 @@ pub struct UsageRecord {
     /// Sent as `Idempotency-Key` on every attempt of this record.
     #[serde(deserialize_with = "idempotency_key")]
     pub idempotency_key: String,
+}
+
+/// An agreement id, or a customer's stand-in (see [`UsageRecord::agreement`]).
+fn agreement_or_stand_in<'de, D: Deserializer<'de>>(d: D) -> Result<AgreementId, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    if text.contains(':') {
+        return AgreementId::from_stored(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid customer agreement id {text:?}: neither an agreement id nor a customer \
+                 (`org:<code>`, `user:<id>`, `customer:<id>`)"
+            ))
+        });
+    }
+    AgreementId::new(&*text).map_err(serde::de::Error::custom)
 }
 
 /// An idempotency key as the client sends one: 1 to 255 bytes of visible ASCII.

@@ -12,12 +12,24 @@ pub(crate) struct Capped {
     pub(crate) cut: bool,
 }
 
+/// The cap of the billing look-ups, whose pages list agreements with every
+/// entitlement of their plans.
+pub(crate) const MAX_READ_BODY: usize = 4 * 1024 * 1024;
+
 /// Reads at most [`MAX_BODY`] bytes of `response`, then stops: dropping the response
 /// closes the connection instead of draining the rest.
-pub(crate) async fn read_capped(mut response: reqwest::Response) -> Result<Capped, reqwest::Error> {
+pub(crate) async fn read_capped(response: reqwest::Response) -> Result<Capped, reqwest::Error> {
+    read_capped_to(response, MAX_BODY).await
+}
+
+/// [`read_capped`] with another cap.
+pub(crate) async fn read_capped_to(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Capped, reqwest::Error> {
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        let room = MAX_BODY - bytes.len();
+        let room = max - bytes.len();
         if chunk.len() > room {
             bytes.extend_from_slice(&chunk[..room]);
             return Ok(Capped { bytes, cut: true });

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use super::body::{MAX_BODY, read_capped};
+use super::body::read_capped_to;
 use super::client::{ApiResponse, Client, RequestOptions, deadline_after};
 use super::error::{ApiError, BoxError, TokenError};
 use super::model::ErrorBody;
@@ -30,6 +30,8 @@ pub(super) struct Call<'a, B> {
     pub(super) query: &'a [(&'a str, &'a str)],
     /// The scope the endpoint needs, named when the token is refused.
     pub(super) scope: &'static str,
+    /// The longest answer read (`body::MAX_BODY` for most).
+    pub(super) body_limit: usize,
     /// Sent as JSON, when there is one.
     pub(super) body: Option<&'a B>,
     pub(super) options: &'a RequestOptions,
@@ -126,13 +128,16 @@ impl Client {
                 continue;
             }
             let headers = response.headers().clone();
-            let body = read_capped(response)
+            let body = read_capped_to(response, call.body_limit)
                 .await
                 .map_err(|e| transport_error(e, timeout, &sent))?;
             if body.cut && status.is_success() {
                 return Err(ApiError::Undecodable {
                     status,
-                    reason: format!("the body is longer than {MAX_BODY} bytes (cut there)"),
+                    reason: format!(
+                        "the body is longer than {} bytes (cut there)",
+                        call.body_limit
+                    ),
                     body: excerpt(&body.bytes),
                 });
             }

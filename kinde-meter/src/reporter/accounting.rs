@@ -102,6 +102,9 @@ impl Accounts {
                 self.episode_failure(unsent.last_error.clone().unwrap_or_default());
                 self.shared.unsent(&[unsent]);
             }
+            Event::LookupRetrying { customer, error } => {
+                self.episode_failure(format!("looking up the agreements of {customer}: {error}"));
+            }
             Event::Unresolved { unsent, unresolved } => {
                 let delta = unsent.record.delta();
                 saturating_add(&c.unsent, delta);

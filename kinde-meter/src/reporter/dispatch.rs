@@ -64,20 +64,30 @@ impl std::fmt::Display for Reresolving {
 impl std::error::Error for Reresolving {}
 
 /// Whether Kinde refused a record because its agreement is gone (cancelled, expired,
-/// unknown). Kinde does not document the answer: a 400 or 404 whose error code or
-/// message speaks of the agreement is taken as such (an assumption the README names).
+/// unknown). Kinde does not document the answer: a 400 or 404 with an error whose code
+/// names the agreement and its end (`AGREEMENT_CANCELLED`, `AGREEMENT_NOT_FOUND`, ...),
+/// or whose message says the agreement was cancelled, expired, ended or is unknown (an
+/// assumption the README names). Any other refusal is a plain rejection.
 fn agreement_gone(error: &ApiError) -> bool {
+    const ENDS: [&str; 6] = [
+        "cancel",
+        "not found",
+        "not_found",
+        "expired",
+        "ended",
+        "inactive",
+    ];
     let ApiError::Rejected { status, errors } = error else {
         return false;
     };
+    let says_gone = |text: &str| {
+        let text = text.to_ascii_lowercase();
+        text.contains("agreement")
+            && (ENDS.iter().any(|end| text.contains(end)) || text.contains("no customer agreement"))
+    };
     (*status == StatusCode::BAD_REQUEST || *status == StatusCode::NOT_FOUND)
         && errors.iter().any(|e| {
-            e.code
-                .as_deref()
-                .is_some_and(|c| c.to_ascii_uppercase().contains("AGREEMENT"))
-                || e.message
-                    .as_deref()
-                    .is_some_and(|m| m.to_ascii_lowercase().contains("agreement"))
+            e.code.as_deref().is_some_and(says_gone) || e.message.as_deref().is_some_and(says_gone)
         })
 }
 
@@ -178,11 +188,8 @@ impl<S: Sink> Dispatch<S> {
                         .push(unsent(&stored, UnsentReason::Ambiguous));
                     continue;
                 }
-                done.ambiguous.push((
-                    stored.usage.clone(),
-                    stored.attempts.count,
-                    resumed.in_flight,
-                ));
+                done.ambiguous
+                    .push((billed(&stored), stored.attempts.count, resumed.in_flight));
             }
             keep.push(stored.clone());
             self.outbox.restore(stored, now);
@@ -308,11 +315,18 @@ impl<S: Sink> Dispatch<S> {
 
     /// Records waiting or in flight: what counts toward the pending-key bound.
     pub(crate) fn len(&self) -> usize {
+        // Records waiting for a lookup hold no slot (see `Outbox::lookup_started`), but
+        // count toward the bound.
         self.outbox.len()
+            + self
+                .resolving
+                .values()
+                .filter(|r| r.usage.meter_type == crate::api::MeterType::Delta)
+                .count()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.outbox.is_empty()
+        self.outbox.is_empty() && self.resolving.is_empty()
     }
 
     /// Hands a window's usage of one key to the policy.
@@ -425,8 +439,12 @@ impl<S: Sink> Dispatch<S> {
             // A lookup task that panicked: nothing was sent; look again after a backoff.
             Err(e) if self.resolving.contains_key(&e.id()) => {
                 let record = self.resolving.remove(&e.id())?;
+                let customer = record.usage.customer.clone()?;
                 self.outbox.lookup_failed(record, Instant::now());
-                return None;
+                return Some(Event::LookupRetrying {
+                    customer,
+                    error: "the agreement resolver panicked".to_owned(),
+                });
             }
             // The request task panicked or was aborted: whether it was sent is unknown.
             Err(e) => {
@@ -462,7 +480,7 @@ impl<S: Sink> Dispatch<S> {
             }
             record.attempts.count = record.attempts.count.saturating_add(1);
             record.attempts.last_error = Some(error.to_string());
-            self.outbox.give_up(&record);
+            self.outbox.give_up(&record, false);
             let unresolved = Unresolved {
                 customer,
                 feature: record.usage.feature.clone(),
@@ -514,6 +532,7 @@ impl<S: Sink> Dispatch<S> {
                 })))),
             }
         });
+        self.outbox.lookup_started(&record);
         self.resolving.insert(handle.id(), record);
     }
 
@@ -542,12 +561,15 @@ impl<S: Sink> Dispatch<S> {
             Err(error) if error.is_transient() => {
                 record.attempts.last_error = Some(error.to_string());
                 self.outbox.lookup_failed(record, now);
-                return None;
+                return Some(Event::LookupRetrying {
+                    customer,
+                    error: error.to_string(),
+                });
             }
             Err(error) => Unresolved::failed(&customer, &record.usage.feature, &error),
         };
         record.attempts.last_error = Some(unresolved.reason.clone());
-        self.outbox.give_up(&record);
+        self.outbox.give_up(&record, true);
         Some(Event::Unresolved {
             unsent: record.unsent(crate::usage::UnsentReason::NoAgreement),
             unresolved,
@@ -607,13 +629,13 @@ impl<S: Sink> Dispatch<S> {
                 Err(e) => {
                     if let Some(mut record) = self.resolving.remove(&e.id()) {
                         // Never sent: handed back as not applied.
-                        self.outbox.abandon_in_flight(&record);
+                        self.outbox.abandon_in_flight(&record, true);
                         record.attempts.last_error = Some(
                             "its customer was being looked up at the shutdown deadline".to_owned(),
                         );
                         left.push((record.id, record.unsent(UnsentReason::DeadlineExceeded)));
                     } else if let Some(mut record) = self.sending.remove(&e.id()) {
-                        self.outbox.abandon_in_flight(&record);
+                        self.outbox.abandon_in_flight(&record, false);
                         record.attempts.count = record.attempts.count.saturating_add(1);
                         record.attempts.maybe_applied = true;
                         record.attempts.last_error =
@@ -681,9 +703,19 @@ fn new_outbox(policy: &Policy, journal: Option<&Journal>) -> Outbox {
     }
 }
 
+/// What is billed of a stored record: its usage, with the agreement a customer's usage
+/// was bound to in place of the customer's stand-in.
+fn billed(stored: &Stored) -> UsageRecord {
+    let mut usage = stored.usage.clone();
+    if let Some(bound) = &stored.attempts.bound {
+        usage.agreement = bound.clone();
+    }
+    usage
+}
+
 fn unsent(stored: &Stored, reason: UnsentReason) -> UnsentRecord {
     UnsentRecord {
-        record: stored.usage.clone(),
+        record: billed(stored),
         reason,
         maybe_applied: stored.attempts.maybe_applied,
         attempts: stored.attempts.count,

@@ -530,6 +530,7 @@ impl Reporter {
                             negative_ttl: config.resolver_negative_ttl,
                             stale_for: config.resolver_ttl,
                             max_customers: config.resolver_max_customers,
+                            lookup_timeout: config.client.request_timeout,
                         },
                     ))
                 }),

@@ -147,6 +147,11 @@ pub(crate) enum Event {
     },
     Rejected(Record, ApiError),
     Unsent(UnsentRecord),
+    /// A lookup of a customer failed for a reason that may pass: its records wait.
+    LookupRetrying {
+        customer: crate::api::Customer,
+        error: String,
+    },
     /// A customer's record that no agreement could take: handed back with the reason.
     Unresolved {
         unsent: UnsentRecord,
@@ -346,6 +351,10 @@ impl Outbox {
             r.same_key(record)
                 && r.bucket == record.bucket
                 && (!r.attempts.maybe_applied || record.is_absolute())
+                // A customer's record bound to an agreement keeps only what was bound
+                // with it: newer usage is resolved on its own (the agreement may have
+                // ended, or its cycle).
+                && r.attempts.bound.is_none()
         })
     }
 
@@ -595,15 +604,36 @@ impl Outbox {
         not_before
     }
 
-    /// Puts back a record taken with [`Outbox::next`] that was not sent because its
-    /// customer was being resolved: no attempt is counted, its rate token goes back, and
-    /// it is due at `not_before`, ahead of newer records of its key.
-    pub(crate) fn requeue(&mut self, record: Record, not_before: Instant) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        self.bucket.refund();
+    /// A record taken with [`Outbox::next`] waits for a lookup of its customer, which is
+    /// not a request: its delivery slot and rate token go back, so deliveries to other
+    /// keys do not wait behind a slow lookup. An absolute record keeps both (and its
+    /// place in its key's order) until it is sent.
+    pub(crate) fn lookup_started(&mut self, record: &Record) {
+        if !record.is_absolute() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.bucket.refund();
+        }
+    }
+
+    /// Gives back what a record taken with [`Outbox::next`] holds: its slot, and for an
+    /// absolute one its key's turn. `looked_up`: it was waiting for a lookup
+    /// ([`Outbox::lookup_started`]), so only an absolute one still holds a slot.
+    fn release(&mut self, record: &Record, looked_up: bool) {
+        if !looked_up || record.is_absolute() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
         if record.is_absolute() {
             self.absolute_in_flight.remove(&record.absolute_key());
         }
+    }
+
+    /// Puts back a record whose customer was looked up ([`Outbox::lookup_started`]): no
+    /// attempt is counted, and it is due at `not_before`, ahead of newer records of its key.
+    pub(crate) fn requeue(&mut self, record: Record, not_before: Instant) {
+        if record.is_absolute() {
+            self.bucket.refund();
+        }
+        self.release(&record, true);
         let stored = record.stored();
         self.log(|| Change::Put(stored));
         self.waiting.insert(0, Entry { record, not_before });
@@ -620,12 +650,10 @@ impl Outbox {
         now + delay
     }
 
-    /// Settles a record taken with [`Outbox::next`] that will not be sent again.
-    pub(crate) fn give_up(&mut self, record: &Record) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if record.is_absolute() {
-            self.absolute_in_flight.remove(&record.absolute_key());
-        }
+    /// Settles a record taken with [`Outbox::next`] that will not be sent again
+    /// (`looked_up`: see [`Outbox::release`]).
+    pub(crate) fn give_up(&mut self, record: &Record, looked_up: bool) {
+        self.release(record, looked_up);
         let id = record.id;
         self.log(|| Change::Settle(id));
     }
@@ -669,12 +697,10 @@ impl Outbox {
         self.waiting.drain(..).map(|e| e.record).collect()
     }
 
-    /// Forgets records that were in flight when they were abandoned (at the deadline).
-    pub(crate) fn abandon_in_flight(&mut self, record: &Record) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if record.is_absolute() {
-            self.absolute_in_flight.remove(&record.absolute_key());
-        }
+    /// Forgets records that were in flight, or waiting for a lookup (`looked_up`), when
+    /// they were abandoned (at the deadline).
+    pub(crate) fn abandon_in_flight(&mut self, record: &Record, looked_up: bool) {
+        self.release(record, looked_up);
     }
 }
 
@@ -1077,6 +1103,7 @@ mod properties {
                 }
                 Event::Unsent(_)
                 | Event::Unresolved { .. }
+                | Event::LookupRetrying { .. }
                 | Event::Retrying { .. }
                 | Event::Superseded => {}
             }

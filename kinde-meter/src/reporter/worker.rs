@@ -167,6 +167,8 @@ impl<S: Sink> Worker<S> {
                     // recorded under; what comes after is resolved afresh.
                     self.flush();
                     self.dispatch.billing_changed(change.customer_id.as_ref(), &change.named);
+                    // The bindings it made, on disk before those records leave.
+                    self.dispatch.write_changes();
                     next_flush = deadline_after(interval);
                 }
                 () = self.shared.registry.flush_wanted() => {
@@ -183,6 +185,9 @@ impl<S: Sink> Worker<S> {
     }
 
     fn stopped(&mut self) {
+        // Before the reporter counts as stopped: a billing change told to it after this is
+        // refused (`false`), not lost.
+        self.shared.set_billing(None);
         if let Some(f) = self.on_stop.take() {
             f();
         }
@@ -288,9 +293,11 @@ impl<S: Sink> Worker<S> {
         self.lookups_counted = lookups;
         if let Some(event) = finished {
             self.accounts.account(event);
-            self.dispatch.write_changes();
             self.publish_waiting();
         }
+        // Always, event or not: a record bound to its agreement by a lookup is written
+        // here, before its first attempt's start is synced.
+        self.dispatch.write_changes();
         self.journal_health();
     }
 

@@ -26,6 +26,9 @@ pub(crate) struct CacheSettings {
     pub(crate) stale_for: Duration,
     /// Customers held at most; the oldest answer goes first.
     pub(crate) max_customers: usize,
+    /// A refresh started in the background gives up after this long, so a lookup that
+    /// never answers does not hold the customer's flight for good.
+    pub(crate) lookup_timeout: Duration,
 }
 
 type Answer = Result<Arc<CustomerAgreements>, Arc<ResolveError>>;
@@ -127,7 +130,9 @@ impl Cached {
             let this = Arc::clone(self);
             let customer = customer.clone();
             runtime.spawn(async move {
-                drop(this.fetch(&customer).await);
+                // Dropped at the timeout: the flight's cell is free again for the next ask.
+                let timeout = this.settings.lookup_timeout;
+                drop(tokio::time::timeout(timeout, this.fetch(&customer)).await);
             });
         }
         Lookup::Found(found)
@@ -327,6 +332,7 @@ mod tests {
             negative_ttl: Duration::from_secs(5),
             stale_for: Duration::from_secs(30),
             max_customers: max,
+            lookup_timeout: Duration::from_secs(5),
         };
         (Arc::new(Cached::new(inner.clone(), settings)), inner)
     }

@@ -132,6 +132,8 @@ impl ResolveError {
     pub fn is_transient(&self) -> bool {
         match self {
             ResolveError::UnknownCustomer { .. } => false,
+            // An answer that cannot be read will not read better next time.
+            ResolveError::Lookup(ApiError::Undecodable { .. }) => false,
             ResolveError::Lookup(e) => e.disposition() != Disposition::Rejected,
         }
     }

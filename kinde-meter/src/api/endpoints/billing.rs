@@ -55,7 +55,13 @@ impl Client {
                 .billing_agreements_page(customer, feature, after.as_deref())
                 .await?;
             let more = page.has_more == Some(true) && !page.agreements.is_empty();
-            all.extend(page.agreements);
+            // A page repeated (a server that ignores `starting_after`) must not make one
+            // agreement look like several.
+            for agreement in page.agreements {
+                if !all.iter().any(|a| a.id == agreement.id) {
+                    all.push(agreement);
+                }
+            }
             if !more {
                 return Ok(all);
             }
@@ -95,6 +101,7 @@ impl Client {
                 path,
                 query,
                 scope,
+                body_limit: crate::api::body::MAX_READ_BODY,
                 body: None,
                 options: &RequestOptions::default(),
             })

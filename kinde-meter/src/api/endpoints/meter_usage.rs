@@ -44,6 +44,7 @@ impl Client {
             path: PATH,
             query: &[],
             scope: METER_USAGE_SCOPE,
+            body_limit: crate::api::body::MAX_BODY,
             body: Some(request),
             options,
         })
