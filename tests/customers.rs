@@ -522,3 +522,26 @@ async fn the_tower_layer_reads_org_code_or_sub_from_verified_claims() {
     assert_eq!(total(&emulator, &acme_agreements[0]), 3);
     assert_eq!(total(&emulator, &solo_agreement), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reporter_of_its_own_bills_customers_through_the_resolver_it_is_given() {
+    // Its own cells: no turn on the global reporter needed.
+    let emulator = Emulator::start().expect("emulator");
+    let resolver = kinde_meter::resolve::StaticResolver::new();
+    let map = Customer::user("kp_mapped").expect("id");
+    resolver.set(
+        map.clone(),
+        "agreement_mapped".parse().expect("id"),
+        ["api_calls".parse().expect("code")],
+    );
+    let reporter =
+        kinde_meter::Reporter::start(fast_config(&emulator).resolver(resolver)).expect("start");
+    let feature = kinde_meter::FeatureCode::from_static("api_calls");
+    reporter.record_for_customer(&map, &feature, 4);
+    reporter.record_for_customer(&Customer::user("kp_unmapped").expect("id"), &feature, 2);
+    let report = reporter.shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(emulator.total("agreement_mapped", "api_calls"), 4u64);
+    assert_eq!(emulator.ledger_sum(), 4u64);
+    assert_eq!(report.stats.unresolved, 2);
+}

@@ -79,7 +79,7 @@ pub use journal::JournalError;
 pub use kinde_meter_macros::meter;
 pub use reporter::{
     FlushReport, Guard, InitError, KindeSink, Outcome, Reporter, SendResult, ShutdownReport, Sink,
-    Stats, Usage, billing_changed, init, record, record_for, stats,
+    Stats, Usage, billing_changed, init, record, record_for, record_for_customer, stats,
 };
 pub use usage::{
     JournalFailure, JournalIssue, MeterError, Unresolved, UnsentReason, UnsentRecord, UsageRecord,

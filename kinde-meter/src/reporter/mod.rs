@@ -154,6 +154,21 @@ pub fn record_for(agreement: &AgreementId, feature: &FeatureCode, usage: impl In
     record_explicit(agreement, feature, meter_type, value);
 }
 
+/// Records usage for a customer, resolved to its agreement when its window closes (see
+/// [`with_customer`](crate::with_customer)). Builds the customer's key on each call (an
+/// allocation); a customer scope builds it once.
+///
+/// ```
+/// use kinde_meter::{record_for_customer, Customer, FeatureCode, Usage};
+///
+/// let acme = Customer::org("org_acme")?;
+/// record_for_customer(&acme, &FeatureCode::from_static("api_calls"), Usage::Delta(3));
+/// # Ok::<(), kinde_meter::api::InvalidInput>(())
+/// ```
+pub fn record_for_customer(customer: &Customer, feature: &FeatureCode, usage: impl Into<Usage>) {
+    record_for(&AgreementId::for_customer(customer), feature, usage);
+}
+
 /// The global reporter's counters.
 pub fn stats() -> Stats {
     GLOBAL.stats()
@@ -593,6 +608,17 @@ impl Reporter {
             shutdown_timeout: config.shutdown_timeout,
             stopped: AtomicBool::new(false),
         })
+    }
+
+    /// Records usage for a customer into this reporter's cells, resolved to its
+    /// agreement by this reporter's resolver (see [`record_for_customer`]).
+    pub fn record_for_customer(
+        &self,
+        customer: &Customer,
+        feature: &FeatureCode,
+        usage: impl Into<Usage>,
+    ) {
+        self.record_for(&AgreementId::for_customer(customer), feature, usage);
     }
 
     /// Records usage into this reporter's cells.
