@@ -4,19 +4,17 @@
 //! loopback against the emulator, with its billing objects and signed webhooks, and the
 //! global reporter (one test at a time: they share it).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use kinde_meter::tower::AgreementLayer;
 use kinde_meter::webhooks::{WebhookHandler, WebhookVerifier};
-use kinde_meter::{
-    AgreementEnded, Config, Customer, Guard, MeterError, UnsentReason, UnsentRecord, meter,
-    with_customer,
-};
+use kinde_meter::{AgreementEnded, Config, Customer, Guard, UnsentReason, meter, with_customer};
 use kinde_meter_emulator::{Emulator, RequestOutcome};
 use kinde_meter_workspace::EmulatorExt;
+use kinde_meter_workspace::customers::{Seen, received};
 use kinde_meter_workspace::reporter::{fast_config, wait_until};
 
 /// The global reporter is one per process: tests take turns.
@@ -27,35 +25,6 @@ fn api_call() {}
 
 #[meter(feature = "exports")]
 fn export() {}
-
-/// What the hooks saw.
-#[derive(Clone, Default)]
-struct Seen {
-    unsent: Arc<Mutex<Vec<UnsentRecord>>>,
-    errors: Arc<Mutex<Vec<String>>>,
-}
-
-impl Seen {
-    fn hooked(&self, config: Config) -> Config {
-        let unsent = Arc::clone(&self.unsent);
-        let errors = Arc::clone(&self.errors);
-        config
-            .on_unsent(move |records| unsent.lock().expect("lock").extend_from_slice(records))
-            .on_error(move |e| {
-                if let MeterError::Unresolved(u) = e {
-                    errors.lock().expect("lock").push(u.to_string());
-                }
-            })
-    }
-
-    fn unsent(&self) -> Vec<UnsentRecord> {
-        self.unsent.lock().expect("lock").clone()
-    }
-
-    fn errors(&self) -> Vec<String> {
-        self.errors.lock().expect("lock").clone()
-    }
-}
 
 fn emulator() -> Emulator {
     Emulator::builder()
@@ -78,10 +47,7 @@ fn agreements_of(emulator: &Emulator, org: &str) -> (String, Vec<String>) {
 }
 
 fn total(emulator: &Emulator, agreement: &str) -> u128 {
-    emulator
-        .total(agreement, "api_calls")
-        .whole()
-        .expect("whole")
+    received(emulator, agreement, "api_calls")
 }
 
 fn acme() -> Customer {

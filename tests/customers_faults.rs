@@ -4,17 +4,17 @@
 //! Against the emulator over 127.0.0.1, with the global reporter (one test at a time);
 //! each checks conservation exactly.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use kinde_meter::api::{Agreement, AgreementId, CustomerId, FeatureCode};
 use kinde_meter::resolve::{AgreementResolver, CustomerAgreements, ResolveFuture};
 use kinde_meter::{
-    AgreementEnded, Config, Customer, Delivery, Guard, MeterError, Stats, UnsentReason,
-    UnsentRecord, meter, with_customer,
+    AgreementEnded, Config, Customer, Delivery, Guard, Stats, UnsentReason, meter, with_customer,
 };
 use kinde_meter_emulator::{Emulator, Faults, RequestOutcome};
+use kinde_meter_workspace::customers::{Seen, org_agreement, received};
 use kinde_meter_workspace::reporter::{fast_config, wait_until};
 
 static GLOBAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -24,28 +24,6 @@ fn api_call() {}
 
 #[meter(feature = "seats", meter_type = "absolute", value = n, customer = customer)]
 fn set_seats(customer: &Customer, n: u64) {}
-
-#[derive(Clone, Default)]
-struct Seen {
-    unsent: Arc<Mutex<Vec<UnsentRecord>>>,
-    errors: Arc<Mutex<Vec<String>>>,
-}
-
-impl Seen {
-    fn hooked(&self, config: Config) -> Config {
-        let unsent = Arc::clone(&self.unsent);
-        let errors = Arc::clone(&self.errors);
-        config
-            .on_unsent(move |r| unsent.lock().expect("lock").extend_from_slice(r))
-            .on_error(move |e: &MeterError| errors.lock().expect("lock").push(e.to_string()))
-    }
-    fn unsent(&self) -> Vec<UnsentRecord> {
-        self.unsent.lock().expect("lock").clone()
-    }
-    fn errors(&self) -> Vec<String> {
-        self.errors.lock().expect("lock").clone()
-    }
-}
 
 fn emulator() -> Emulator {
     Emulator::builder()
@@ -58,19 +36,6 @@ fn emulator() -> Emulator {
 
 fn acme() -> Customer {
     Customer::org("org_acme").expect("test setup")
-}
-
-fn agreement_of(emulator: &Emulator, org: &str) -> (String, String) {
-    let customer = emulator.organization_customer(org).expect("org");
-    let id = emulator.customer_agreements(&customer)[0].id.clone();
-    (customer, id)
-}
-
-fn total(emulator: &Emulator, agreement: &str, feature: &str) -> u128 {
-    emulator
-        .total(agreement, feature)
-        .whole()
-        .expect("test setup")
 }
 
 async fn calls(customer: &Customer, n: u64) {
@@ -151,7 +116,7 @@ impl AgreementResolver for Scripted {
 async fn shutdown_while_a_lookup_hangs() {
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
-    let (_, agreement) = agreement_of(&emulator, "org_acme");
+    let (_, agreement) = org_agreement(&emulator, "org_acme");
     let mut resolver = Scripted::new(&agreement);
     resolver.hang_all = true;
     let seen = Seen::default();
@@ -185,7 +150,7 @@ async fn shutdown_while_a_lookup_hangs() {
 async fn a_refresh_that_hangs_once_does_not_block_the_customer() {
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
-    let (_, agreement) = agreement_of(&emulator, "org_acme");
+    let (_, agreement) = org_agreement(&emulator, "org_acme");
     let mut resolver = Scripted::new(&agreement);
     resolver.hang_on = vec![2];
     let resolver_calls = Arc::clone(&resolver.calls);
@@ -209,9 +174,9 @@ async fn a_refresh_that_hangs_once_does_not_block_the_customer() {
     let n = resolver_calls.load(Ordering::SeqCst);
     let shutdown = guard.shutdown(Duration::from_secs(2)).await;
     assert!(
-        !report.timed_out && total(&emulator, &agreement, "api_calls") == 3,
+        !report.timed_out && received(&emulator, &agreement, "api_calls") == 3,
         "third call stuck: flush {report:?}, resolver calls {n}, delivered {}, left {:?}, errors {:?}",
-        total(&emulator, &agreement, "api_calls"),
+        received(&emulator, &agreement, "api_calls"),
         shutdown.left,
         seen.errors()
     );
@@ -223,7 +188,7 @@ async fn a_refresh_that_hangs_once_does_not_block_the_customer() {
 async fn a_resolver_that_always_panics() {
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
-    let (_, agreement) = agreement_of(&emulator, "org_acme");
+    let (_, agreement) = org_agreement(&emulator, "org_acme");
     let mut resolver = Scripted::new(&agreement);
     resolver.panics = usize::MAX;
     let resolver_calls = Arc::clone(&resolver.calls);
@@ -262,7 +227,7 @@ async fn a_resolver_that_always_panics() {
 async fn a_resolver_that_panics_then_answers() {
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
-    let (_, agreement) = agreement_of(&emulator, "org_acme");
+    let (_, agreement) = org_agreement(&emulator, "org_acme");
     let mut resolver = Scripted::new(&agreement);
     resolver.panics = 2;
     let before = kinde_meter::stats();
@@ -270,7 +235,7 @@ async fn a_resolver_that_panics_then_answers() {
     calls(&acme(), 4).await;
     let report = guard.shutdown(Duration::from_secs(10)).await;
     assert!(report.is_complete(), "{report:?}");
-    assert_eq!(total(&emulator, &agreement, "api_calls"), 4);
+    assert_eq!(received(&emulator, &agreement, "api_calls"), 4);
     assert_conserved(&before, &report.stats);
 }
 
@@ -280,7 +245,7 @@ async fn a_resolver_that_panics_then_answers() {
 async fn lookups_fail_transiently_then_succeed() {
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
-    let (_, agreement) = agreement_of(&emulator, "org_acme");
+    let (_, agreement) = org_agreement(&emulator, "org_acme");
     let seen = Seen::default();
     let before = kinde_meter::stats();
     let guard = init(seen.hooked(fast_config(&emulator)));
@@ -290,7 +255,7 @@ async fn lookups_fail_transiently_then_succeed() {
     assert!(!flush.timed_out, "{flush:?}");
     let report = guard.shutdown(Duration::from_secs(5)).await;
     assert!(report.is_complete(), "{report:?}");
-    assert_eq!(total(&emulator, &agreement, "api_calls"), 7);
+    assert_eq!(received(&emulator, &agreement, "api_calls"), 7);
     assert!(seen.unsent().is_empty(), "{:?}", seen.unsent());
     assert_conserved(&before, &report.stats);
 }
@@ -328,7 +293,7 @@ async fn a_customer_with_many_features() {
     let report = guard.shutdown(Duration::from_secs(1)).await;
     assert_conserved(&before, &report.stats);
     assert!(
-        !flush.timed_out && total(&emulator, &big.agreement_id, "api_calls") == 2,
+        !flush.timed_out && received(&emulator, &big.agreement_id, "api_calls") == 2,
         "flush {flush:?}; agreements pages read {reads} times; last_error {:?}; unresolved {}; errors {:?}; left {:?}",
         mid.last_error,
         mid.unresolved - before.unresolved,
@@ -343,7 +308,7 @@ async fn a_customer_with_many_features() {
 async fn absolute_customer_records() {
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
-    let (_, agreement) = agreement_of(&emulator, "org_acme");
+    let (_, agreement) = org_agreement(&emulator, "org_acme");
     let guard = init(fast_config(&emulator).flush_interval(Duration::from_secs(3600)));
     emulator.unavailable_for(Duration::from_millis(800));
     for v in [5, 9, 7] {
@@ -370,7 +335,7 @@ async fn absolute_customer_records() {
         emulator.accepted()
     );
     assert!(values == ["6"] || values == ["7", "6"], "{values:?}");
-    assert_eq!(total(&emulator, &agreement, "seats"), 6);
+    assert_eq!(received(&emulator, &agreement, "seats"), 6);
 }
 
 /// At-most-once: an ambiguous attempt of a customer's record is handed back, naming the
@@ -379,7 +344,7 @@ async fn absolute_customer_records() {
 async fn at_most_once_with_customers() {
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
-    let (_, agreement) = agreement_of(&emulator, "org_acme");
+    let (_, agreement) = org_agreement(&emulator, "org_acme");
     emulator.set_faults(Faults::none().drop_after_apply(1.0));
     let seen = Seen::default();
     let before = kinde_meter::stats();
@@ -395,7 +360,7 @@ async fn at_most_once_with_customers() {
     assert!(unsent[0].maybe_applied);
     assert_eq!(unsent[0].record.agreement.as_str(), agreement);
     assert_eq!(unsent[0].record.customer, Some(acme()));
-    assert_eq!(total(&emulator, &agreement, "api_calls"), 5);
+    assert_eq!(received(&emulator, &agreement, "api_calls"), 5);
     assert_eq!(emulator.accepted().len(), 1, "sent once");
     assert_conserved(&before, &report.stats);
 }
@@ -404,7 +369,7 @@ async fn at_most_once_with_customers() {
 /// outstanding: the record must not be sent to the new agreement (double billing).
 async fn plan_change_after_ambiguous(policy: AgreementEnded, webhook: bool) {
     let emulator = emulator();
-    let (customer, old) = agreement_of(&emulator, "org_acme");
+    let (customer, old) = org_agreement(&emulator, "org_acme");
     emulator.set_faults(Faults::none().status_500_after_apply(1.0));
     let seen = Seen::default();
     let before = kinde_meter::stats();
@@ -425,8 +390,8 @@ async fn plan_change_after_ambiguous(policy: AgreementEnded, webhook: bool) {
     }
     let report = guard.shutdown(Duration::from_secs(10)).await;
     let (on_old, on_new) = (
-        total(&emulator, &old, "api_calls"),
-        total(&emulator, &new, "api_calls"),
+        received(&emulator, &old, "api_calls"),
+        received(&emulator, &new, "api_calls"),
     );
     assert_conserved(&before, &report.stats);
     assert_eq!(
@@ -462,7 +427,7 @@ async fn usage_after_billing_changed_is_not_merged_into_a_record_bound_to_the_ol
     // The old agreement keeps taking usage (as Kinde may until the cycle ends), so the
     // chase on a refusal does not hide where the usage was sent.
     emulator.set_cancelled_agreements_accept_usage(true);
-    let (customer, old) = agreement_of(&emulator, "org_acme");
+    let (customer, old) = org_agreement(&emulator, "org_acme");
     let guard = init(
         fast_config(&emulator).backoff(Duration::from_millis(1500), Duration::from_millis(1500)),
     );
@@ -487,8 +452,8 @@ async fn usage_after_billing_changed_is_not_merged_into_a_record_bound_to_the_ol
     let report = guard.shutdown(Duration::from_secs(10)).await;
     assert!(report.is_complete(), "{report:?}");
     let (on_old, on_new) = (
-        total(&emulator, &old, "api_calls"),
-        total(&emulator, &new, "api_calls"),
+        received(&emulator, &old, "api_calls"),
+        received(&emulator, &new, "api_calls"),
     );
     assert_eq!(
         (on_old, on_new),
@@ -504,7 +469,7 @@ async fn usage_after_billing_changed_is_not_merged_into_a_record_bound_to_the_ol
 async fn a_retried_record_does_not_carry_the_old_cycles_usage_into_the_new_one() {
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
-    let (_, agreement) = agreement_of(&emulator, "org_acme");
+    let (_, agreement) = org_agreement(&emulator, "org_acme");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -550,7 +515,7 @@ async fn a_retried_record_does_not_carry_the_old_cycles_usage_into_the_new_one()
 async fn global_reinit() {
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
-    let (customer, agreement) = agreement_of(&emulator, "org_acme");
+    let (customer, agreement) = org_agreement(&emulator, "org_acme");
     let id = CustomerId::new(&customer).expect("test setup");
     for round in 0..3u64 {
         let before = kinde_meter::stats();
@@ -575,7 +540,7 @@ async fn global_reinit() {
              (right after: {at_once}; false within 2 s: {later})"
         );
     }
-    assert_eq!(total(&emulator, &agreement, "api_calls"), 6);
+    assert_eq!(received(&emulator, &agreement, "api_calls"), 6);
 }
 
 /// Lookups hold no delivery slot: a slow resolver for one customer does not hold up
@@ -606,7 +571,7 @@ async fn a_slow_resolver_does_not_hold_up_deliveries_to_explicit_agreements() {
     );
     let started = Instant::now();
     let delivered = wait_until(Duration::from_secs(6), || {
-        total(&emulator, "agreement_explicit", "api_calls") == 1
+        received(&emulator, "agreement_explicit", "api_calls") == 1
     });
     let took = started.elapsed();
     let report = guard.shutdown(Duration::from_secs(1)).await;

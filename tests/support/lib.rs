@@ -1,6 +1,7 @@
 //! Helpers shared by the workspace's integration tests, examples and benchmarks.
 //! Not published.
 
+pub mod customers;
 pub mod logs;
 pub mod reporter;
 
