@@ -439,9 +439,9 @@ impl<S: Sink> Dispatch<S> {
             // A lookup task that panicked: nothing was sent; look again after a backoff.
             Err(e) if self.resolving.contains_key(&e.id()) => {
                 let record = self.resolving.remove(&e.id())?;
-                let customer = record.usage.customer.clone()?;
+                let customer = record.usage.customer.clone();
                 self.outbox.lookup_failed(record, Instant::now());
-                return Some(Event::LookupRetrying {
+                return customer.map(|customer| Event::LookupRetrying {
                     customer,
                     error: "the agreement resolver panicked".to_owned(),
                 });
@@ -545,7 +545,11 @@ impl<S: Sink> Dispatch<S> {
     ) -> Finished {
         let mut record = self.resolving.remove(&id)?;
         let now = Instant::now();
-        let customer = record.usage.customer.clone()?;
+        let Some(customer) = record.usage.customer.clone() else {
+            // Only a customer's records are looked up; put anything else back as it was.
+            self.outbox.requeue(record, now);
+            return None;
+        };
         let unresolved = match answer {
             Ok(agreements) => {
                 match agreements.pick(&record.usage.feature, record.usage.timestamp) {
