@@ -269,14 +269,19 @@ async fn a_customer_without_an_agreement_for_the_feature_is_refused_with_its_rea
     let _turn = GLOBAL.lock().await;
     let emulator = emulator();
     let seen = Seen::default();
+    kinde_meter_workspace::logs::recorded();
     let unresolved_before = kinde_meter::stats().unresolved;
     let guard = init(seen.hooked(fast_config(&emulator)));
-    with_customer(acme(), async {
-        for _ in 0..4 {
-            export();
-        }
-    })
-    .await;
+    // Two windows of the same customer and feature: two hand-backs, one warning.
+    for _ in 0..2 {
+        with_customer(acme(), async {
+            for _ in 0..2 {
+                export();
+            }
+        })
+        .await;
+        flushed(&guard).await;
+    }
     calls(&Customer::org("org_nobody").expect("code"), 2).await;
     let report = guard.shutdown(Duration::from_secs(10)).await;
     assert!(report.is_complete(), "{report}");
@@ -285,11 +290,13 @@ async fn a_customer_without_an_agreement_for_the_feature_is_refused_with_its_rea
         0u64,
         "nothing is sent to a guessed agreement"
     );
-    let mut unsent = seen.unsent();
-    unsent.sort_by_key(|u| u.record.value);
-    assert_eq!(unsent.len(), 2, "{unsent:?}");
+    let unsent = seen.unsent();
+    assert_eq!(unsent.len(), 3, "{unsent:?}");
     assert!(unsent.iter().all(|u| u.reason == UnsentReason::NoAgreement));
-    assert_eq!((unsent[0].record.value, unsent[1].record.value), (2, 4));
+    assert!(unsent.iter().all(|u| u.record.value == 2), "{unsent:?}");
+    let warned =
+        kinde_meter_workspace::logs::count(&["WARN kinde_meter", "org_acme", "feature `exports`"]);
+    assert_eq!(warned, 1, "one warning per customer and feature");
     assert_eq!(report.stats.unresolved - unresolved_before, 6);
     let errors = seen.errors();
     assert!(
