@@ -591,12 +591,13 @@ impl<S: Sink> Dispatch<S> {
         let now = Instant::now();
         self.outbox.bind_waiting(now, |record| {
             let customer = record.usage.customer.as_ref()?;
-            let affected = named.contains(customer)
-                || id.is_some_and(|id| *customer == Customer::Id(id.clone()));
             let Lookup::Found(agreements) = cache.cached(customer) else {
                 return None;
             };
-            let affected = affected || (id.is_some() && agreements.customer_id.as_ref() == id);
+            // Named as it was recorded (`named` holds the billing customer id too), or
+            // resolved to the billing customer the webhook names.
+            let affected =
+                named.contains(customer) || (id.is_some() && agreements.customer_id.as_ref() == id);
             if !affected {
                 return None;
             }
