@@ -353,9 +353,20 @@ impl Outbox {
                 && (!r.attempts.maybe_applied || record.is_absolute())
                 // A customer's record bound to an agreement keeps only what was bound
                 // with it: newer usage is resolved on its own (the agreement may have
-                // ended, or its cycle).
-                && r.attempts.bound.is_none()
+                // ended, or its cycle). A newer absolute value replaces it whole, as it
+                // would any waiting one, so one value of a key waits at a time.
+                && (r.attempts.bound.is_none() || record.is_absolute())
         })
+    }
+
+    /// Whether an absolute `record` taken out (sent, or looked up) was overtaken by a
+    /// newer value of its key waiting in its coalescing bucket: the newer one stands.
+    fn newer_value_waits(&self, record: &Record) -> bool {
+        record.is_absolute()
+            && self
+                .waiting
+                .iter()
+                .any(|e| e.record.same_key(record) && e.record.bucket == record.bucket)
     }
 
     fn idempotency_key(&mut self) -> String {
@@ -564,12 +575,7 @@ impl Outbox {
         } else {
             now + self.backoff(record.attempts.count - 1)
         };
-        if record.is_absolute()
-            && self
-                .waiting
-                .iter()
-                .any(|e| e.record.same_key(&record) && e.record.bucket == record.bucket)
-        {
+        if self.newer_value_waits(&record) {
             // A newer value of this key is waiting; this one must not overwrite it later.
             return Event::Superseded;
         }
@@ -634,6 +640,13 @@ impl Outbox {
             self.bucket.refund();
         }
         self.release(&record, true);
+        if self.newer_value_waits(&record) {
+            // A newer value of its key came while it was looked up (it could not merge
+            // into a record that was out): that one stands, as after a failed attempt.
+            let id = record.id;
+            self.log(|| Change::Settle(id));
+            return;
+        }
         let stored = record.stored();
         self.log(|| Change::Put(stored));
         self.waiting.insert(0, Entry { record, not_before });
@@ -948,6 +961,40 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn a_customers_absolute_value_that_came_during_its_lookup_wins() {
+        let now = Instant::now();
+        let customer = crate::api::Customer::org("org_a").expect("code");
+        let k = Key {
+            agreement: AgreementId::for_customer(&customer),
+            feature: FeatureCode::from_static("f"),
+            meter_type: MeterType::Absolute,
+        };
+        for lookup_fails in [false, true] {
+            let mut o = Outbox::new(policy(), now, fastrand::Rng::with_seed(6));
+            // Both in one second: the stamps cannot order them.
+            o.push(k.clone(), 7, ts(5), now);
+            let older = o.next(now).expect("due");
+            o.lookup_started(&older);
+            o.push(k.clone(), 6, ts(5), now);
+            assert_eq!(
+                o.next(now).unwrap_err(),
+                Wait::InFlight,
+                "its key is still out"
+            );
+            if lookup_fails {
+                o.lookup_failed(older, now);
+            } else {
+                let mut older = older;
+                older.attempts.bound = Some(AgreementId::new("agreement_a").expect("id"));
+                o.requeue(older, now);
+            }
+            let values: Vec<u64> = o.waiting_records().map(|r| r.usage.value).collect();
+            assert_eq!(values, [6], "lookup failed: {lookup_fails}");
+            assert_eq!(o.len(), 1);
+        }
     }
 
     #[test]
