@@ -77,6 +77,8 @@ pub mod env {
     pub const JOURNAL_DIR: &str = "KINDE_METER_JOURNAL_DIR";
     /// The journal's size limit in bytes ([`Config::journal_max_bytes`](super::Config::journal_max_bytes)).
     pub const JOURNAL_MAX_BYTES: &str = "KINDE_METER_JOURNAL_MAX_BYTES";
+    /// The fleet's Redis ([`Config::fleet`](super::Config), feature `fleet`); unset, no fleet.
+    pub const REDIS_URL: &str = "KINDE_METER_REDIS_URL";
 }
 
 /// A configuration problem, naming the variable or option at fault and how to fix it.
@@ -207,6 +209,8 @@ pub struct Config {
     pub(crate) resolver_ttl: Duration,
     pub(crate) resolver_negative_ttl: Duration,
     pub(crate) resolver_max_customers: usize,
+    #[cfg(feature = "fleet")]
+    pub(crate) fleet: Option<crate::fleet::FleetSettings>,
     /// The journal's file system, replaced by the journal's fault tests.
     #[cfg(test)]
     pub(crate) journal_fs: Option<Arc<dyn crate::journal::fs::Fs>>,
@@ -340,6 +344,8 @@ impl Config {
             resolver_ttl: defaults::RESOLVER_TTL,
             resolver_negative_ttl: defaults::RESOLVER_NEGATIVE_TTL,
             resolver_max_customers: defaults::RESOLVER_MAX_CUSTOMERS,
+            #[cfg(feature = "fleet")]
+            fleet: None,
             #[cfg(test)]
             journal_fs: None,
         }
@@ -438,6 +444,25 @@ impl Config {
                     reason: format!("must be a number of bytes from {min} to {max} (got {raw:?})"),
                 })?;
             config = config.journal_max_bytes(bytes);
+        }
+        if let Some(url) = get(env::REDIS_URL) {
+            #[cfg(feature = "fleet")]
+            {
+                let mut settings = crate::fleet::FleetSettings::new(url.trim().to_owned());
+                settings.source = env::REDIS_URL;
+                config.fleet = Some(settings);
+            }
+            #[cfg(not(feature = "fleet"))]
+            {
+                let _ = url;
+                return Err(ConfigError::Malformed {
+                    var: env::REDIS_URL,
+                    reason:
+                        "is set, but kinde-meter was built without its `fleet` feature: enable it \
+                             (`kinde-meter = { features = [\"fleet\"] }`) or unset the variable"
+                            .to_owned(),
+                });
+            }
         }
         Ok(config)
     }
@@ -625,6 +650,78 @@ impl Config {
         self
     }
 
+    /// Fleet mode (feature `fleet`): hand each window's records to the Redis at `url`
+    /// (`redis://[:password@]host[:port][/db]`), from which deliverers send one request
+    /// per key and coalescing bucket for the whole fleet (`KINDE_METER_REDIS_URL` sets it
+    /// too). See [`fleet`](crate::fleet) and the README's "Running a fleet".
+    ///
+    /// A replica hands off at least once whatever [`Config::delivery`] says (Redis drops a
+    /// second hand-off of a record); `delivery`, `max_in_flight` and
+    /// `requests_per_second` then apply to the deliverers, for the whole fleet.
+    #[cfg(feature = "fleet")]
+    #[must_use]
+    pub fn fleet(mut self, url: impl Into<String>) -> Self {
+        self.fleet = Some(crate::fleet::FleetSettings::new(url.into()));
+        self
+    }
+
+    /// The fleet's name in Redis, so that several fleets can share one server (default
+    /// `kinde-meter`; ASCII letters, digits, `_`, `-`, `.`). Every replica and deliverer
+    /// of a fleet must use the same.
+    #[cfg(feature = "fleet")]
+    #[must_use]
+    pub fn fleet_namespace(mut self, namespace: impl Into<String>) -> Self {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.namespace = namespace.into();
+        }
+        self
+    }
+
+    /// How long a deliverer owns what it claimed (default 60 s, at least
+    /// `request_timeout` + 1 s). A deliverer that dies mid-send loses its claim after this,
+    /// and the send counts as ambiguous.
+    #[cfg(feature = "fleet")]
+    #[must_use]
+    pub fn fleet_lease(mut self, lease: Duration) -> Self {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.lease = lease;
+        }
+        self
+    }
+
+    /// How long an entry waits after its first hand-off before it may be claimed, so that
+    /// every replica's window joins one request (default: `flush_interval`).
+    #[cfg(feature = "fleet")]
+    #[must_use]
+    pub fn fleet_gather(mut self, gather: Duration) -> Self {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.gather = Some(gather);
+        }
+        self
+    }
+
+    /// Whether this replica also delivers (default `true`). Set `false` when dedicated
+    /// `kinde-meter deliver` processes do.
+    #[cfg(feature = "fleet")]
+    #[must_use]
+    pub fn fleet_deliverer(mut self, deliver: bool) -> Self {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.deliver = deliver;
+        }
+        self
+    }
+
+    /// The fleet options, checked.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn fleet_settings(&self) -> Result<crate::fleet::FleetSettings, ConfigError> {
+        let fleet = self.fleet.clone().ok_or(ConfigError::Missing {
+            var: env::REDIS_URL,
+            hint: "fleet mode needs a Redis: call `Config::fleet(url)` or set KINDE_METER_REDIS_URL",
+        })?;
+        fleet.validate(self.client.request_timeout)?;
+        Ok(fleet)
+    }
+
     /// The domain usage is sent to.
     pub fn domain(&self) -> &Domain {
         self.client.domain()
@@ -670,6 +767,10 @@ impl Config {
             self.resolver_max_customers,
             RESOLVER_MAX_CUSTOMERS,
         )?;
+        #[cfg(feature = "fleet")]
+        if let Some(fleet) = &self.fleet {
+            fleet.validate(self.client.request_timeout)?;
+        }
         Ok(())
     }
 

@@ -52,6 +52,9 @@
 pub mod api;
 pub mod config;
 mod context;
+#[cfg(feature = "fleet")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fleet")))]
+pub mod fleet;
 mod journal;
 mod reporter;
 pub mod resolve;

@@ -227,12 +227,24 @@ pub enum MeterError {
     /// has none with the feature, several, or Kinde does not know it. The record goes to
     /// `on_unsent` ([`UnsentReason::NoAgreement`]); it is never sent to a guessed agreement.
     Unresolved(Unresolved),
+    /// Fleet mode: the fleet's Redis could not be reached, so records wait in this
+    /// replica's outbox (and journal) and are handed off when it is back. Reported once
+    /// per episode, when it starts.
+    FleetUnavailable {
+        /// What failed.
+        error: String,
+    },
 }
 
 impl fmt::Display for MeterError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MeterError::Unresolved(unresolved) => write!(f, "{unresolved}"),
+            MeterError::FleetUnavailable { error } => write!(
+                f,
+                "the fleet's Redis is unavailable ({error}); usage waits in this replica's outbox and is handed off \
+                 when Redis is back (check the server, and `Config::fleet`'s URL)"
+            ),
             MeterError::Unattributed { feature, value } => write!(
                 f,
                 "usage of `{feature}` (value {value}) had no customer agreement in scope and was not sent; run the \

@@ -3,6 +3,7 @@
 
 pub mod customers;
 pub mod logs;
+pub mod redis;
 pub mod reporter;
 
 use kinde_meter::Config;

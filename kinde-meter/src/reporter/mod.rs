@@ -35,6 +35,8 @@ use self::worker::{Command, Reply, Settings, Worker};
 use crate::api::{
     AgreementId, Customer, CustomerId, FeatureCode, MeterType, OrgCode, UserId, deadline_after,
 };
+#[cfg(feature = "fleet")]
+use crate::config::Delivery;
 use crate::config::{Config, ConfigError, defaults};
 use crate::context::with_current;
 use crate::resolve::{CacheSettings, Cached};
@@ -461,6 +463,9 @@ pub struct Reporter {
     thread: Option<std::thread::JoinHandle<()>>,
     shutdown_timeout: Duration,
     stopped: AtomicBool,
+    /// Fleet mode: this replica's deliverer, held so that it stops when this does.
+    #[cfg(feature = "fleet")]
+    _deliverer: Option<crate::fleet::Deliverer>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -500,6 +505,11 @@ impl Reporter {
         if config.resolver.is_none() {
             config.resolver = Some(Arc::new(crate::resolve::KindeResolver::new(client.clone())));
         }
+        #[cfg(feature = "fleet")]
+        if config.fleet.is_some() {
+            let sink = crate::fleet::HandoffSink::new(&config)?;
+            return Self::start_sink(config, shared, sink, on_stop);
+        }
         let sink = KindeSink::new(client);
         Self::start_sink(config, shared, sink, on_stop)
     }
@@ -510,6 +520,28 @@ impl Reporter {
         sink: S,
         on_stop: Option<Box<dyn FnOnce() + Send>>,
     ) -> Result<Self, InitError> {
+        // In a fleet, `delivery` and the limits are the deliverers', for the whole fleet; a
+        // replica's outbox hands off to Redis, where a second hand-off of a record is a
+        // no-op, so it resends freely and is held back by no limit meant for Kinde.
+        #[cfg(feature = "fleet")]
+        let (deliverer, policy_config) = match &config.fleet {
+            Some(fleet) => {
+                let deliverer = if fleet.deliver {
+                    Some(crate::fleet::Deliverer::start(&config)?)
+                } else {
+                    None
+                };
+                let policy = config
+                    .clone()
+                    .delivery(Delivery::AtLeastOnce)
+                    .max_in_flight(FLEET_HANDOFFS_IN_FLIGHT)
+                    .requests_per_second(crate::config::limits::REQUESTS_PER_SECOND.1);
+                (deliverer, policy)
+            }
+            None => (None, config.clone()),
+        };
+        #[cfg(not(feature = "fleet"))]
+        let policy_config = &config;
         // Opened first: a journal that cannot be opened leaves the cells as they were
         // (after a shutdown, still reporting new usage as recorded after it).
         let journal = match &config.journal_dir {
@@ -529,9 +561,9 @@ impl Reporter {
             flush_interval: config.flush_interval,
             request_timeout: config.client.request_timeout,
             policy: outbox::Policy {
-                delivery: config.delivery,
-                max_in_flight: config.max_in_flight,
-                requests_per_second: config.requests_per_second,
+                delivery: policy_config.delivery,
+                max_in_flight: policy_config.max_in_flight,
+                requests_per_second: policy_config.requests_per_second,
                 backoff_initial: config.backoff_initial,
                 backoff_max: config.backoff_max,
                 coalesce_secs: config.coalesce_window.as_secs().max(1),
@@ -607,6 +639,8 @@ impl Reporter {
             thread: Some(thread),
             shutdown_timeout: config.shutdown_timeout,
             stopped: AtomicBool::new(false),
+            #[cfg(feature = "fleet")]
+            _deliverer: deliverer,
         })
     }
 
@@ -772,6 +806,10 @@ fn journal_fs(config: &Config) -> Arc<dyn crate::journal::fs::Fs> {
     let _ = config;
     Arc::new(crate::journal::fs::RealFs)
 }
+
+/// Hand-offs to the fleet's Redis at once, per replica: each is one short script call.
+#[cfg(feature = "fleet")]
+const FLEET_HANDOFFS_IN_FLIGHT: usize = 32;
 
 /// How long past its deadline a caller waits for the worker's answer.
 const ANSWER_GRACE: Duration = Duration::from_secs(1);

@@ -1,0 +1,188 @@
+//! Fleet mode in one process: several reporters (the replicas) hand off to a real
+//! `redis-server`, deliverers send to the emulator over loopback.
+
+use std::time::{Duration, Instant};
+
+use kinde_meter::api::{AgreementId, FeatureCode};
+use kinde_meter::fleet::{Deliverer, Fleet, FleetStats};
+use kinde_meter::{Config, Reporter};
+use kinde_meter_emulator::{Emulator, Faults};
+use kinde_meter_workspace::EmulatorExt;
+use kinde_meter_workspace::redis::{Persistence, RedisServer};
+
+fn fleet_config(emulator: &Emulator, redis: &RedisServer) -> Config {
+    emulator
+        .config()
+        .flush_interval(Duration::from_secs(3600))
+        .backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .request_timeout(Duration::from_secs(2))
+        .fleet(redis.url())
+        .fleet_deliverer(false)
+        .fleet_lease(Duration::from_secs(4))
+        .fleet_gather(Duration::from_millis(1500))
+}
+
+fn agreements(keys: u64) -> Vec<AgreementId> {
+    (0..keys)
+        .map(|k| AgreementId::new(format!("agr_{k}")).expect("valid id"))
+        .collect()
+}
+
+fn feature() -> FeatureCode {
+    FeatureCode::new("calls").expect("valid code")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn stats(config: &Config) -> FleetStats {
+    let fleet = Fleet::new(config).expect("fleet config");
+    runtime().block_on(fleet.stats()).expect("fleet stats")
+}
+
+/// Waits until the fleet holds nothing undelivered and the ledger has stopped moving.
+fn wait_delivered(config: &Config, emulator: &Emulator, timeout: Duration) -> FleetStats {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = stats(config);
+        if s.pending_entries == 0
+            && s.in_flight == 0
+            && emulator.wait_idle(Duration::from_millis(200))
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet did not deliver in {timeout:?}: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn whole(emulator: &Emulator) -> u64 {
+    let sum = emulator.ledger_sum().whole().expect("whole units");
+    u64::try_from(sum).expect("fits")
+}
+
+/// Kinde requests per window, for `replicas` replicas that each record for the same 100
+/// keys and hand off one window.
+fn requests_per_window(replicas: usize) -> (u64, usize, FleetStats) {
+    let emulator = Emulator::start().expect("emulator");
+    let redis = RedisServer::start(Persistence::None);
+    let config = fleet_config(&emulator, &redis);
+    let keys = agreements(100);
+    let feature = feature();
+    let reporters: Vec<Reporter> = (0..replicas)
+        .map(|_| Reporter::start(config.clone()).expect("replica"))
+        .collect();
+    let mut recorded = 0;
+    for (i, reporter) in reporters.iter().enumerate() {
+        for (k, agreement) in keys.iter().enumerate() {
+            let value = 1 + ((i + k) % 5) as u64;
+            reporter.record_for(agreement, &feature, value);
+            recorded += value;
+        }
+    }
+    for reporter in &reporters {
+        let report = reporter.flush_blocking(Duration::from_secs(10));
+        assert_eq!(report.waiting, 0, "{report:?}");
+    }
+    let deliverer = Deliverer::start(&config).expect("deliverer");
+    let s = wait_delivered(&config, &emulator, Duration::from_secs(30));
+    assert!(deliverer.stop(Duration::from_secs(5)));
+    for reporter in reporters {
+        assert!(
+            reporter
+                .shutdown_blocking(Duration::from_secs(5))
+                .is_complete()
+        );
+    }
+    assert_eq!(whole(&emulator), recorded, "ledger against recorded");
+    (recorded, emulator.counts().accepted, s)
+}
+
+#[test]
+fn one_request_per_key_and_bucket_whatever_the_number_of_replicas() {
+    for replicas in [1, 4, 16] {
+        let (recorded, requests, s) = requests_per_window(replicas);
+        println!(
+            "FIGURES one_request_per_key replicas={replicas} keys=100 recorded={recorded} requests={requests} \
+             handoffs={}",
+            s.handoffs
+        );
+        assert_eq!(
+            s.handoffs,
+            100 * replicas as u64,
+            "every replica handed off every key once"
+        );
+        assert_eq!(
+            requests, 100,
+            "{replicas} replicas: one request per key, not one per replica"
+        );
+        assert_eq!(s.delivered_records, 100);
+    }
+}
+
+/// Faults on every path at once: Kinde drops requests after applying them, answers 503,
+/// throttles; the ledger must be what was recorded plus the duplicates the fleet said
+/// may happen, exactly.
+#[test]
+fn conservation_under_kinde_faults_with_two_deliverers() {
+    let emulator = Emulator::start().expect("emulator");
+    emulator.set_faults(
+        Faults::none()
+            .drop_after_apply(0.1)
+            .status_503(0.1)
+            .status_500_after_apply(0.05),
+    );
+    let redis = RedisServer::start(Persistence::None);
+    let config = fleet_config(&emulator, &redis).fleet_gather(Duration::from_millis(50));
+    let keys = agreements(40);
+    let feature = feature();
+    let replicas: Vec<Reporter> = (0..3)
+        .map(|_| Reporter::start(config.clone()).expect("replica"))
+        .collect();
+    let deliverers: Vec<Deliverer> = (0..2)
+        .map(|_| Deliverer::start(&config).expect("deliverer"))
+        .collect();
+    let mut recorded = 0;
+    for round in 0..5u64 {
+        for (i, reporter) in replicas.iter().enumerate() {
+            for (k, agreement) in keys.iter().enumerate() {
+                let value = 1 + (round + i as u64 * 3 + k as u64) % 7;
+                reporter.record_for(agreement, &feature, value);
+                recorded += value;
+            }
+            assert_eq!(reporter.flush_blocking(Duration::from_secs(10)).waiting, 0);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    emulator.throttle_for(Duration::from_millis(500));
+    let s = wait_delivered(&config, &emulator, Duration::from_secs(60));
+    for d in deliverers {
+        assert!(d.stop(Duration::from_secs(5)));
+    }
+    let ledger = whole(&emulator);
+    let duplicated = ledger - recorded;
+    println!(
+        "FIGURES kinde_faults recorded={recorded} delivered={} duplicated={duplicated} ambiguous={} lost=0 requests={}",
+        s.delivered,
+        s.ambiguous,
+        emulator.requests().len()
+    );
+    assert!(ledger >= recorded, "lost {}", recorded - ledger);
+    assert_eq!(
+        s.delivered, recorded,
+        "every unit was delivered once, by the fleet's count"
+    );
+    assert!(
+        duplicated <= s.ambiguous,
+        "duplicates {duplicated} beyond what was reported ambiguous {}",
+        s.ambiguous
+    );
+    assert_eq!(s.rejected + s.unsent, 0);
+}
