@@ -13,7 +13,8 @@
 //! A replica records, in each round, [`amount`] of usage for each of its keys
 //! (agreement `agr_<key>`, feature `calls`), then flushes, and prints
 //! `round <n> recorded <value>` once the round's usage is recorded (before its hand-off).
-//! At the end it prints `done <recorded> <complete>` and exits. A deliverer prints
+//! At the end it prints `handoffs <applied> <already applied> <failed>` (this process's
+//! hand-offs) and `done <recorded> <complete>`, and exits. A deliverer prints
 //! `delivering <owner>`, delivers until its stdin closes or reads `stop`, then prints
 //! `stopped`.
 
@@ -165,6 +166,11 @@ fn replica(args: &[String]) -> Result<(), String> {
         let _ = reporter.flush_blocking(Duration::from_secs(20));
     }
     let report = reporter.shutdown_blocking(Duration::from_secs(20));
+    let handoffs = kinde_meter::fleet::handoff_stats();
+    say(&format!(
+        "handoffs {} {} {}",
+        handoffs.handed_off, handoffs.already_applied, handoffs.failed
+    ));
     say(&format!("done {recorded} {}", report.is_complete()));
     Ok(())
 }

@@ -29,7 +29,7 @@ pub struct HandoffStats {
     /// Times Redis became unreachable (each is logged once, and passed to `on_error` as
     /// [`MeterError::FleetUnavailable`]).
     pub episodes: u64,
-    /// Whether the last hand-off failed.
+    /// Whether a hand-off sink of this process is failing now (its last hand-off failed).
     pub unavailable: bool,
 }
 
@@ -37,7 +37,8 @@ static HANDED_OFF: AtomicU64 = AtomicU64::new(0);
 static ALREADY_APPLIED: AtomicU64 = AtomicU64::new(0);
 static FAILED: AtomicU64 = AtomicU64::new(0);
 static EPISODES: AtomicU64 = AtomicU64::new(0);
-static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+/// Sinks whose last hand-off failed.
+static FAILING: AtomicU64 = AtomicU64::new(0);
 
 /// The hand-off counters of this process, summed over its reporters.
 pub fn handoff_stats() -> HandoffStats {
@@ -46,7 +47,7 @@ pub fn handoff_stats() -> HandoffStats {
         already_applied: ALREADY_APPLIED.load(Relaxed),
         failed: FAILED.load(Relaxed),
         episodes: EPISODES.load(Relaxed),
-        unavailable: UNAVAILABLE.load(Relaxed),
+        unavailable: FAILING.load(Relaxed) > 0,
     }
 }
 
@@ -76,6 +77,16 @@ struct Inner {
     coalesce_secs: u64,
     gather: Duration,
     on_error: Option<ErrorHookDebug>,
+    /// Whether the last hand-off failed: an episode is reported when this turns true.
+    failing: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if *self.failing.get_mut() {
+            FAILING.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 /// The hook, shown as present or not.
@@ -103,6 +114,7 @@ impl HandoffSink {
                 coalesce_secs: config.coalesce_window.as_secs().max(1),
                 gather: settings.gather.unwrap_or(config.flush_interval),
                 on_error: config.on_error.clone().map(ErrorHookDebug),
+                failing: AtomicBool::new(false),
                 settings,
             }),
         })
@@ -141,8 +153,9 @@ impl HandoffSink {
 
     fn failed(&self, error: &str) {
         FAILED.fetch_add(1, Relaxed);
-        if !UNAVAILABLE.swap(true, Relaxed) {
+        if !self.inner.failing.swap(true, Relaxed) {
             EPISODES.fetch_add(1, Relaxed);
+            FAILING.fetch_add(1, Relaxed);
             tracing::warn!(
                 target: "kinde_meter",
                 "the fleet's Redis is unavailable ({error}); usage waits in this replica's outbox and is handed \
@@ -178,7 +191,8 @@ impl Sink for HandoffSink {
                 } else {
                     ALREADY_APPLIED.fetch_add(1, Relaxed);
                 }
-                if UNAVAILABLE.swap(false, Relaxed) {
+                if self.inner.failing.swap(false, Relaxed) {
+                    FAILING.fetch_sub(1, Relaxed);
                     tracing::info!(target: "kinde_meter", "the fleet's Redis is back; handing off again");
                 }
                 Ok(())
