@@ -332,3 +332,46 @@ fn absolute_values_reach_kinde_last_write_wins() {
     assert_eq!(accepted.len(), 1, "{accepted:?}");
     assert_eq!(emulator.total("agr_seats", "seats").whole(), Some(7));
 }
+
+/// Markers of acknowledged hand-offs do not pile up: the replica removes them once the
+/// outbox can no longer resend their records (a quarter of the marker time to live here).
+#[test]
+fn acknowledged_hand_off_markers_are_removed() {
+    let emulator = Emulator::start().expect("emulator");
+    let redis = RedisServer::start(Persistence::None);
+    let config = fleet_config(&emulator, &redis).fleet_marker_ttl(Duration::from_secs(8));
+    let replica = Reporter::start(config.clone()).expect("replica");
+    let keys = agreements(10);
+    let feature = feature();
+    let markers = || -> usize {
+        let client = redis::Client::open(redis.url()).expect("url");
+        let mut c = client.get_connection().expect("connect");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("km:*:h:*")
+            .query(&mut c)
+            .expect("KEYS");
+        keys.len()
+    };
+    let round = || {
+        for agreement in &keys {
+            replica.record_for(agreement, &feature, 1);
+        }
+        assert_eq!(replica.flush_blocking(Duration::from_secs(10)).waiting, 0);
+    };
+    round();
+    assert_eq!(markers(), 10, "one marker per hand-off");
+    // Past twice the time a marker is kept (2 s), the next hand-off removes the old ones,
+    // well before their time to live (8 s).
+    std::thread::sleep(Duration::from_millis(4500));
+    round();
+    assert_eq!(
+        markers(),
+        10,
+        "the first round's markers were removed; the second's are new"
+    );
+    assert!(
+        replica
+            .shutdown_blocking(Duration::from_secs(5))
+            .is_complete()
+    );
+}

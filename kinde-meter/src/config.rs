@@ -700,6 +700,21 @@ impl Config {
         self
     }
 
+    /// How long Redis keeps a hand-off's marker when its replica does not remove it
+    /// (default 24 h). A replica removes the markers of acknowledged hand-offs after a
+    /// minute (a quarter of this, if less); the rest belong to hand-offs whose reply was
+    /// lost with their process. The journal of such a process must be replayed (the
+    /// replica restarted on it) within this time, or the replay counts those hand-offs
+    /// twice.
+    #[cfg(feature = "fleet")]
+    #[must_use]
+    pub fn fleet_marker_ttl(mut self, ttl: Duration) -> Self {
+        if let Some(fleet) = &mut self.fleet {
+            fleet.marker_ttl = ttl;
+        }
+        self
+    }
+
     /// Whether this replica also delivers (default `true`). Set `false` when dedicated
     /// `kinde-meter deliver` processes do.
     #[cfg(feature = "fleet")]

@@ -1,8 +1,9 @@
 //! A replica's side: the [`Sink`] that hands each record to Redis instead of Kinde.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
@@ -79,7 +80,21 @@ struct Inner {
     on_error: Option<ErrorHookDebug>,
     /// Whether the last hand-off failed: an episode is reported when this turns true.
     failing: AtomicBool,
+    /// Markers of records handed off and acknowledged, by when: removed once the outbox
+    /// can no longer send them again (see [`MARKER_KEPT`]).
+    acknowledged: Mutex<VecDeque<(Instant, String)>>,
+    marker_kept: Duration,
 }
+
+/// How long a replica keeps the marker of a record Redis acknowledged, at least. The
+/// outbox sends an acknowledged record never again, and the journal (when there is one)
+/// writes that it settled right after; the marker only has to outlive a crash in
+/// between, after which the next start replays the record. A minute covers that write
+/// reaching the file (a killed process loses nothing it wrote); markers of replicas that
+/// die meanwhile expire after `marker_ttl`.
+const MARKER_KEPT: Duration = Duration::from_secs(60);
+/// Markers removed per `UNLINK`.
+const MARKERS_PER_UNLINK: usize = 512;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -115,18 +130,27 @@ impl HandoffSink {
                 gather: settings.gather.unwrap_or(config.flush_interval),
                 on_error: config.on_error.clone().map(ErrorHookDebug),
                 failing: AtomicBool::new(false),
+                acknowledged: Mutex::new(VecDeque::new()),
+                marker_kept: MARKER_KEPT
+                    .max(config.flush_interval * 2)
+                    .min(settings.marker_ttl / 4),
                 settings,
             }),
         })
     }
 
-    async fn hand_off(&self, record: &UsageRecord) -> Result<bool, redis::RedisError> {
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
         let inner = &*self.inner;
-        let mut connection = inner
+        Ok(inner
             .connection
             .get_or_try_init(|| async { inner.settings.connect() })
             .await?
-            .clone();
+            .clone())
+    }
+
+    async fn hand_off(&self, record: &UsageRecord) -> Result<bool, redis::RedisError> {
+        let inner = &*self.inner;
+        let mut connection = self.connection().await?;
         let id = EntryId::of(record, inner.coalesce_secs);
         let bucket = record.timestamp.unix_seconds() / inner.coalesce_secs;
         let applied: i64 = inner
@@ -149,6 +173,46 @@ impl HandoffSink {
             .invoke_async(&mut connection)
             .await?;
         Ok(applied == 1)
+    }
+
+    /// Notes an acknowledged hand-off's marker, and removes the markers that are old
+    /// enough. A failed removal leaves them to their time to live.
+    async fn acknowledged(&self, record: &UsageRecord) {
+        let now = Instant::now();
+        let ready: Vec<String> = {
+            let mut acknowledged = self
+                .inner
+                .acknowledged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            acknowledged.push_back((now, self.inner.keys.marker(&record.idempotency_key)));
+            let old = |at: &Instant| now.duration_since(*at) >= self.inner.marker_kept;
+            let ready = acknowledged.iter().take_while(|(at, _)| old(at)).count();
+            // In batches, so that removal costs a round trip per hundreds of hand-offs.
+            if ready < MARKERS_PER_UNLINK
+                && acknowledged
+                    .front()
+                    .is_none_or(|(at, _)| now.duration_since(*at) < self.inner.marker_kept * 2)
+            {
+                return;
+            }
+            acknowledged
+                .drain(..ready.min(MARKERS_PER_UNLINK))
+                .map(|(_, key)| key)
+                .collect()
+        };
+        if ready.is_empty() {
+            return;
+        }
+        if let Ok(mut connection) = self.connection().await {
+            let removed: redis::RedisResult<i64> = redis::cmd("UNLINK")
+                .arg(&ready)
+                .query_async(&mut connection)
+                .await;
+            if let Err(e) = removed {
+                tracing::debug!(target: "kinde_meter", "removing {} hand-off markers failed ({e}); they expire", ready.len());
+            }
+        }
     }
 
     fn failed(&self, error: &str) {
@@ -191,6 +255,7 @@ impl Sink for HandoffSink {
                 } else {
                     ALREADY_APPLIED.fetch_add(1, Relaxed);
                 }
+                self.acknowledged(record).await;
                 if self.inner.failing.swap(false, Relaxed) {
                     FAILING.fetch_sub(1, Relaxed);
                     tracing::info!(target: "kinde_meter", "the fleet's Redis is back; handing off again");

@@ -11,6 +11,8 @@
 //!   (key, bucket) entry unless a marker under its idempotency key says it was already
 //!   added. The outbox sends a record under the same key until it is acknowledged, so a
 //!   retry after a lost reply, or the journal's replay after a crash, adds nothing twice.
+//!   The replica removes a marker a minute after Redis acknowledged it (the outbox never
+//!   sends that record again), so Redis holds about a minute of markers per replica.
 //! - **Delivery, fenced.** A claim moves an entry's pending usage into a *flight* with a
 //!   lease and a fencing token. Only the token's holder can settle it (compare-and-set);
 //!   a lease that runs out fences the holder off, and the flight is ambiguous, as a
@@ -87,6 +89,12 @@ impl FleetSettings {
                     "must be 1 or more ASCII letters, digits, `_`, `-` or `.` (got {:?})",
                     self.namespace
                 ),
+            });
+        }
+        if self.marker_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::InvalidOption {
+                option: "fleet_marker_ttl",
+                reason: "must be at least 1 s".to_owned(),
             });
         }
         if self.lease < request_timeout + Duration::from_secs(1) {
