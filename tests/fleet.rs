@@ -10,6 +10,9 @@ use kinde_meter_emulator::{Emulator, Faults};
 use kinde_meter_workspace::EmulatorExt;
 use kinde_meter_workspace::redis::{Persistence, RedisServer};
 
+/// How long an entry gathers hand-offs before it may be claimed, in these tests.
+const GATHER: Duration = Duration::from_secs(3);
+
 fn fleet_config(emulator: &Emulator, redis: &RedisServer) -> Config {
     emulator
         .config()
@@ -19,7 +22,7 @@ fn fleet_config(emulator: &Emulator, redis: &RedisServer) -> Config {
         .fleet(redis.url())
         .fleet_deliverer(false)
         .fleet_lease(Duration::from_secs(4))
-        .fleet_gather(Duration::from_millis(1500))
+        .fleet_gather(GATHER)
 }
 
 fn agreements(keys: u64) -> Vec<AgreementId> {
@@ -87,11 +90,19 @@ fn requests_per_window(replicas: usize) -> (u64, usize, FleetStats) {
             recorded += value;
         }
     }
+    // Delivering from the start: what joins the replicas' windows into one request is
+    // the gather time, not a deliverer that comes late.
+    let deliverer = Deliverer::start(&config).expect("deliverer");
+    let started = Instant::now();
     for reporter in &reporters {
         let report = reporter.flush_blocking(Duration::from_secs(10));
         assert_eq!(report.waiting, 0, "{report:?}");
     }
-    let deliverer = Deliverer::start(&config).expect("deliverer");
+    assert!(
+        started.elapsed() < GATHER,
+        "the replicas took {:?} to hand off, more than the gather time: the count would mean nothing",
+        started.elapsed()
+    );
     let s = wait_delivered(&config, &emulator, Duration::from_secs(30));
     assert!(deliverer.stop(Duration::from_secs(5)));
     for reporter in reporters {
