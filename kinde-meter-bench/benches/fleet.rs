@@ -35,10 +35,20 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let dir = std::env::temp_dir().join(format!("kinde-meter-bench-redis-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("kinde-meter-bench-redis-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(&dir)
             .stdout(Stdio::null())
@@ -115,11 +125,16 @@ fn meter_requests(emulator: &Emulator) -> usize {
 fn requests_per_window(n: usize, redis: &Redis, ids: &[AgreementId]) -> (usize, usize) {
     let emulator = Emulator::start().expect("emulator");
     let config = fleet_config(&emulator, redis, &format!("requests-{n}"));
-    let replicas: Vec<Reporter> = (0..n).map(|_| Reporter::start(config.clone()).expect("replica")).collect();
+    let replicas: Vec<Reporter> = (0..n)
+        .map(|_| Reporter::start(config.clone()).expect("replica"))
+        .collect();
     let deliverer = Deliverer::start(&config).expect("deliverer");
     window(&replicas, ids);
     let fleet = Fleet::new(&config).expect("fleet");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let s = runtime.block_on(fleet.stats()).expect("stats");
@@ -133,7 +148,9 @@ fn requests_per_window(n: usize, redis: &Redis, ids: &[AgreementId]) -> (usize, 
     let with = meter_requests(&emulator);
 
     let plain = Emulator::start().expect("emulator");
-    let replicas: Vec<Reporter> = (0..n).map(|_| Reporter::start(config_plain(&plain)).expect("replica")).collect();
+    let replicas: Vec<Reporter> = (0..n)
+        .map(|_| Reporter::start(config_plain(&plain)).expect("replica"))
+        .collect();
     window(&replicas, ids);
     (with, meter_requests(&plain))
 }
@@ -154,7 +171,9 @@ fn main() {
     let mut rows = Vec::new();
     for n in REPLICAS {
         let config = fleet_config(&emulator, &redis, &format!("handoff-{n}"));
-        let replicas: Vec<Reporter> = (0..n).map(|_| Reporter::start(config.clone()).expect("replica")).collect();
+        let replicas: Vec<Reporter> = (0..n)
+            .map(|_| Reporter::start(config.clone()).expect("replica"))
+            .collect();
         window(&replicas, &ids);
         let mut group = criterion.benchmark_group(format!("handoff/{n}_replicas"));
         group.bench_function("window_100_keys", |b| {

@@ -58,6 +58,7 @@ pub mod fleet;
 mod journal;
 mod reporter;
 pub mod resolve;
+mod sink;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

@@ -15,8 +15,7 @@ use super::scripts::Scripts;
 use crate::api::{
     AgreementId, ApiError, Client, Disposition, FeatureCode, MeterType, RequestOptions, Timestamp,
 };
-use crate::config::{Config, Delivery, ErrorHook, UnsentHook};
-use crate::reporter::InitError;
+use crate::config::{Config, ConfigError, Delivery, ErrorHook, UnsentHook};
 use crate::usage::{MeterError, UnsentReason, UnsentRecord, UsageRecord};
 
 /// How often an idle deliverer looks for due entries.
@@ -50,10 +49,10 @@ impl Deliverer {
     /// # Errors
     ///
     /// When `config` has no fleet options or is invalid, or the thread cannot start.
-    pub fn start(config: &Config) -> Result<Self, InitError> {
-        config.validate()?;
-        let settings = config.fleet_settings()?;
-        let client = config.client()?;
+    pub fn start(config: &Config) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let settings = config.fleet_settings().map_err(StartError::Config)?;
+        let client = config.client().map_err(StartError::Config)?;
         let owner = format!("{}-{:08x}", std::process::id(), fastrand::u32(..));
         let run = Arc::new(Run {
             keys: Keys::new(&settings.namespace),
@@ -90,7 +89,7 @@ impl Deliverer {
                     }
                 }
             })
-            .map_err(InitError::Spawn)?;
+            .map_err(StartError::Spawn)?;
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
@@ -132,6 +131,34 @@ impl Drop for Deliverer {
     }
 }
 
+/// Why a [`Deliverer`] could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid, or has no fleet options.
+    Config(ConfigError),
+    /// Its thread could not be started.
+    Spawn(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "invalid kinde-meter configuration: {e}"),
+            StartError::Spawn(e) => write!(f, "could not start the fleet deliverer's thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Config(e) => Some(e),
+            StartError::Spawn(e) => Some(e),
+        }
+    }
+}
+
 /// One flight, as a claim returned it.
 struct Flight {
     id: EntryId,
@@ -158,7 +185,7 @@ struct Run {
 
 impl Run {
     async fn serve(self: Arc<Self>, mut stop: oneshot::Receiver<()>) {
-        let mut connection = match self.settings.connect() {
+        let mut connection = match super::connect(&self.settings) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(target: "kinde_meter", "the fleet deliverer cannot use its Redis URL: {e}");

@@ -12,7 +12,7 @@ use super::scripts::Scripts;
 use super::{FleetSettings, not_sent};
 use crate::api::ApiError;
 use crate::config::{Config, ConfigError, ErrorHook};
-use crate::reporter::{SendResult, Sink};
+use crate::sink::{SendResult, Sink};
 use crate::usage::{MeterError, UsageRecord};
 
 /// What every [`HandoffSink`] of this process has done (see [`handoff_stats`]).
@@ -143,7 +143,7 @@ impl HandoffSink {
         let inner = &*self.inner;
         Ok(inner
             .connection
-            .get_or_try_init(|| async { inner.settings.connect() })
+            .get_or_try_init(|| async { super::connect(&inner.settings) })
             .await?
             .clone())
     }

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::FleetSettings;
 use super::keys::Keys;
+use crate::config::FleetSettings;
 use crate::config::{Config, ConfigError};
 
 /// The fleet's counters and backlog, as Redis holds them (all deliverers together).
@@ -92,8 +92,7 @@ impl Fleet {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.settings.redis_timeout))
             .set_response_timeout(Some(self.settings.redis_timeout));
-        self.settings
-            .client()?
+        redis::Client::open(self.settings.url.as_str())?
             .get_multiplexed_async_connection_with_config(&config)
             .await
     }

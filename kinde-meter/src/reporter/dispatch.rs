@@ -17,12 +17,12 @@ use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 
 use super::outbox::{Change, Event, Outbox, Policy, Record, Wait};
-use super::sink::{SendResult, Sink};
 use crate::api::{AgreementId, ApiError, Customer, CustomerId, StatusCode, Timestamp};
 use crate::config::{AgreementEnded, Delivery};
 use crate::journal::format::Stored;
 use crate::journal::{Journal, Recovered};
 use crate::resolve::{Cached, Lookup, ResolveError, Unresolved};
+use crate::sink::{SendResult, Sink};
 use crate::usage::{
     JournalFailure, JournalIssue, RecordId, UnsentReason, UnsentRecord, UsageRecord,
 };

@@ -15,7 +15,6 @@ mod events;
 pub(crate) mod local;
 mod outbox;
 mod shared;
-mod sink;
 mod worker;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -30,7 +29,6 @@ use self::dispatch::Resolution;
 pub use self::events::{FlushReport, ShutdownReport, Stats};
 use self::shared::BillingChange;
 use self::shared::{CallProblem, Shared};
-pub use self::sink::{KindeSink, SendResult, Sink};
 use self::worker::{Command, Reply, Settings, Worker};
 use crate::api::{
     AgreementId, Customer, CustomerId, FeatureCode, MeterType, OrgCode, UserId, deadline_after,
@@ -40,6 +38,7 @@ use crate::config::Delivery;
 use crate::config::{Config, ConfigError, defaults};
 use crate::context::with_current;
 use crate::resolve::{CacheSettings, Cached};
+pub use crate::sink::{KindeSink, SendResult, Sink};
 // Named here for `__private` and `testing::capture`, which take it from the reporter.
 pub use crate::usage::InvalidValue;
 
@@ -527,7 +526,12 @@ impl Reporter {
         let (deliverer, policy_config) = match &config.fleet {
             Some(fleet) => {
                 let deliverer = if fleet.deliver {
-                    Some(crate::fleet::Deliverer::start(&config)?)
+                    Some(
+                        crate::fleet::Deliverer::start(&config).map_err(|e| match e {
+                            crate::fleet::StartError::Config(e) => InitError::Config(e),
+                            crate::fleet::StartError::Spawn(e) => InitError::Spawn(e),
+                        })?,
+                    )
                 } else {
                     None
                 };

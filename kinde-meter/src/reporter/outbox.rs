@@ -24,10 +24,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cells::Key;
-use super::sink::SendResult;
 use crate::api::{AgreementId, ApiError, Disposition, FeatureCode, MeterType, Timestamp};
 use crate::config::Delivery;
 use crate::journal::format::Stored;
+use crate::sink::SendResult;
 use crate::usage::{Attempts, RecordId, UnsentReason, UnsentRecord, UsageRecord};
 
 /// Longest 429 pause honoured, whatever the server says.

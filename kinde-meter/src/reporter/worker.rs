@@ -20,9 +20,9 @@ use super::events::{FlushReport, ShutdownReport};
 use super::outbox::{Policy, Wait};
 use super::shared::BillingChange;
 use super::shared::Shared;
-use super::sink::Sink;
 use crate::api::{Timestamp, deadline_after};
 use crate::journal::{Journal, Recovered};
+use crate::sink::Sink;
 
 pub(crate) struct Settings {
     pub(crate) flush_interval: Duration,

@@ -1,5 +1,10 @@
 //! Reporter configuration: from the environment or built in code.
 
+#[cfg(feature = "fleet")]
+mod fleet;
+#[cfg(feature = "fleet")]
+pub(crate) use fleet::FleetSettings;
+
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -210,7 +215,7 @@ pub struct Config {
     pub(crate) resolver_negative_ttl: Duration,
     pub(crate) resolver_max_customers: usize,
     #[cfg(feature = "fleet")]
-    pub(crate) fleet: Option<crate::fleet::FleetSettings>,
+    pub(crate) fleet: Option<FleetSettings>,
     /// The journal's file system, replaced by the journal's fault tests.
     #[cfg(test)]
     pub(crate) journal_fs: Option<Arc<dyn crate::journal::fs::Fs>>,
@@ -448,7 +453,7 @@ impl Config {
         if let Some(url) = get(env::REDIS_URL) {
             #[cfg(feature = "fleet")]
             {
-                let mut settings = crate::fleet::FleetSettings::new(url.trim().to_owned());
+                let mut settings = FleetSettings::new(url.trim().to_owned());
                 settings.source = env::REDIS_URL;
                 config.fleet = Some(settings);
             }
@@ -661,7 +666,7 @@ impl Config {
     #[cfg(feature = "fleet")]
     #[must_use]
     pub fn fleet(mut self, url: impl Into<String>) -> Self {
-        self.fleet = Some(crate::fleet::FleetSettings::new(url.into()));
+        self.fleet = Some(FleetSettings::new(url.into()));
         self
     }
 
@@ -728,7 +733,7 @@ impl Config {
 
     /// The fleet options, checked.
     #[cfg(feature = "fleet")]
-    pub(crate) fn fleet_settings(&self) -> Result<crate::fleet::FleetSettings, ConfigError> {
+    pub(crate) fn fleet_settings(&self) -> Result<FleetSettings, ConfigError> {
         let fleet = self.fleet.clone().ok_or(ConfigError::Missing {
             var: env::REDIS_URL,
             hint: "fleet mode needs a Redis: call `Config::fleet(url)` or set KINDE_METER_REDIS_URL",
