@@ -386,3 +386,122 @@ fn acknowledged_hand_off_markers_are_removed() {
             .is_complete()
     );
 }
+
+/// A record as a replica hands it off, built by hand to choose its stamp.
+fn record(meter_type: &str, value: u64, stamp: &str, key: &str) -> kinde_meter::UsageRecord {
+    serde_json::from_value(serde_json::json!({
+        "agreement": "agr_seats", "feature": "seats", "meter_type": meter_type,
+        "value": value, "timestamp": stamp, "idempotency_key": key,
+    }))
+    .expect("record")
+}
+
+/// Hands `record` off on `runtime` (the one the sink's connection was first made on, and
+/// lives on, as a reporter's sink lives on its worker's).
+fn hand_off(
+    runtime: &tokio::runtime::Runtime,
+    sink: &kinde_meter::fleet::HandoffSink,
+    record: &kinde_meter::UsageRecord,
+) -> kinde_meter::SendResult {
+    use kinde_meter::Sink;
+    runtime.block_on(sink.send(record, Duration::from_secs(5)))
+}
+
+/// An absolute value older than the one in flight, or than the one delivered, is
+/// superseded: it is never sent, and never turns into a request with value 0.
+#[test]
+fn an_older_absolute_value_never_overwrites_a_newer_one() {
+    let emulator = Emulator::start().expect("emulator");
+    emulator.set_faults(Faults::none().latency(Duration::from_millis(800)));
+    let redis = RedisServer::start(Persistence::None);
+    let config = fleet_config(&emulator, &redis).fleet_gather(Duration::from_millis(10));
+    let sink = kinde_meter::fleet::HandoffSink::new(&config).expect("sink");
+    let rt = runtime();
+    let deliverer = Deliverer::start(&config).expect("deliverer");
+    hand_off(
+        &rt,
+        &sink,
+        &record("absolute", 10, "2026-01-01T00:01:40Z", "k-newer"),
+    )
+    .expect("hand-off");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while emulator.in_flight() == 0 {
+        assert!(Instant::now() < deadline, "nothing was sent");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A replica late with an older window, while the newer value is in flight.
+    hand_off(
+        &rt,
+        &sink,
+        &record("absolute", 7, "2026-01-01T00:01:35Z", "k-older"),
+    )
+    .expect("hand-off");
+    wait_delivered(&config, &emulator, Duration::from_secs(10));
+    // And once more after it was delivered (its entry is gone by then).
+    hand_off(
+        &rt,
+        &sink,
+        &record("absolute", 5, "2026-01-01T00:01:30Z", "k-oldest"),
+    )
+    .expect("hand-off");
+    std::thread::sleep(Duration::from_millis(300));
+    wait_delivered(&config, &emulator, Duration::from_secs(10));
+    assert!(deliverer.stop(Duration::from_secs(5)));
+    let values: Vec<String> = emulator
+        .accepted()
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    assert_eq!(
+        emulator.accepted().len(),
+        1,
+        "only the newest value was sent: {values:?}"
+    );
+    assert_eq!(emulator.total("agr_seats", "seats").whole(), Some(10));
+}
+
+/// A hand-off that would take an entry's sum past 2⁶³ is refused as such (the record is
+/// rejected and reported), and leaves the entry as it was.
+#[test]
+fn a_sum_past_the_fleets_limit_is_refused_and_changes_nothing() {
+    let emulator = Emulator::start().expect("emulator");
+    let redis = RedisServer::start(Persistence::None);
+    let config = fleet_config(&emulator, &redis);
+    let sink = kinde_meter::fleet::HandoffSink::new(&config).expect("sink");
+    let rt = runtime();
+    let big = 5_000_000_000_000_000_000;
+    hand_off(
+        &rt,
+        &sink,
+        &record("delta", big, "2026-01-01T00:00:00Z", "k-1"),
+    )
+    .expect("first");
+    let e = hand_off(
+        &rt,
+        &sink,
+        &record("delta", big, "2026-01-01T00:00:01Z", "k-2"),
+    )
+    .expect_err("past 2^63");
+    assert_eq!(
+        e.disposition(),
+        kinde_meter::api::Disposition::Rejected,
+        "{e}"
+    );
+    assert!(e.to_string().contains("2^63"), "{e}");
+    let pending = rt
+        .block_on(Fleet::new(&config).expect("fleet").pending(10))
+        .expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[0].pending, big,
+        "the refused hand-off added nothing"
+    );
+    // Refused, not applied: the same record is refused again rather than taken as done.
+    let again = hand_off(
+        &rt,
+        &sink,
+        &record("delta", big, "2026-01-01T00:00:01Z", "k-2"),
+    )
+    .expect_err("again");
+    assert_eq!(again.disposition(), kinde_meter::api::Disposition::Rejected);
+}

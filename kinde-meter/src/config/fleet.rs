@@ -58,10 +58,10 @@ impl FleetSettings {
                 ),
             });
         }
-        if self.marker_ttl < Duration::from_secs(1) {
+        if !(Duration::from_secs(1)..=Duration::from_secs(30 * 86_400)).contains(&self.marker_ttl) {
             return Err(ConfigError::InvalidOption {
                 option: "fleet_marker_ttl",
-                reason: "must be at least 1 s".to_owned(),
+                reason: "must be from 1 s to 30 days".to_owned(),
             });
         }
         if self.lease < request_timeout + Duration::from_secs(1) {

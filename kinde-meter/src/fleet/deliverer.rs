@@ -2,7 +2,7 @@
 //! to Kinde, and settles it by compare-and-set on its fencing token.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use tokio::sync::oneshot;
@@ -20,6 +20,8 @@ use crate::usage::{MeterError, UnsentReason, UnsentRecord, UsageRecord};
 
 /// How often an idle deliverer looks for due entries.
 const POLL: Duration = Duration::from_millis(100);
+/// Below this much lease left, a claimed flight is put back rather than sent.
+const MIN_SEND_TIME: Duration = Duration::from_millis(200);
 /// Expired leases taken back per look.
 const EXPIRED_PER_LOOK: u32 = 100;
 
@@ -165,6 +167,15 @@ struct Flight {
     token: String,
     record: Result<UsageRecord, String>,
     attempts: u32,
+    /// When the claim's answer came (the lease started a little earlier).
+    claimed_at: Instant,
+}
+
+/// What the hooks hear of a flight once it is settled.
+enum After {
+    Nothing,
+    Report(MeterError),
+    HandBack(UsageRecord, u32, String),
 }
 
 struct Run {
@@ -235,6 +246,7 @@ impl Run {
             .key(self.keys.stats())
             .arg(self.keys.entry_prefix())
             .arg(EXPIRED_PER_LOOK)
+            .arg(&self.owner)
             .invoke_async(connection)
             .await?;
         for pair in expired.chunks_exact(2) {
@@ -256,6 +268,7 @@ impl Run {
             .key(self.keys.gate())
             .key(self.keys.bucket())
             .key(self.keys.fence())
+            .key(self.keys.since())
             .arg(self.keys.entry_prefix())
             .arg(&self.owner)
             .arg(millis(self.settings.lease))
@@ -265,6 +278,7 @@ impl Run {
             .arg(self.requests_per_second.max(1.0))
             .invoke_async(connection)
             .await?;
+        let claimed_at = Instant::now();
         let wait_ms = reply
             .get(1)
             .and_then(|w| w.parse::<u64>().ok())
@@ -276,7 +290,12 @@ impl Run {
             )),
             Some("rate") => Ok(Duration::from_millis(wait_ms.max(1))),
             Some("claimed") => {
-                let flights: Vec<Flight> = reply[2..].chunks_exact(10).map(parse_flight).collect();
+                let flights: Vec<Flight> = reply
+                    .get(2..)
+                    .unwrap_or_default()
+                    .chunks_exact(10)
+                    .map(|fields| parse_flight(fields, claimed_at))
+                    .collect();
                 let claimed = !flights.is_empty();
                 for flight in flights {
                     let run = Arc::clone(self);
@@ -289,79 +308,96 @@ impl Run {
         }
     }
 
-    /// Sends one flight and settles it.
+    /// Sends one flight and settles it. The hooks hear of it only once it is settled: a
+    /// settle fenced off means another deliverer took the flight over, and it reports.
     async fn deliver(self: Arc<Self>, mut connection: ConnectionManager, flight: Flight) {
+        // The lease ends `lease` after the claim, by Redis's clock; this side keeps a
+        // second's margin for the settle.
+        let lease_end =
+            flight.claimed_at + self.settings.lease.saturating_sub(Duration::from_secs(1));
+        let settling = connection.clone();
+        let settle = |outcome, delay, letter: String| {
+            let run = Arc::clone(&self);
+            let mut connection = settling.clone();
+            let (id, token) = (flight.id.clone(), flight.token.clone());
+            async move {
+                run.settle(
+                    &mut connection,
+                    &id,
+                    &token,
+                    outcome,
+                    delay,
+                    &letter,
+                    lease_end,
+                )
+                .await
+            }
+        };
         let record = match flight.record {
-            Ok(record) => record,
-            Err(reason) => {
+            Ok(ref record) => record.clone(),
+            Err(ref reason) => {
                 // Written by a newer or foreign writer: kept as a dead letter, not guessed at.
                 tracing::error!(target: "kinde_meter", "fleet entry {:?} cannot be read ({reason}); moved to the dead letters", flight.id.0);
                 let letter =
                     serde_json::json!({ "entry": flight.id.0, "reason": reason }).to_string();
-                self.settle(
-                    &mut connection,
-                    &flight.id,
-                    &flight.token,
-                    "rejected",
-                    Duration::ZERO,
-                    &letter,
-                )
-                .await;
+                settle("rejected", Duration::ZERO, letter).await;
                 return;
             }
         };
+        let time_left = lease_end.saturating_duration_since(Instant::now());
+        if time_left < MIN_SEND_TIME {
+            // Claimed too long ago to send and settle within the lease: not sent.
+            settle("retry", Duration::ZERO, String::new()).await;
+            return;
+        }
         let options = RequestOptions::new()
             .idempotency_key(record.idempotency_key.clone())
-            .timeout(self.request_timeout);
+            .timeout(self.request_timeout.min(time_left));
         let result = self
             .client
             .create_meter_usage_record_with_options(&record.request(), &options)
             .await;
         let attempts = flight.attempts + 1;
-        let (outcome, delay, letter) = match result {
-            Ok(_) => ("ok", Duration::ZERO, String::new()),
+        let (outcome, delay, letter, after) = match result {
+            Ok(_) => ("ok", Duration::ZERO, String::new(), After::Nothing),
             Err(error) => match error.disposition() {
                 Disposition::NotApplied => {
                     if let ApiError::Throttled { retry_after, .. } = &error {
-                        self.close_gate(
-                            &mut connection,
-                            retry_after.unwrap_or(Duration::from_secs(1)),
-                        )
-                        .await;
+                        let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                        self.close_gate(&mut connection, wait).await;
                     }
-                    ("retry", self.backoff(attempts), String::new())
+                    let delay = self.backoff(attempts);
+                    ("retry", delay, String::new(), After::Nothing)
                 }
                 Disposition::Ambiguous => match self.delivery {
-                    Delivery::AtLeastOnce => {
-                        self.report(&MeterError::Ambiguous {
-                            record: record.clone(),
+                    Delivery::AtLeastOnce => (
+                        "ambiguous",
+                        self.backoff(attempts),
+                        String::new(),
+                        After::Report(MeterError::Ambiguous {
+                            record,
                             attempts,
                             error: error.to_string(),
-                        });
-                        ("ambiguous", self.backoff(attempts), String::new())
-                    }
-                    Delivery::AtMostOnce => {
-                        let letter = letter(&record, "ambiguous", &error.to_string());
-                        self.hand_back(record, attempts, Some(error.to_string()));
-                        ("ambiguous_unsent", Duration::ZERO, letter)
-                    }
+                        }),
+                    ),
+                    Delivery::AtMostOnce => (
+                        "ambiguous_unsent",
+                        Duration::ZERO,
+                        letter(&record, "ambiguous", &error.to_string()),
+                        After::HandBack(record, attempts, error.to_string()),
+                    ),
                 },
-                _ => {
-                    let letter = letter(&record, "rejected", &error.to_string());
-                    self.report(&MeterError::Rejected { record, error });
-                    ("rejected", Duration::ZERO, letter)
-                }
+                _ => (
+                    "rejected",
+                    Duration::ZERO,
+                    letter(&record, "rejected", &error.to_string()),
+                    After::Report(MeterError::Rejected { record, error }),
+                ),
             },
         };
-        self.settle(
-            &mut connection,
-            &flight.id,
-            &flight.token,
-            outcome,
-            delay,
-            &letter,
-        )
-        .await;
+        if settle(outcome, delay, letter).await {
+            self.tell(after);
+        }
     }
 
     /// Settles a flight whose lease ran out under another deliverer: its send may have
@@ -401,38 +437,49 @@ impl Run {
         );
         let attempts = field(3).parse::<u32>().unwrap_or(0) + 1;
         let error = "the lease of the deliverer that sent it ran out before it settled".to_owned();
-        let (outcome, letter) = match (record, self.delivery) {
-            (Ok(record), Delivery::AtLeastOnce) => {
-                self.report(&MeterError::Ambiguous {
+        let (outcome, letter, after) = match (record, self.delivery) {
+            (Ok(record), Delivery::AtLeastOnce) => (
+                "ambiguous",
+                String::new(),
+                After::Report(MeterError::Ambiguous {
                     record,
                     attempts,
                     error,
-                });
-                ("ambiguous", String::new())
-            }
-            (Ok(record), Delivery::AtMostOnce) => {
-                let letter = letter(&record, "ambiguous", &error);
-                self.hand_back(record, attempts, Some(error));
-                ("ambiguous_unsent", letter)
-            }
+                }),
+            ),
+            (Ok(record), Delivery::AtMostOnce) => (
+                "ambiguous_unsent",
+                letter(&record, "ambiguous", &error),
+                After::HandBack(record, attempts, error),
+            ),
             (Err(reason), _) => (
                 "rejected",
                 serde_json::json!({ "entry": id.0, "reason": reason }).to_string(),
+                After::Nothing,
             ),
         };
-        self.settle(
-            &mut connection,
-            &id,
-            &token,
-            outcome,
-            Duration::ZERO,
-            &letter,
-        )
-        .await;
+        // EXPIRED gave this token a minute.
+        let until = Instant::now() + Duration::from_secs(50);
+        let settled = self
+            .settle(
+                &mut connection,
+                &id,
+                &token,
+                outcome,
+                Duration::ZERO,
+                &letter,
+                until,
+            )
+            .await;
+        if settled {
+            self.tell(after);
+        }
     }
 
-    /// Settles by compare-and-set, retrying while Redis is unreachable (a settle that
-    /// never lands is taken back when its lease runs out, as ambiguous).
+    /// Settles by compare-and-set, retrying while Redis is unreachable, until `until`
+    /// (the lease's end: a settle that never lands is taken back then, as ambiguous).
+    /// Returns whether it settled.
+    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
         connection: &mut ConnectionManager,
@@ -441,8 +488,10 @@ impl Run {
         outcome: &str,
         delay: Duration,
         letter: &str,
-    ) {
-        for attempt in 0..5u32 {
+        until: Instant,
+    ) -> bool {
+        let mut attempt = 0u32;
+        loop {
             let settled: redis::RedisResult<i64> = self
                 .scripts
                 .settle
@@ -452,6 +501,7 @@ impl Run {
                 .key(self.keys.since())
                 .key(self.keys.stats())
                 .key(self.keys.dead())
+                .key(self.keys.absolute_stamps())
                 .arg(&id.0)
                 .arg(token)
                 .arg(outcome)
@@ -461,15 +511,32 @@ impl Run {
                 .invoke_async(connection)
                 .await;
             match settled {
-                Ok(1) => return,
+                Ok(1) => return true,
                 Ok(_) => {
-                    tracing::warn!(target: "kinde_meter", "fleet entry {:?}: this deliverer's lease ran out before it settled ({outcome}); the entry was taken back as ambiguous", id.0);
-                    return;
+                    tracing::warn!(target: "kinde_meter", "fleet entry {:?}: this deliverer's lease ran out before it settled ({outcome}); another deliverer took it over", id.0);
+                    return false;
                 }
                 Err(e) => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(200) * attempt.min(5);
+                    if Instant::now() + pause >= until {
+                        tracing::warn!(target: "kinde_meter", "fleet entry {:?}: could not settle ({e}) before its lease ends; it will be taken back as ambiguous", id.0);
+                        return false;
+                    }
                     tracing::debug!(target: "kinde_meter", "settling fleet entry {:?} failed ({e}); retrying", id.0);
-                    tokio::time::sleep(Duration::from_millis(200) * (attempt + 1)).await;
+                    tokio::time::sleep(pause).await;
                 }
+            }
+        }
+    }
+
+    /// Tells the hooks what a settled flight came to.
+    fn tell(&self, after: After) {
+        match after {
+            After::Nothing => {}
+            After::Report(error) => self.report(&error),
+            After::HandBack(record, attempts, error) => {
+                self.hand_back(record, attempts, Some(error));
             }
         }
     }
@@ -518,7 +585,7 @@ impl Run {
     }
 }
 
-fn parse_flight(fields: &[String]) -> Flight {
+fn parse_flight(fields: &[String], claimed_at: Instant) -> Flight {
     let id = EntryId(fields[0].clone());
     let record = record_of(
         &id, &fields[2], &fields[3], &fields[4], &fields[7], &fields[8], &fields[9],
@@ -528,6 +595,7 @@ fn parse_flight(fields: &[String]) -> Flight {
         attempts: fields[5].parse().unwrap_or(0),
         record,
         id,
+        claimed_at,
     }
 }
 

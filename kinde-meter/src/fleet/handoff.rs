@@ -58,6 +58,9 @@ pub fn handoff_stats() -> HandoffStats {
 /// it (say, to count hand-offs) and start the reporter with
 /// [`Reporter::start_with_sink`](crate::Reporter::start_with_sink) and the same config.
 ///
+/// Its connection to Redis is made on the runtime of its first hand-off and lives there
+/// (a reporter's worker runtime): hand off on that runtime only.
+///
 /// Its errors say what the outbox should do: Redis refusing the connection is
 /// [`ApiError::NotSent`] (retried), a lost reply is [`ApiError::Transport`] or
 /// [`ApiError::Timeout`]. Those may have been applied, and resending them is safe: the
@@ -131,9 +134,16 @@ impl HandoffSink {
                 on_error: config.on_error.clone().map(ErrorHookDebug),
                 failing: AtomicBool::new(false),
                 acknowledged: Mutex::new(VecDeque::new()),
-                marker_kept: MARKER_KEPT
-                    .max(config.flush_interval * 2)
-                    .min(settings.marker_ttl / 4),
+                // With a journal, a settle is written unsynced: a host crash may lose
+                // it and replay the record at the next start, however late. Markers
+                // then live their full time to live.
+                marker_kept: if config.journal_dir.is_some() {
+                    settings.marker_ttl
+                } else {
+                    MARKER_KEPT
+                        .max(config.flush_interval * 2)
+                        .min(settings.marker_ttl / 4)
+                },
                 settings,
             }),
         })
@@ -161,6 +171,7 @@ impl HandoffSink {
             .key(inner.keys.due())
             .key(inner.keys.since())
             .key(inner.keys.stats())
+            .key(inner.keys.absolute_stamps())
             .arg(&id.0)
             .arg(record.value)
             .arg(meter_type_code(record.meter_type))
@@ -288,10 +299,12 @@ impl Sink for HandoffSink {
     }
 }
 
-/// Whether Redis ran the script and it failed (an `ERR` reply): the same hand-off would
-/// fail again.
+/// Whether the script refused the hand-off itself (an entry's sum past 2⁶³): the same
+/// hand-off would fail again. Any other error may have come after the script wrote (a
+/// Redis before 7 wraps `READONLY` or `OOM` met inside a script in a plain `ERR`), so it
+/// is retried, and the marker absorbs a second hand-off.
 fn refused(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+    e.code() == Some(super::scripts::REFUSED)
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {

@@ -4,20 +4,23 @@
 use crate::api::MeterType;
 use crate::usage::UsageRecord;
 
-/// One key and coalescing bucket: `<agreement>|<feature>|<d or a>|<bucket>`. Neither an
-/// agreement id nor a feature code can hold a `|`.
+/// One key and coalescing bucket of a delta meter, `<agreement>|<feature>|d|<bucket>`,
+/// or one key of an absolute meter, `<agreement>|<feature>|a|-`: an absolute value
+/// replaces any older one, in whichever bucket. Neither an agreement id nor a feature code
+/// can hold a `|`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct EntryId(pub(crate) String);
 
 impl EntryId {
     pub(crate) fn of(record: &UsageRecord, coalesce_secs: u64) -> Self {
-        Self(format!(
-            "{}|{}|{}|{}",
-            record.agreement.as_str(),
-            record.feature.as_str(),
-            meter_type_code(record.meter_type),
-            record.timestamp.unix_seconds() / coalesce_secs.max(1),
-        ))
+        let (agreement, feature) = (record.agreement.as_str(), record.feature.as_str());
+        Self(match record.meter_type {
+            MeterType::Absolute => format!("{agreement}|{feature}|a|-"),
+            _ => format!(
+                "{agreement}|{feature}|d|{}",
+                record.timestamp.unix_seconds() / coalesce_secs.max(1)
+            ),
+        })
     }
 
     /// The idempotency key of a flight: the same for every attempt of it, from any
@@ -105,6 +108,12 @@ impl Keys {
     /// The fleet's counters.
     pub(crate) fn stats(&self) -> String {
         self.named("stats")
+    }
+
+    /// The window stamp of the last value delivered, per absolute entry: an older value
+    /// handed off later is superseded.
+    pub(crate) fn absolute_stamps(&self) -> String {
+        self.named("absolute")
     }
 
     /// Records rejected or handed back, newest first (the last 10,000).

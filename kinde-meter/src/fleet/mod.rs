@@ -48,13 +48,15 @@ fn connect(settings: &FleetSettings) -> redis::RedisResult<redis::aio::Connectio
     redis::Client::open(settings.url.as_str())?.get_connection_manager_lazy(config)
 }
 
-/// Whether nothing of the command was applied: the connection was refused, or the
-/// server answered with an error other than the script's own (`LOADING` while it reads
-/// its AOF, `READONLY` on a replica after a failover, `OOM`).
+/// Whether nothing of the command was applied: the connection was refused, or Redis
+/// refused the command before running it (`LOADING` while it reads its AOF, `READONLY`
+/// on a replica after a failover, `OOM`, `MISCONF`). A plain `ERR` may come from inside a
+/// script that wrote before it (see `handoff::refused`), so it is not one of these.
 fn not_sent(e: &redis::RedisError) -> bool {
     e.is_connection_refusal()
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-        )
+        || match e.kind() {
+            redis::ErrorKind::Server(kind) => kind != redis::ServerErrorKind::ResponseError,
+            redis::ErrorKind::Extension => e.code() != Some(scripts::REFUSED),
+            _ => false,
+        }
 }

@@ -5,68 +5,85 @@
 //! Redis 5 and later replicate a script's effects, not the script, so reading `TIME` is
 //! safe on replicas and in the AOF.
 //!
-//! An entry (one key and coalescing bucket, named by [`super::keys::EntryId`]) is a hash:
+//! An entry (one key and coalescing bucket of a delta meter, or one key of an absolute
+//! meter, named by [`super::keys::EntryId`]) is a hash:
 //!
 //! | field | meaning |
 //! | --- | --- |
 //! | `agreement`, `feature`, `type`, `bucket` | what it bills (`type` is `d` or `a`) |
 //! | `pending`, `pstamp`, `has`, `psince` | usage handed off and not yet claimed: its value (summed, or the last absolute value), the latest window stamp, whether there is any, and since when (ms) |
 //! | `flight`, `fstamp`, `lineage`, `attempts`, `maybe` | the value being delivered: what is sent, its stamp, the fencing token of its first claim (the idempotency key's lineage), attempts so far, whether one may have been applied |
-//! | `token`, `owner`, `deadline` | the current claim: fencing token, deliverer, lease end (ms) |
+//! | `token`, `owner`, `deadline` | the current claim: fencing token (a counter and the deliverer's name, so no token repeats even if Redis loses the counter), deliverer, lease end (ms) |
 //!
 //! New usage never joins a flight: it waits in `pending` and is claimed as the next flight
 //! once the current one settles, so a retried request always carries what it carried the
 //! first time, under the same idempotency key.
+//!
+//! Scripts are not rolled back when a command fails midway, so each one checks first
+//! whatever could fail, and writes only once nothing can (counters are increased with
+//! `pcall`: a full counter must not strand an entry).
 
 use redis::Script;
 
+/// The error a script returns when it refuses a hand-off that would fail the same way
+/// again (an entry's sum past 2⁶³).
+pub(crate) const REFUSED: &str = "KMREFUSED";
+
 /// Hands one record to its entry, once per idempotency key.
 ///
-/// KEYS: marker, entry, due, since, stats. ARGV: entry id, value, type (`d`/`a`), window
-/// stamp (unix s), marker ttl (ms), gather (ms), agreement, feature, bucket.
-/// Returns 1 when applied, 0 when the marker says it already was.
+/// KEYS: marker, entry, due, since, stats, last absolute stamps. ARGV: entry id, value,
+/// type (`d`/`a`), window stamp (unix s), marker ttl (ms), gather (ms), agreement,
+/// feature, bucket. Returns 1 when applied (or superseded: an absolute value older than
+/// one the fleet holds or sent), 0 when the marker says it already was.
 const HANDOFF: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local e = KEYS[2]
+local delta = ARGV[3] == 'd'
+if delta then
+  local cur = tonumber(redis.call('HGET', e, 'pending') or '0')
+  if cur + tonumber(ARGV[2]) >= 9.2e18 then
+    return redis.error_reply('KMREFUSED the entry would pass 2^63')
+  end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local e = KEYS[2]
-if ARGV[3] == 'd' then
-  -- First: an overflowing sum errors here, before anything is written.
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[5])
+redis.pcall('HINCRBY', KEYS[5], 'handoffs', 1)
+local stamp = tonumber(ARGV[4])
+local pstamp = tonumber(redis.call('HGET', e, 'pstamp') or '-1')
+if delta then
   redis.call('HINCRBY', e, 'pending', ARGV[2])
+  if stamp > pstamp then redis.call('HSET', e, 'pstamp', ARGV[4]) end
+else
+  -- Last write wins by window stamp (a tie goes to the later hand-off), against what
+  -- waits, what is in flight (`pstamp` stays when a flight is claimed) and what was
+  -- delivered last.
+  local sent = tonumber(redis.call('HGET', KEYS[6], ARGV[1]) or '-1')
+  if stamp < pstamp or stamp < sent then return 1 end
+  redis.call('HSET', e, 'pending', ARGV[2], 'pstamp', ARGV[4])
 end
 redis.call('HSETNX', e, 'agreement', ARGV[7])
 redis.call('HSETNX', e, 'feature', ARGV[8])
 redis.call('HSETNX', e, 'type', ARGV[3])
 redis.call('HSETNX', e, 'bucket', ARGV[9])
-local stamp = tonumber(ARGV[4])
-local pstamp = tonumber(redis.call('HGET', e, 'pstamp') or '-1')
-if ARGV[3] == 'a' then
-  -- Last write wins by window stamp; a tie goes to the later hand-off.
-  if stamp >= pstamp then
-    redis.call('HSET', e, 'pending', ARGV[2], 'pstamp', ARGV[4])
-  end
-elseif stamp > pstamp then
-  redis.call('HSET', e, 'pstamp', ARGV[4])
-end
 if redis.call('HGET', e, 'has') ~= '1' then
   redis.call('HSET', e, 'has', '1', 'psince', now)
 end
+-- The oldest undelivered usage of the entry: kept if older.
 redis.call('ZADD', KEYS[4], 'NX', now, ARGV[1])
 -- An entry out for delivery is queued again when its flight settles.
 if not redis.call('HGET', e, 'token') then
   redis.call('ZADD', KEYS[3], 'NX', now + tonumber(ARGV[6]), ARGV[1])
 end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[5])
-redis.call('HINCRBY', KEYS[5], 'handoffs', 1)
 return 1
 ";
 
 /// Claims due entries for one deliverer, within the gate, the token bucket and the
 /// in-flight limit.
 ///
-/// KEYS: due, inflight, gate, bucket, fence. ARGV: entry key prefix, owner, lease (ms),
-/// max in flight, batch, rate (requests/s, 0 for none), burst.
-/// Returns `{'gate'|'full'|'rate', wait_ms}` or `{'claimed', 0, id, token, value, stamp,
+/// KEYS: due, inflight, gate, bucket, fence, since. ARGV: entry key prefix, owner, lease
+/// (ms), max in flight, batch, rate (requests/s, 0 for none), burst.
+/// Returns `{'gate'|'full'|'rate', wait_ms}` or `{'claimed', '0', id, token, value, stamp,
 /// lineage, attempts, maybe, agreement, feature, type, ...}`.
 const CLAIM: &str = r"
 local t = redis.call('TIME')
@@ -102,7 +119,7 @@ for _, id in ipairs(ids) do
   local flight = f[2]
   local has = f[3] == '1'
   if not owned and (flight or has) then
-    local token = redis.call('INCR', KEYS[5])
+    local token = redis.call('INCR', KEYS[5]) .. ':' .. ARGV[2]
     if has and (not flight or f[4] == 'a') then
       -- A new flight: what waits. For an absolute meter the newest value also replaces
       -- an older one that was not delivered yet (last write wins).
@@ -116,11 +133,12 @@ for _, id in ipairs(ids) do
     local g = redis.call('HMGET', e, 'flight', 'fstamp', 'lineage', 'attempts', 'maybe', 'agreement', 'feature', 'type')
     claimed = claimed + 1
     out[#out + 1] = id
-    out[#out + 1] = tostring(token)
+    out[#out + 1] = token
     for i = 1, 8 do out[#out + 1] = g[i] or '' end
   elseif not owned then
-    -- Nothing left in it (settled by another path): forget it.
+    -- Nothing left in it: forget it.
     redis.call('DEL', e)
+    redis.call('ZREM', KEYS[6], id)
   end
 end
 if rate > 0 then
@@ -131,9 +149,10 @@ return out
 
 /// Settles a claim, if its fencing token still holds it.
 ///
-/// KEYS: entry, inflight, due, since, stats, dead letters. ARGV: entry id, token, outcome
-/// (`ok`, `rejected`, `unsent`, `retry`, `ambiguous`, `ambiguous_unsent`), retry delay
-/// (ms), gather (ms), dead letter (JSON). Returns 1, or 0 when the claim was fenced off.
+/// KEYS: entry, inflight, due, since, stats, dead letters, last absolute stamps. ARGV:
+/// entry id, token, outcome (`ok`, `rejected`, `unsent`, `retry`, `ambiguous`,
+/// `ambiguous_unsent`), retry delay (ms), gather (ms), dead letter (JSON). Returns 1, or
+/// 0 when the claim was fenced off.
 const SETTLE: &str = r"
 local e = KEYS[1]
 if redis.call('HGET', e, 'token') ~= ARGV[2] then return 0 end
@@ -143,8 +162,8 @@ local outcome = ARGV[3]
 local value = redis.call('HGET', e, 'flight') or '0'
 local delta = redis.call('HGET', e, 'type') == 'd'
 local function add(field, records)
-  if delta then redis.call('HINCRBY', KEYS[5], field, value) end
-  redis.call('HINCRBY', KEYS[5], records, 1)
+  if delta then redis.pcall('HINCRBY', KEYS[5], field, value) end
+  redis.pcall('HINCRBY', KEYS[5], records, 1)
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', e, 'token', 'owner', 'deadline')
@@ -155,7 +174,11 @@ if outcome == 'retry' or outcome == 'ambiguous' then
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[1])
   return 1
 end
-if outcome == 'ok' then add('delivered', 'delivered_records')
+if outcome == 'ok' then
+  add('delivered', 'delivered_records')
+  if not delta then
+    redis.call('HSET', KEYS[7], ARGV[1], redis.call('HGET', e, 'fstamp') or '0')
+  end
 elseif outcome == 'rejected' then add('rejected', 'rejected_records')
 else add('unsent', 'unsent_records') end
 if outcome ~= 'ok' then
@@ -165,6 +188,7 @@ end
 redis.call('HDEL', e, 'flight', 'fstamp', 'lineage', 'attempts', 'maybe')
 if redis.call('HGET', e, 'has') == '1' then
   local since = tonumber(redis.call('HGET', e, 'psince') or now)
+  redis.call('ZADD', KEYS[4], 'XX', since, ARGV[1])
   redis.call('ZADD', KEYS[3], math.max(now, since + tonumber(ARGV[5])), ARGV[1])
 else
   redis.call('DEL', e)
@@ -176,8 +200,8 @@ return 1
 /// Takes back claims whose lease ran out: their send may have reached Kinde, so each is
 /// ambiguous, and the returned entries are settled by the caller per `Delivery`.
 ///
-/// KEYS: inflight, stats. ARGV: entry key prefix, limit. Returns `{id, token, ...}` with
-/// a fresh token per entry that only the caller holds.
+/// KEYS: inflight, stats. ARGV: entry key prefix, limit, owner. Returns `{id, token, ...}`
+/// with a fresh token per entry that only the caller holds.
 const EXPIRED: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -187,8 +211,10 @@ for _, id in ipairs(ids) do
   local e = ARGV[1] .. id
   if redis.call('HGET', e, 'token') then
     -- A new token fences the lost owner off: its late answer settles nothing.
-    local token = 'x' .. redis.call('HINCRBY', KEYS[2], 'expired_leases', 1)
-    redis.call('HSET', e, 'token', token, 'deadline', now + 60000)
+    local n = redis.pcall('HINCRBY', KEYS[2], 'expired_leases', 1)
+    if type(n) ~= 'number' then n = now end
+    local token = 'x' .. n .. ':' .. ARGV[3]
+    redis.call('HSET', e, 'token', token, 'owner', ARGV[3], 'deadline', now + 60000)
     redis.call('ZADD', KEYS[1], now + 60000, id)
     out[#out + 1] = id
     out[#out + 1] = token
