@@ -89,13 +89,16 @@ struct Inner {
     marker_kept: Duration,
 }
 
-/// How long a replica keeps the marker of a record Redis acknowledged, at least. The
-/// outbox sends an acknowledged record never again, and the journal (when there is one)
-/// writes that it settled right after; the marker only has to outlive a crash in
-/// between, after which the next start replays the record. A minute covers that write
-/// reaching the file (a killed process loses nothing it wrote); markers of replicas that
-/// die meanwhile expire after `marker_ttl`.
+/// How long a replica without a journal keeps the marker of a record Redis
+/// acknowledged. Its outbox never sends an acknowledged record again, so a minute is
+/// only a margin.
 const MARKER_KEPT: Duration = Duration::from_secs(60);
+/// The same with a journal, whose settles are written without a sync: one the host
+/// loses in a crash replays the record at the next start, so the marker must outlive the
+/// write reaching the disk. Linux writes dirty pages back within about 35 s
+/// (`dirty_expire_centisecs` 30 s plus the flusher's 5 s); five minutes leave a wide margin.
+/// (Markers of a replica that dies are not removed by it, and wait for the replay.)
+const MARKER_KEPT_JOURNALED: Duration = Duration::from_secs(300);
 /// Markers removed per `UNLINK`.
 const MARKERS_PER_UNLINK: usize = 512;
 
@@ -134,16 +137,12 @@ impl HandoffSink {
                 on_error: config.on_error.clone().map(ErrorHookDebug),
                 failing: AtomicBool::new(false),
                 acknowledged: Mutex::new(VecDeque::new()),
-                // With a journal, a settle is written unsynced: a host crash may lose
-                // it and replay the record at the next start, however late. Markers
-                // then live their full time to live.
                 marker_kept: if config.journal_dir.is_some() {
-                    settings.marker_ttl
+                    MARKER_KEPT_JOURNALED
                 } else {
-                    MARKER_KEPT
-                        .max(config.flush_interval * 2)
-                        .min(settings.marker_ttl / 4)
-                },
+                    MARKER_KEPT.max(config.flush_interval * 2)
+                }
+                .min(settings.marker_ttl / 4),
                 settings,
             }),
         })

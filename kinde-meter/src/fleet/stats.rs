@@ -37,7 +37,8 @@ pub struct FleetStats {
     pub throttled: u64,
     /// Leases that ran out before their deliverer settled.
     pub expired_leases: u64,
-    /// Entries (key and coalescing bucket) with usage not yet delivered.
+    /// Entries (key and coalescing bucket) with usage not yet delivered, in flight or
+    /// waiting.
     pub pending_entries: u64,
     /// Entries out for delivery now.
     pub in_flight: u64,
