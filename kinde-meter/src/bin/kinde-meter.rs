@@ -62,7 +62,7 @@ fn deliver() -> ExitCode {
                 }
             })
         });
-    if let Err(e) | Ok(Err(e)) = signalled.map_err(std::io::Error::from) {
+    if let Err(e) | Ok(Err(e)) = signalled {
         eprintln!("kinde-meter deliver: cannot wait for signals: {e}");
     }
     let finished = deliverer.stop(Duration::from_secs(30));

@@ -46,6 +46,16 @@ pub struct FleetStats {
     pub oldest_pending: Option<Duration>,
 }
 
+/// What [`Fleet::stats`] reads in one round trip: counters, entries pending, in flight,
+/// the oldest pending entry with its time, and Redis's clock.
+type StatsReply = (
+    HashMap<String, u64>,
+    u64,
+    u64,
+    Vec<(String, u64)>,
+    (u64, u64),
+);
+
 /// One entry with usage not yet delivered (see [`Fleet::pending`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -105,13 +115,7 @@ impl Fleet {
     /// When Redis cannot be reached.
     pub async fn stats(&self) -> redis::RedisResult<FleetStats> {
         let mut c = self.connection().await?;
-        let (counters, pending, in_flight, oldest, time): (
-            HashMap<String, u64>,
-            u64,
-            u64,
-            Vec<(String, u64)>,
-            (u64, u64),
-        ) = redis::pipe()
+        let (counters, pending, in_flight, oldest, time): StatsReply = redis::pipe()
             .hgetall(self.keys.stats())
             .zcard(self.keys.since())
             .zcard(self.keys.inflight())
