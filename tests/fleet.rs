@@ -8,6 +8,7 @@ use kinde_meter::fleet::{Deliverer, Fleet, FleetStats};
 use kinde_meter::{Config, Reporter};
 use kinde_meter_emulator::{Emulator, Faults};
 use kinde_meter_workspace::EmulatorExt;
+use kinde_meter_workspace::fleet::{wait_delivered, wait_sending, whole};
 use kinde_meter_workspace::redis::{Persistence, RedisServer};
 
 /// How long an entry gathers hand-offs before it may be claimed, in these tests.
@@ -40,35 +41,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-fn stats(config: &Config) -> FleetStats {
-    let fleet = Fleet::new(config).expect("fleet config");
-    runtime().block_on(fleet.stats()).expect("fleet stats")
-}
-
-/// Waits until the fleet holds nothing undelivered and the ledger has stopped moving.
-fn wait_delivered(config: &Config, emulator: &Emulator, timeout: Duration) -> FleetStats {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = stats(config);
-        if s.pending_entries == 0
-            && s.in_flight == 0
-            && emulator.wait_idle(Duration::from_millis(200))
-        {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fleet did not deliver in {timeout:?}: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn whole(emulator: &Emulator) -> u64 {
-    let sum = emulator.ledger_sum().whole().expect("whole units");
-    u64::try_from(sum).expect("fits")
 }
 
 /// Kinde requests per window, for `replicas` replicas that each record for the same 100
@@ -112,7 +84,11 @@ fn requests_per_window(replicas: usize) -> (u64, usize, FleetStats) {
                 .is_complete()
         );
     }
-    assert_eq!(whole(&emulator), recorded, "ledger against recorded");
+    assert_eq!(
+        whole(emulator.ledger_sum()),
+        recorded,
+        "ledger against recorded"
+    );
     (recorded, emulator.counts().accepted, s)
 }
 
@@ -177,7 +153,7 @@ fn conservation_under_kinde_faults_with_two_deliverers() {
     for d in deliverers {
         assert!(d.stop(Duration::from_secs(5)));
     }
-    let ledger = whole(&emulator);
+    let ledger = whole(emulator.ledger_sum());
     let duplicated = ledger - recorded;
     println!(
         "FIGURES kinde_faults recorded={recorded} delivered={} duplicated={duplicated} ambiguous={} lost=0 requests={}",
@@ -260,10 +236,10 @@ fn redis_down_the_replica_holds_usage_and_hands_it_off_when_redis_is_back() {
     println!(
         "FIGURES redis_down recorded={recorded} delivered={} duplicated={} lost=0 requests={}",
         s.delivered,
-        whole(&emulator) - recorded,
+        whole(emulator.ledger_sum()) - recorded,
         emulator.counts().accepted
     );
-    assert_eq!(whole(&emulator), recorded);
+    assert_eq!(whole(emulator.ledger_sum()), recorded);
     assert_eq!(episodes.load(Ordering::SeqCst), 1);
 }
 
@@ -297,7 +273,7 @@ fn across_a_redis_restart(persistence: Persistence) -> (u64, u64, u64) {
             .shutdown_blocking(Duration::from_secs(5))
             .is_complete()
     );
-    let ledger = whole(&emulator);
+    let ledger = whole(emulator.ledger_sum());
     println!(
         "FIGURES redis_restart persistence={persistence:?} recorded={} delivered={} duplicated=0 lost={} requests={}",
         before + after,
@@ -424,11 +400,7 @@ fn an_older_absolute_value_never_overwrites_a_newer_one() {
         &record("absolute", 10, "2026-01-01T00:01:40Z", "k-newer"),
     )
     .expect("hand-off");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while emulator.in_flight() == 0 {
-        assert!(Instant::now() < deadline, "nothing was sent");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_sending(&emulator, Duration::from_secs(10));
     // A replica late with an older window, while the newer value is in flight.
     hand_off(
         &rt,

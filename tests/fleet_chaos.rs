@@ -9,9 +9,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kinde_meter::Config;
-use kinde_meter::fleet::{Fleet, FleetStats};
+use kinde_meter::fleet::FleetStats;
 use kinde_meter_emulator::{Emulator, Faults};
 use kinde_meter_workspace::EmulatorExt;
+use kinde_meter_workspace::fleet::{meter_requests, stats, wait_delivered, wait_sending, whole};
 use kinde_meter_workspace::redis::{Persistence, RedisServer};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_fleet-child");
@@ -154,47 +155,6 @@ fn config(emulator: &Emulator, redis: &RedisServer) -> Config {
         .fleet_namespace(NAMESPACE)
 }
 
-fn fleet_stats(config: &Config) -> FleetStats {
-    let fleet = Fleet::new(config).expect("fleet");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(fleet.stats())
-        .expect("stats")
-}
-
-fn wait_delivered(config: &Config, emulator: &Emulator, timeout: Duration) -> FleetStats {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let s = fleet_stats(config);
-        if s.pending_entries == 0
-            && s.in_flight == 0
-            && emulator.wait_idle(Duration::from_millis(200))
-        {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not delivered within {timeout:?}: {s:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn whole(amount: kinde_meter_emulator::Amount) -> u64 {
-    u64::try_from(amount.whole().expect("whole units")).expect("fits")
-}
-
-/// Meter requests the emulator received.
-fn meter_requests(emulator: &Emulator) -> usize {
-    emulator
-        .requests()
-        .iter()
-        .filter(|r| r.path.ends_with("/meter_usage"))
-        .count()
-}
-
 /// How exactly a case can know its duplicates.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Duplicates {
@@ -309,11 +269,7 @@ fn kill_9_of_a_deliverer_mid_send() {
     let mut replica = Process::replica(&emulator, &redis, (0, 20), 1, &lease);
     let recorded = replica.recorded();
     let mut victim = Process::deliverer(&emulator, &redis, &lease);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while emulator.in_flight() == 0 {
-        assert!(Instant::now() < deadline, "the deliverer sent nothing");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_sending(&emulator, Duration::from_secs(20));
     victim.kill9();
     emulator.set_faults(Faults::none());
     let mut heir = Process::deliverer(&emulator, &redis, &lease);
@@ -423,11 +379,7 @@ fn lease_expiry_while_a_send_hangs() {
     let mut replica = Process::replica(&emulator, &redis, (0, 12), 1, &lease);
     let recorded = replica.recorded();
     let mut frozen = Process::deliverer(&emulator, &redis, &lease);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while emulator.in_flight() == 0 {
-        assert!(Instant::now() < deadline, "the deliverer sent nothing");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_sending(&emulator, Duration::from_secs(20));
     frozen.signal(libc::SIGSTOP);
     emulator.set_faults(Faults::none());
     let mut heir = Process::deliverer(&emulator, &redis, &lease);
@@ -438,7 +390,7 @@ fn lease_expiry_while_a_send_hangs() {
     std::thread::sleep(Duration::from_millis(1500));
     frozen.stop();
     heir.stop();
-    let after = fleet_stats(&config);
+    let after = stats(&config);
     assert_eq!(
         (
             after.delivered_records,

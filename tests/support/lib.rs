@@ -2,6 +2,7 @@
 //! Not published.
 
 pub mod customers;
+pub mod fleet;
 pub mod logs;
 pub mod redis;
 pub mod reporter;
