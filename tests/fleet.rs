@@ -477,3 +477,47 @@ fn a_sum_past_the_fleets_limit_is_refused_and_changes_nothing() {
     .expect_err("again");
     assert_eq!(again.disposition(), kinde_meter::api::Disposition::Rejected);
 }
+
+/// The fleet's figures reach the `metrics` facade under `kinde_meter_fleet_*`.
+#[test]
+fn fleet_figures_export_through_the_metrics_facade() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let emulator = Emulator::start().expect("emulator");
+    let redis = RedisServer::start(Persistence::None);
+    let config = fleet_config(&emulator, &redis).fleet_gather(Duration::from_millis(10));
+    let replica = Reporter::start(config.clone()).expect("replica");
+    for agreement in agreements(3) {
+        replica.record_for(&agreement, &feature(), 4);
+    }
+    assert_eq!(replica.flush_blocking(Duration::from_secs(10)).waiting, 0);
+    let deliverer = Deliverer::start(&config).expect("deliverer");
+    let s = wait_delivered(&config, &emulator, Duration::from_secs(10));
+    assert!(deliverer.stop(Duration::from_secs(5)));
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || s.export());
+    let figures: std::collections::HashMap<String, DebugValue> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key.key().name().to_owned(), value))
+        .collect();
+    assert_eq!(
+        figures.get("kinde_meter_fleet_delivered"),
+        Some(&DebugValue::Counter(12)),
+        "{figures:?}"
+    );
+    assert_eq!(
+        figures.get("kinde_meter_fleet_handoffs"),
+        Some(&DebugValue::Counter(3))
+    );
+    assert_eq!(
+        figures.get("kinde_meter_fleet_pending_entries"),
+        Some(&DebugValue::Gauge(0.0.into()))
+    );
+    assert!(
+        replica
+            .shutdown_blocking(Duration::from_secs(5))
+            .is_complete()
+    );
+}
