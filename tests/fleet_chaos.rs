@@ -253,26 +253,35 @@ fn conservation_across_three_replica_processes_and_two_deliverers() {
     );
 }
 
-#[test]
-fn kill_9_of_a_deliverer_mid_send() {
+/// A short lease, and a request timeout inside it.
+const LEASE: [&str; 6] = [
+    "--lease-ms",
+    "3000",
+    "--request-timeout-ms",
+    "2000",
+    "--gather-ms",
+    "100",
+];
+
+/// One replica's window of `keys` keys handed off, and a deliverer whose sends hang at
+/// Kinde (1.5 s each): returns them with what was recorded, once a send is in flight.
+fn a_deliverer_in_a_hanging_send(keys: u64) -> (Emulator, RedisServer, u64, Process) {
     let emulator = Emulator::start().expect("emulator");
     emulator.set_faults(Faults::none().latency(Duration::from_millis(1500)));
     let redis = RedisServer::start(Persistence::None);
-    let lease = [
-        "--lease-ms",
-        "3000",
-        "--request-timeout-ms",
-        "2000",
-        "--gather-ms",
-        "100",
-    ];
-    let mut replica = Process::replica(&emulator, &redis, (0, 20), 1, &lease);
+    let mut replica = Process::replica(&emulator, &redis, (0, keys), 1, &LEASE);
     let recorded = replica.recorded();
-    let mut victim = Process::deliverer(&emulator, &redis, &lease);
+    let deliverer = Process::deliverer(&emulator, &redis, &LEASE);
     wait_sending(&emulator, Duration::from_secs(20));
+    (emulator, redis, recorded, deliverer)
+}
+
+#[test]
+fn kill_9_of_a_deliverer_mid_send() {
+    let (emulator, redis, recorded, mut victim) = a_deliverer_in_a_hanging_send(20);
     victim.kill9();
     emulator.set_faults(Faults::none());
-    let mut heir = Process::deliverer(&emulator, &redis, &lease);
+    let mut heir = Process::deliverer(&emulator, &redis, &LEASE);
     let s = wait_delivered(
         &config(&emulator, &redis),
         &emulator,
@@ -365,24 +374,10 @@ fn kill_9_of_a_replica_between_hand_off_and_reply() {
 /// flights over, and the frozen one's late answers are fenced off.
 #[test]
 fn lease_expiry_while_a_send_hangs() {
-    let emulator = Emulator::start().expect("emulator");
-    emulator.set_faults(Faults::none().latency(Duration::from_millis(1500)));
-    let redis = RedisServer::start(Persistence::None);
-    let lease = [
-        "--lease-ms",
-        "3000",
-        "--request-timeout-ms",
-        "2000",
-        "--gather-ms",
-        "100",
-    ];
-    let mut replica = Process::replica(&emulator, &redis, (0, 12), 1, &lease);
-    let recorded = replica.recorded();
-    let mut frozen = Process::deliverer(&emulator, &redis, &lease);
-    wait_sending(&emulator, Duration::from_secs(20));
+    let (emulator, redis, recorded, mut frozen) = a_deliverer_in_a_hanging_send(12);
     frozen.signal(libc::SIGSTOP);
     emulator.set_faults(Faults::none());
-    let mut heir = Process::deliverer(&emulator, &redis, &lease);
+    let mut heir = Process::deliverer(&emulator, &redis, &LEASE);
     let config = config(&emulator, &redis);
     let s = wait_delivered(&config, &emulator, Duration::from_secs(60));
     frozen.signal(libc::SIGCONT);

@@ -75,6 +75,7 @@ impl Deliverer {
             settings,
         });
         let (stop, stopped) = oneshot::channel();
+        let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("kinde-meter-deliver".to_owned())
             .spawn(move || {
@@ -83,15 +84,25 @@ impl Deliverer {
                     .build();
                 match runtime {
                     Ok(runtime) => {
+                        let _ = started_tx.send(Ok(()));
                         runtime.block_on(run.serve(stopped));
                         runtime.shutdown_background();
                     }
                     Err(e) => {
-                        tracing::error!(target: "kinde_meter", "the fleet deliverer could not start its runtime: {e}");
+                        let _ = started_tx.send(Err(e));
                     }
                 }
             })
             .map_err(StartError::Spawn)?;
+        match started_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(StartError::Spawn(e)),
+            Err(_) => {
+                return Err(StartError::Spawn(std::io::Error::other(
+                    "the deliverer's thread exited at start",
+                )));
+            }
+        }
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
