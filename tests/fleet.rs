@@ -174,8 +174,23 @@ fn conservation_under_kinde_faults_with_two_deliverers() {
     assert_eq!(s.rejected + s.unsent, 0);
 }
 
+/// Starts a deliverer, waits until the fleet has delivered everything, then stops it and
+/// shuts `replica` down. Returns the fleet's figures.
+fn deliver_and_stop(config: &Config, emulator: &Emulator, replica: Reporter) -> FleetStats {
+    let deliverer = Deliverer::start(config).expect("deliverer");
+    let s = wait_delivered(config, emulator, Duration::from_secs(30));
+    assert!(deliverer.stop(Duration::from_secs(5)));
+    assert!(
+        replica
+            .shutdown_blocking(Duration::from_secs(5))
+            .is_complete()
+    );
+    s
+}
+
 /// Redis down: the replica keeps recording, its outbox holds the usage, the episode is
-/// reported once, and everything is handed off and delivered once Redis is back.
+/// reported once (to a hook that panics), and everything is handed off and delivered once
+/// Redis is back.
 #[test]
 fn redis_down_the_replica_holds_usage_and_hands_it_off_when_redis_is_back() {
     use std::sync::Arc;
@@ -189,6 +204,8 @@ fn redis_down_the_replica_holds_usage_and_hands_it_off_when_redis_is_back() {
         .on_error(move |e| {
             if matches!(e, kinde_meter::MeterError::FleetUnavailable { .. }) {
                 seen.fetch_add(1, Ordering::SeqCst);
+                // A hook that panics must not stop the hand-offs.
+                panic!("a hook that panics");
             }
         });
     let replica = Reporter::start(config.clone()).expect("replica");
@@ -225,14 +242,7 @@ fn redis_down_the_replica_holds_usage_and_hands_it_off_when_redis_is_back() {
         report.waiting, 0,
         "handed off once Redis is back: {report:?}"
     );
-    let deliverer = Deliverer::start(&config).expect("deliverer");
-    let s = wait_delivered(&config, &emulator, Duration::from_secs(30));
-    assert!(deliverer.stop(Duration::from_secs(5)));
-    assert!(
-        replica
-            .shutdown_blocking(Duration::from_secs(5))
-            .is_complete()
-    );
+    let s = deliver_and_stop(&config, &emulator, replica);
     println!(
         "FIGURES redis_down recorded={recorded} delivered={} duplicated={} lost=0 requests={}",
         s.delivered,
@@ -265,14 +275,7 @@ fn across_a_redis_restart(persistence: Persistence) -> (u64, u64, u64) {
     let before = round(0);
     redis.restart();
     let after = round(1);
-    let deliverer = Deliverer::start(&config).expect("deliverer");
-    let s = wait_delivered(&config, &emulator, Duration::from_secs(30));
-    assert!(deliverer.stop(Duration::from_secs(5)));
-    assert!(
-        replica
-            .shutdown_blocking(Duration::from_secs(5))
-            .is_complete()
-    );
+    let s = deliver_and_stop(&config, &emulator, replica);
     let ledger = whole(emulator.ledger_sum());
     println!(
         "FIGURES redis_restart persistence={persistence:?} recorded={} delivered={} duplicated=0 lost={} requests={}",

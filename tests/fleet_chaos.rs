@@ -213,6 +213,33 @@ fn check(
     );
 }
 
+/// Runs `deliverers` deliverer processes and `replicas` replica processes that each
+/// record `keys` keys for `rounds` rounds, on a Redis of their own, until the fleet has
+/// delivered everything. Returns what was recorded, and the fleet's figures.
+fn run_fleet(
+    emulator: &Emulator,
+    deliverers: usize,
+    replicas: usize,
+    keys: u64,
+    rounds: u64,
+    gather_ms: &str,
+) -> (u64, FleetStats) {
+    let redis = RedisServer::start(Persistence::None);
+    let gather = ["--gather-ms", gather_ms];
+    let mut deliverers: Vec<Process> = (0..deliverers)
+        .map(|_| Process::deliverer(emulator, &redis, &gather))
+        .collect();
+    let mut replicas: Vec<Process> = (0..replicas)
+        .map(|_| Process::replica(emulator, &redis, (0, keys), rounds, &gather))
+        .collect();
+    let recorded = replicas.iter_mut().map(Process::recorded).sum();
+    let s = wait_delivered(&config(emulator, &redis), emulator, Duration::from_secs(60));
+    for d in &mut deliverers {
+        d.stop();
+    }
+    (recorded, s)
+}
+
 #[test]
 fn conservation_across_three_replica_processes_and_two_deliverers() {
     let emulator = Emulator::start().expect("emulator");
@@ -222,22 +249,7 @@ fn conservation_across_three_replica_processes_and_two_deliverers() {
             .status_503(0.05)
             .status_500_after_apply(0.03),
     );
-    let redis = RedisServer::start(Persistence::None);
-    let mut deliverers: Vec<Process> = (0..2)
-        .map(|_| Process::deliverer(&emulator, &redis, &["--gather-ms", "300"]))
-        .collect();
-    let mut replicas: Vec<Process> = (0..3)
-        .map(|_| Process::replica(&emulator, &redis, (0, 50), 8, &["--gather-ms", "300"]))
-        .collect();
-    let recorded: u64 = replicas.iter_mut().map(Process::recorded).sum();
-    let s = wait_delivered(
-        &config(&emulator, &redis),
-        &emulator,
-        Duration::from_secs(60),
-    );
-    for d in &mut deliverers {
-        d.stop();
-    }
+    let (recorded, s) = run_fleet(&emulator, 2, 3, 50, 8, "300");
     check(
         "conservation (3 replicas, 2 deliverers, Kinde faults)",
         &emulator,
@@ -409,23 +421,8 @@ fn lease_expiry_while_a_send_hangs() {
 #[test]
 fn a_429_storm_closes_one_gate_for_the_whole_fleet() {
     let emulator = Emulator::start().expect("emulator");
-    let redis = RedisServer::start(Persistence::None);
     emulator.throttle_for(Duration::from_secs(2));
-    let mut deliverers: Vec<Process> = (0..2)
-        .map(|_| Process::deliverer(&emulator, &redis, &["--gather-ms", "100"]))
-        .collect();
-    let mut replicas: Vec<Process> = (0..2)
-        .map(|_| Process::replica(&emulator, &redis, (0, 30), 4, &["--gather-ms", "100"]))
-        .collect();
-    let recorded: u64 = replicas.iter_mut().map(Process::recorded).sum();
-    let s = wait_delivered(
-        &config(&emulator, &redis),
-        &emulator,
-        Duration::from_secs(60),
-    );
-    for d in &mut deliverers {
-        d.stop();
-    }
+    let (recorded, s) = run_fleet(&emulator, 2, 2, 30, 4, "100");
     let throttled = emulator.counts().throttled;
     check(
         "429 storm",
